@@ -1,0 +1,121 @@
+"""Reading and validating the key, the caller's scope, and the request fingerprint.
+
+Nothing here knows about DRF: it works on Django's ``HttpRequest``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+MAX_KEY_LENGTH = 255
+
+
+class InvalidKey(ValueError):
+    """The header is present but is not one acceptable key."""
+
+
+def header_meta_name(header: str) -> str:
+    """``Idempotency-Key`` -> ``HTTP_IDEMPOTENCY_KEY``, the WSGI environ name."""
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+def parse_key(raw: str) -> str:
+    """Return the key carried by one header value, or raise :class:`InvalidKey`.
+
+    Accepts a bare token (``job-create-order-1234``) or the quoted string of the
+    IETF draft (``"job-create-order-1234"``, an RFC 8941 sf-string). Servers fold
+    repeated headers into one value joined by commas, so a comma outside quotes
+    means the client sent several keys, which is refused rather than guessed at.
+    """
+    value = raw.strip(" \t")
+    if value.startswith('"'):
+        key = _parse_sf_string(value)
+    else:
+        if "," in value:
+            raise InvalidKey("several Idempotency-Key values")
+        key = value
+    if not key:
+        raise InvalidKey("empty key")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKey("key longer than %d characters" % MAX_KEY_LENGTH)
+    if not key.isascii() or not key.isprintable():
+        raise InvalidKey("key has characters other than printable ASCII")
+    return key
+
+
+def _parse_sf_string(value: str) -> str:
+    out = []
+    i = 1
+    end = len(value)
+    while i < end:
+        char = value[i]
+        if char == "\\":
+            if i + 1 >= end or value[i + 1] not in '"\\':
+                raise InvalidKey("bad escape in quoted key")
+            out.append(value[i + 1])
+            i += 2
+            continue
+        if char == '"':
+            if value[i + 1 :].strip(" \t"):
+                raise InvalidKey("text after the quoted key")
+            return "".join(out)
+        out.append(char)
+        i += 1
+    raise InvalidKey("unterminated quoted key")
+
+
+def user_scope(request: Any) -> str | None:
+    """The default scope: the authenticated user, or ``None`` for anonymous callers.
+
+    ``None`` makes the decorator refuse the request with 403
+    ``idempotency_scope_unavailable``: anonymous callers cannot be told apart, and
+    sharing one scope between them would replay one stranger's response to another.
+    Set ``IDEMPOTENCY_SCOPE`` to serve anonymous callers (for example by API client).
+    """
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return None
+    return "user:%s" % user.pk
+
+
+def scoped_key(scope: str, key: str) -> str:
+    """A stable identifier of (scope, key), safe to pass to other systems' idempotency keys."""
+    return hashlib.sha256(f"{scope}\x00{key}".encode()).hexdigest()
+
+
+def fingerprint(method: str, path: str, query: str, content_type: str, body: bytes) -> str:
+    """A hash of what makes two requests "the same request".
+
+    JSON bodies are canonicalised first, so key order and white space do not
+    matter; any other body, or JSON that does not parse, is hashed as bytes
+    together with its media type.
+    """
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    digest = hashlib.sha256()
+    digest.update(f"{method}\n{path}\n{query}\n".encode("utf-8", "surrogateescape"))
+    canonical = _canonical_json(body) if _is_json(media_type) else None
+    if canonical is not None:
+        digest.update(b"json\n")
+        digest.update(canonical)
+    else:
+        digest.update(f"raw {media_type}\n".encode("utf-8", "surrogateescape"))
+        digest.update(body)
+    return digest.hexdigest()
+
+
+def _is_json(media_type: str) -> bool:
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def _canonical_json(body: bytes) -> bytes | None:
+    if not body:
+        return None
+    try:
+        data = json.loads(body)
+        return json.dumps(
+            data, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode("utf-8", "surrogatepass")
+    except (ValueError, RecursionError, TypeError):
+        return None

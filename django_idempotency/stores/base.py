@@ -1,0 +1,98 @@
+"""The Store interface and the records it passes.
+
+A request goes through a store in three steps::
+
+    outcome = store.begin(record)      # Claim, Replay, Conflict or InUse
+    ...run the view only on a Claim...
+    store.finish(claim, response)      # keep the definitive outcome
+    store.release(claim)               # or forget the claim: a retry runs again
+
+``begin`` must be atomic in the store: of any number of concurrent requests
+with one (scope, key), exactly one gets a :class:`Claim`. Each claim ends in
+exactly one ``finish`` or ``release``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class StoreError(Exception):
+    """The store could not be reached or failed; the view must not run."""
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """What the store needs to know of one incoming request."""
+
+    scope: str
+    key: str
+    fingerprint: str
+    method: str
+    path: str
+    created_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """A response as it is kept and replayed: status, headers and body bytes."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass
+class Claim:
+    """This request owns the key; the store keeps what it needs in ``state``."""
+
+    record: RequestRecord
+    state: Any = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The same request already finished: answer with its stored response."""
+
+    response: StoredResponse
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """The key was used for a different request (body, method or path)."""
+
+
+@dataclass(frozen=True)
+class InUse:
+    """A request with this key is still running."""
+
+
+Outcome = Claim | Replay | Conflict | InUse
+
+
+class Store(abc.ABC):
+    """Keeps one record per (scope, key) until it expires."""
+
+    #: Whether records must be deleted by ``purge_idempotency_keys``; a store
+    #: whose backend expires them by itself says False.
+    needs_purge: bool = True
+
+    @abc.abstractmethod
+    def begin(self, record: RequestRecord) -> Outcome:
+        """Claim the key for ``record``, or say why the view must not run."""
+
+    @abc.abstractmethod
+    def finish(self, claim: Claim, response: StoredResponse) -> None:
+        """Keep ``response`` as the outcome of the claimed request."""
+
+    @abc.abstractmethod
+    def release(self, claim: Claim, exc: BaseException | None = None) -> None:
+        """Forget the claim, so that a retry with the key runs the view again.
+
+        ``exc`` is the exception that the view raised, if it raised one.
+        """
+

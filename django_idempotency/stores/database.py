@@ -1,0 +1,295 @@
+"""The ORM store: records in the ``IdempotencyRecord`` table.
+
+Why one transaction
+-------------------
+``begin`` opens a transaction (a savepoint under ``ATOMIC_REQUESTS``) on the
+store's database and inserts the claim in it; the view runs inside it; ``finish``
+writes the response and commits. So the view's database writes and the stored
+response commit together or not at all:
+
+* the view raises, answers 5xx or a released status: the block rolls back,
+  taking the claim and the view's writes with it, and a retry runs cleanly;
+* the worker dies: its connection drops, the server aborts the transaction,
+  and again nothing is left behind: no lease to expire, no key wedged;
+* while the first request's transaction is open, its row is invisible to other
+  transactions and its claim holds the key, so a duplicate can never run.
+
+The price is that a request holds a transaction open for as long as the view
+runs, which is what ``ATOMIC_REQUESTS`` does anyway.
+
+Claiming on PostgreSQL
+----------------------
+One statement claims or fetches. A duplicate's INSERT would wait on the unique
+index until the first transaction ends; to answer "in use" at once instead, every
+claimant first takes ``pg_try_advisory_xact_lock`` on a hash of (scope, key),
+which never waits and is held exactly as long as the claim. The unique
+constraint on (scope, key) stays the guarantee; the lock only decides who waits.
+A ``SET LOCAL lock_timeout`` would do the same but costs two more statements per
+request (set, then restore for the view) and still makes a duplicate wait.
+
+Other databases
+---------------
+The portable path reads, then inserts in a savepoint and relies on the unique
+constraint (IntegrityError means someone else won). SQLite serialises writers,
+so there a duplicate waits on the database lock (its ``timeout`` option) and then
+sees the finished record; a claim that cannot get the lock in time answers "in use".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import DatabaseError, IntegrityError, OperationalError, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from ..conf import conf
+from ..models import IdempotencyRecord
+from .base import Claim, Conflict, InUse, Outcome, Replay, RequestRecord, Store, StoredResponse, StoreError
+
+State = IdempotencyRecord.State
+_COLUMNS = "fingerprint, state, response_status, response_headers, response_body"
+
+
+@dataclass
+class _Held:
+    """What a DatabaseStore claim holds: the open block and the claimed row."""
+
+    alias: str
+    atomic: transaction.Atomic
+    pk: int
+
+
+def _lock_id(record: RequestRecord) -> int:
+    digest = hashlib.blake2b(f"{record.scope}\x00{record.key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class DatabaseStore(Store):
+    """Stores records with the Django ORM, in the view's own transaction."""
+
+    @property
+    def alias(self) -> str:
+        return conf.IDEMPOTENCY_DATABASE
+
+    def begin(self, record: RequestRecord) -> Outcome:
+        alias = self.alias
+        connection = connections[alias]
+        atomic = transaction.atomic(using=alias)
+        try:
+            atomic.__enter__()
+        except DatabaseError as exc:
+            raise StoreError(str(exc)) from exc
+        try:
+            if connection.vendor == "postgresql":
+                outcome = self._begin_postgresql(connection, record)
+            elif connection.vendor == "sqlite":
+                outcome = self._begin_sqlite(connection, record)
+            else:
+                outcome = self._begin_portable(alias, record)
+        except BaseException as exc:
+            atomic.__exit__(type(exc), exc, exc.__traceback__)
+            if (
+                isinstance(exc, OperationalError)
+                and connection.vendor == "sqlite"
+                and "locked" in str(exc)
+            ):
+                # SQLite has one writer at a time and another request kept the
+                # write lock past the busy timeout: most likely the duplicate.
+                return InUse()
+            if isinstance(exc, DatabaseError):
+                raise StoreError(str(exc)) from exc
+            raise
+        if isinstance(outcome, int):
+            return Claim(record, _Held(alias, atomic, outcome))
+        # Nothing claimed: end the block now.
+        atomic.__exit__(None, None, None)
+        return outcome
+
+    def finish(self, claim: Claim, response: StoredResponse) -> None:
+        held: _Held = claim.state
+        try:
+            IdempotencyRecord.objects.using(held.alias).filter(pk=held.pk).update(
+                state=State.COMPLETED,
+                response_status=response.status,
+                response_headers=json.dumps(response.headers),
+                response_body=response.body,
+            )
+        except BaseException as exc:
+            held.atomic.__exit__(type(exc), exc, exc.__traceback__)
+            if isinstance(exc, DatabaseError):
+                raise StoreError(str(exc)) from exc
+            raise
+        # Commits the claim, the view's writes and the response together. A
+        # failure here raises out of the view: nothing was committed.
+        held.atomic.__exit__(None, None, None)
+
+    def release(self, claim: Claim, exc: BaseException | None = None) -> None:
+        held: _Held = claim.state
+        if exc is None:
+            transaction.set_rollback(True, using=held.alias)
+            held.atomic.__exit__(None, None, None)
+        else:
+            held.atomic.__exit__(type(exc), exc, exc.__traceback__)
+
+    # PostgreSQL: claim or fetch in one round trip.
+
+    _PG_SQL = """
+WITH existing AS (
+    SELECT {columns} FROM {table}
+    WHERE scope = %(scope)s AND key = %(key)s AND expires_at > %(now)s
+), lock AS (
+    SELECT pg_try_advisory_xact_lock(%(lock)s) AS got
+    WHERE NOT EXISTS (SELECT 1 FROM existing)
+), claimed AS (
+    INSERT INTO {table} (scope, key, fingerprint, method, path, state,
+                         response_headers, created_at, expires_at)
+    SELECT %(scope)s, %(key)s, %(fingerprint)s, %(method)s, %(path)s, %(state)s,
+           '[]', %(now)s, %(expires)s
+    FROM lock WHERE lock.got
+    {upsert}
+    RETURNING id
+)
+SELECT 'claimed', id, NULL, NULL, NULL, NULL, NULL FROM claimed
+UNION ALL
+SELECT 'existing', NULL, {columns} FROM existing
+UNION ALL
+SELECT 'locked', NULL, NULL, NULL, NULL, NULL, NULL FROM lock WHERE NOT lock.got
+"""
+
+    # An expired record is taken over in place: it no longer counts, even when
+    # the purge command has not deleted it yet.
+    _UPSERT = """ON CONFLICT (scope, key) DO UPDATE SET
+        fingerprint = EXCLUDED.fingerprint, method = EXCLUDED.method,
+        path = EXCLUDED.path, state = EXCLUDED.state, response_status = NULL,
+        response_headers = EXCLUDED.response_headers, response_body = NULL,
+        created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
+    WHERE {table}.expires_at <= EXCLUDED.created_at"""
+
+    def _begin_postgresql(
+        self, connection: BaseDatabaseWrapper, record: RequestRecord
+    ) -> Outcome | int:
+        table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
+        sql = self._PG_SQL.format(
+            table=table, columns=_COLUMNS, upsert=self._UPSERT.format(table=table)
+        )
+        params = {
+            "scope": record.scope,
+            "key": record.key,
+            "fingerprint": record.fingerprint,
+            "method": record.method,
+            "path": record.path,
+            "state": State.IN_FLIGHT.value,
+            "now": record.created_at,
+            "expires": record.expires_at,
+            "lock": _lock_id(record),
+        }
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        if row is None:
+            # A record committed after this statement's snapshot was taken: the
+            # INSERT met it but the SELECT could not see it. Read it now.
+            return self._fetch(connection.alias, record)
+        if row[0] == "claimed":
+            pk: int = row[1]
+            return pk
+        if row[0] == "locked":
+            return InUse()
+        return self._outcome(record, *row[2:])
+
+    # SQLite: write first, so the busy timeout applies while a duplicate waits
+    # for the database lock (a read first would make SQLite fail at once).
+
+    _SQLITE_SQL = """
+INSERT INTO {table} (scope, key, fingerprint, method, path, state,
+                     response_headers, created_at, expires_at)
+VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)
+{upsert}
+RETURNING id
+"""
+
+    def _begin_sqlite(self, connection: BaseDatabaseWrapper, record: RequestRecord) -> Outcome | int:
+        table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
+        sql = self._SQLITE_SQL.format(
+            table=table, upsert=self._UPSERT.format(table=table).replace("EXCLUDED", "excluded")
+        )
+        adapt = connection.ops.adapt_datetimefield_value
+        params = [
+            record.scope,
+            record.key,
+            record.fingerprint,
+            record.method,
+            record.path,
+            State.IN_FLIGHT.value,
+            adapt(record.created_at),
+            adapt(record.expires_at),
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        if row is not None:
+            pk: int = row[0]
+            return pk
+        return self._fetch(connection.alias, record)
+
+    # Any other database: read, then insert under the unique constraint.
+
+    def _begin_portable(self, alias: str, record: RequestRecord) -> Outcome | int:
+        outcome = self._fetch(alias, record, missing=None)
+        if outcome is not None:
+            return outcome
+        manager = IdempotencyRecord.objects.using(alias)
+        try:
+            with transaction.atomic(using=alias):
+                manager.filter(
+                    scope=record.scope, key=record.key, expires_at__lte=record.created_at
+                ).delete()
+                row = manager.create(
+                    scope=record.scope,
+                    key=record.key,
+                    fingerprint=record.fingerprint,
+                    method=record.method,
+                    path=record.path,
+                    state=State.IN_FLIGHT,
+                    created_at=record.created_at,
+                    expires_at=record.expires_at,
+                )
+        except IntegrityError:
+            return self._fetch(alias, record)
+        pk: int = row.pk
+        return pk
+
+    def _fetch(self, alias: str, record: RequestRecord, missing: Outcome | None = InUse()) -> Any:
+        rows = list(
+            IdempotencyRecord.objects.using(alias)
+            .filter(scope=record.scope, key=record.key, expires_at__gt=record.created_at)
+            .values_list(*_COLUMNS.split(", "))[:1]
+        )
+        if not rows:
+            return missing
+        return self._outcome(record, *rows[0])
+
+    def _outcome(
+        self,
+        record: RequestRecord,
+        fingerprint: str,
+        state: str,
+        status: int | None,
+        headers: str | None,
+        body: Any,
+    ) -> Outcome:
+        if fingerprint != record.fingerprint:
+            return Conflict()
+        if state != State.COMPLETED or status is None:
+            return InUse()
+        return Replay(
+            StoredResponse(
+                status=status,
+                headers=[(name, value) for name, value in json.loads(headers or "[]")],
+                body=bytes(body) if body is not None else b"",
+            )
+        )
