@@ -1,0 +1,84 @@
+# Shared by scripts/demo, scripts/test and .ci/run: the virtualenv and the servers.
+# Source it; it does nothing by itself.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# pick_python: the first python3 >= 3.10 on PATH.
+pick_python() {
+    local candidate
+    for candidate in ${PYTHON:-} python3 python3.13 python3.12 python3.11 python3.10; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    echo "No python3 >= 3.10 found; set PYTHON=/path/to/python3" >&2
+    return 1
+}
+
+# ensure_venv EXTRA: a virtualenv with the package installed (editable) with EXTRA.
+# Reinstalls only when pyproject.toml changed or another extra is asked for.
+ensure_venv() {
+    local extra="$1" stamp="$VENV/.installed-$1"
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "Creating $VENV"
+        "$(pick_python)" -m venv "$VENV"
+    fi
+    if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+        log "Installing django-idempotency[$extra] into $VENV"
+        "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+        if ! "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$extra]" >"$VENV/pip.log" 2>&1; then
+            cat "$VENV/pip.log" >&2
+            return 1
+        fi
+        touch "$stamp"
+    fi
+}
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo -n "$@"; else return 1; fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# start_postgres: a local PostgreSQL with a role for the tests; prints its URL.
+start_postgres() {
+    if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+        log "Installing PostgreSQL (Debian package)"
+        as_root apt-get update -qq >&2 && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2 || return 1
+    fi
+    if ! port_open 5432; then
+        local version
+        version="$(pg_lsclusters -h 2>/dev/null | awk 'NR==1 {print $1}')"
+        [ -n "$version" ] || return 1
+        log "Starting PostgreSQL $version"
+        as_root pg_ctlcluster "$version" main start >&2 || return 1
+        for _ in $(seq 50); do port_open 5432 && break; sleep 0.1; done
+    fi
+    as_root su postgres -c "psql -q -v ON_ERROR_STOP=1" >&2 <<'SQL' || return 1
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'idempotency') THEN
+    CREATE ROLE idempotency LOGIN CREATEDB PASSWORD 'idempotency';
+  END IF;
+END $$;
+SQL
+    echo "postgres://idempotency:idempotency@127.0.0.1:5432/idempotency"
+}
+
+# start_redis: a local redis-server on 6379; prints its URL.
+start_redis() {
+    if ! port_open 6379; then
+        if ! command -v redis-server >/dev/null 2>&1; then
+            log "Installing Redis (Debian package)"
+            as_root apt-get update -qq >&2 && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >&2 || return 1
+        fi
+        log "Starting redis-server"
+        redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes >&2 || return 1
+        for _ in $(seq 50); do port_open 6379 && break; sleep 0.1; done
+    fi
+    echo "redis://127.0.0.1:6379/0"
+}

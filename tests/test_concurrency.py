@@ -1,0 +1,184 @@
+"""Many requests with one key at once: the view runs exactly once.
+
+These tests race real requests (threads in this process, and processes under
+gunicorn) and count how many times the view body really ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection, connections
+from rest_framework.test import APIClient
+
+from django_idempotency.models import IdempotencyRecord
+from tests.conftest import post
+from tests.servers import gunicorn
+from tests.testapp import views
+from tests.testapp.models import Widget
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+RACERS = 20
+
+
+def race(user: User, n: int = RACERS, body: dict | None = None, key: str = "race") -> list:
+    barrier = threading.Barrier(n)
+
+    def one(i: int):
+        client = APIClient()
+        client.force_authenticate(user)
+        try:
+            barrier.wait()
+            return post(client, "/t/widgets", body or {"name": "r"}, key=key)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def assert_one_run(responses: list, body_of_run: bytes | None = None) -> None:
+    assert Widget.objects.count() == 1
+    created = [r for r in responses if r.status_code == 201]
+    in_use = [r for r in responses if r.status_code == 409]
+    assert len(created) + len(in_use) == len(responses), [r.status_code for r in responses]
+    assert len({r.content for r in created}) == 1, "every 201 is the one stored response"
+    assert sum("Idempotent-Replayed" not in r for r in created) == 1
+    for r in in_use:
+        assert json.loads(r.content)["error"]["type"] == "idempotency_key_in_use"
+        assert r["Retry-After"] == "1"
+
+
+def test_twenty_threads_one_key_run_the_view_once(alice: User, atomic_requests: bool) -> None:
+    assert_one_run(race(alice))
+    assert IdempotencyRecord.objects.get().state == "completed"
+
+
+def test_twenty_threads_while_the_first_is_still_running(alice: User, atomic_requests: bool) -> None:
+    views.hold.clear()
+    views.started.clear()
+    with ThreadPoolExecutor(RACERS) as pool:
+        first = pool.submit(race, alice, 1)
+        assert views.started.wait(10)
+        others = pool.submit(race, alice, RACERS - 1)
+        if connection.vendor == "postgresql":
+            # PostgreSQL answers "in use" at once, without waiting for the first.
+            assert all(r.status_code == 409 for r in others.result(timeout=10))
+        time.sleep(0.3)
+        views.hold.set()
+        responses = first.result() + others.result()
+    assert_one_run(responses)
+
+
+def test_mixed_bodies_under_one_key_run_once(alice: User) -> None:
+    barrier = threading.Barrier(RACERS)
+
+    def one(i: int):
+        client = APIClient()
+        client.force_authenticate(alice)
+        try:
+            barrier.wait()
+            return post(client, "/t/widgets", {"name": f"body-{i % 4}"}, key="mixed")
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(RACERS) as pool:
+        responses = list(pool.map(one, range(RACERS)))
+    assert Widget.objects.count() == 1
+    winner = Widget.objects.get().name
+    for r in responses:
+        if r.status_code == 201:
+            assert json.loads(r.content)["name"] == winner
+        else:
+            assert r.status_code == 409
+            assert json.loads(r.content)["error"]["type"] in {"idempotency_conflict", "idempotency_key_in_use"}
+
+
+def test_different_keys_all_run(alice: User) -> None:
+    barrier = threading.Barrier(10)
+
+    def one(i: int):
+        client = APIClient()
+        client.force_authenticate(alice)
+        try:
+            barrier.wait()
+            return post(client, "/t/widgets", {"name": "x"}, key=f"key-{i}")
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(10) as pool:
+        responses = list(pool.map(one, range(10)))
+    assert [r.status_code for r in responses] == [201] * 10
+    assert Widget.objects.count() == 10
+
+
+@pytest.fixture
+def server_user(transactional_db: None) -> User:
+    return User.objects.create_user("alice", password="alice-pw")
+
+
+def test_twenty_processes_one_key_run_the_view_once(server_user: User) -> None:
+    with gunicorn(workers=4) as server:
+        for round_ in range(3):
+            barrier = threading.Barrier(RACERS)
+
+            def one(i: int, round_: int = round_):
+                barrier.wait()
+                return server.request("/t/widgets", b'{"name": "p"}',
+                                      headers={"Idempotency-Key": f"proc-{round_}"})
+
+            with ThreadPoolExecutor(RACERS) as pool:
+                replies = list(pool.map(one, range(RACERS)))
+            statuses = [r.status for r in replies]
+            assert set(statuses) <= {201, 409}, statuses
+            bodies = {r.body for r in replies if r.status == 201}
+            assert len(bodies) == 1
+            assert sum("Idempotent-Replayed" not in r.headers for r in replies if r.status == 201) == 1
+            assert Widget.objects.count() == round_ + 1
+
+
+def test_a_killed_worker_leaves_no_claim_and_the_retry_runs_once(
+    server_user: User, tmp_path: Path
+) -> None:
+    mark = tmp_path / "started"
+    body = b'{"name": "crash"}'
+    with gunicorn(workers=1) as server:
+        pool = ThreadPoolExecutor(1)
+        doomed = pool.submit(server.request, "/t/widgets", body, headers={
+            "Idempotency-Key": "crash", "X-Test-Delay": "30", "X-Test-Mark": str(mark)})
+        deadline = time.monotonic() + 20
+        while not mark.exists():
+            assert time.monotonic() < deadline, "the view never started"
+            time.sleep(0.05)
+        if connection.vendor == "postgresql":
+            busy = server.request("/t/widgets", body, headers={"Idempotency-Key": "crash"})
+            assert busy.status == 409
+            assert json.loads(busy.body)["error"]["type"] == "idempotency_key_in_use"
+        (worker,) = server.worker_pids()
+        os.kill(worker, signal.SIGKILL)
+        with pytest.raises(OSError):  # the connection drops with the worker
+            doomed.result(timeout=30)
+        pool.shutdown()
+        assert Widget.objects.count() == 0, "the dead worker's writes were rolled back"
+        assert IdempotencyRecord.objects.count() == 0
+        deadline = time.monotonic() + 20
+        while True:
+            retry = server.request("/t/widgets", body, headers={"Idempotency-Key": "crash"})
+            if retry.status != 502 and retry.status != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert retry.status == 201
+        assert "Idempotent-Replayed" not in retry.headers
+        replay = server.request("/t/widgets", body, headers={"Idempotency-Key": "crash"})
+        assert replay.headers["Idempotent-Replayed"] == "true"
+        assert replay.body == retry.body
+    assert Widget.objects.count() == 1
