@@ -10,6 +10,7 @@ from typing import Any, TypeVar, overload
 from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, RawPostDataException
 from django.utils import timezone
+from rest_framework.response import Response
 
 from . import errors
 from .conf import conf
@@ -225,9 +226,7 @@ def _materialised(
 ) -> HttpResponseBase:
     """The response with its final bytes, rendered now so they can be stored."""
     if getattr(response, "is_rendered", True) is False:
-        if getattr(response, "accepted_renderer", None) is None and hasattr(
-            response, "renderer_context"
-        ):
+        if isinstance(response, Response) and getattr(response, "accepted_renderer", None) is None:
             # A DRF Response: the view class renders it after the handler returns;
             # do what it would do now, inside the claim. DRF does it again
             # later, harmlessly.
