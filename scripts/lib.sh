@@ -66,7 +66,7 @@ DO $$ BEGIN
   END IF;
 END $$;
 SQL
-    echo "postgres://idempotency:idempotency@127.0.0.1:5432/idempotency"
+    echo "postgres://idempotency:idempotency@127.0.0.1:5432/${PG_DB_NAME:-idempotency}"
 }
 
 # start_redis: a local redis-server on 6379; prints its URL.
