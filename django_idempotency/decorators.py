@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar, overload
@@ -198,7 +199,13 @@ def _run_claimed(
     if stored is None:
         store.release(claim)
     else:
-        store.finish(claim, stored)
+        try:
+            store.finish(claim, stored)
+        except StoreError:
+            # The outcome could not be kept. A store raises this only when the
+            # view's effects were undone with it (the database store rolls the
+            # whole transaction back), so "not processed" is the truth.
+            return errors.error_response(request, errors.STORE_UNAVAILABLE)
     if errors.REQUEST_ID_HEADER not in response:
         response[errors.REQUEST_ID_HEADER] = errors.get_request_id(request)
     return response
@@ -210,8 +217,6 @@ def _body(request: Any, http_request: HttpRequest) -> bytes:
     except RawPostDataException:
         # Something (an authentication or permission class) already parsed the
         # body from the stream, so the bytes are gone: use what it parsed.
-        import json
-
         return json.dumps(
             getattr(request, "data", None) or http_request.POST, sort_keys=True, default=str
         ).encode()

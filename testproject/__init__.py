@@ -1,0 +1,1 @@
+"""A runnable demo of the spec's API, served with django-idempotency."""

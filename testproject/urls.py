@@ -1,0 +1,11 @@
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", include("testproject.api.urls")),
+]
+
+# Unrouted URLs and crashes answer in the API's error envelope too (when DEBUG is off).
+handler404 = "testproject.api.exceptions.handler404"
+handler500 = "testproject.api.exceptions.handler500"
