@@ -116,15 +116,32 @@ class DatabaseStore(Store):
         atomic.__exit__(None, None, None)
         return outcome
 
+    _FINISH_SQL = (
+        "UPDATE {table} SET state = %s, response_status = %s, response_headers = %s, "
+        "response_body = %s WHERE id = %s"
+    )
+
     def finish(self, claim: Claim, response: StoredResponse) -> None:
         held: _Held = claim.state
+        connection = connections[held.alias]
+        # One plain UPDATE by primary key. The ORM's queryset.update() builds
+        # and compiles a query on every call, which the profile of a first
+        # request showed to cost more client CPU than the claim statement.
+        body_field = IdempotencyRecord._meta.get_field("response_body")
         try:
-            IdempotencyRecord.objects.using(held.alias).filter(pk=held.pk).update(
-                state=State.COMPLETED,
-                response_status=response.status,
-                response_headers=json.dumps(response.headers),
-                response_body=response.body,
-            )
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    self._FINISH_SQL.format(
+                        table=connection.ops.quote_name(IdempotencyRecord._meta.db_table)
+                    ),
+                    [
+                        State.COMPLETED.value,
+                        response.status,
+                        json.dumps(response.headers),
+                        body_field.get_db_prep_value(response.body, connection),
+                        held.pk,
+                    ],
+                )
         except BaseException as exc:
             held.atomic.__exit__(type(exc), exc, exc.__traceback__)
             if isinstance(exc, DatabaseError):
