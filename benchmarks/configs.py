@@ -31,6 +31,10 @@ class Config:
 BASELINE = Config("baseline", "undecorated view", "db", "/baseline/", "first")
 CONFIGS = [
     BASELINE,
+    Config(
+        "baseline-atomic", "undecorated view in a transaction (reference)", "db",
+        "/baseline-atomic/", "first",
+    ),
     Config("ours-db-first", "@idempotent, database, first", "db", "/ours/", "first"),
     Config("ours-db-replay", "@idempotent, database, replay", "db", "/ours/", "replay"),
     Config(

@@ -8,6 +8,7 @@ against the benchmark database, under two independent counters:
   into the idempotency store's (statements naming its table), the rest
   (the view's INSERT, authentication), and transaction control (SAVEPOINT,
   RELEASE, ROLLBACK TO);
+* redis-py's sends of command batches, one round trip each;
 * libpq's own protocol trace of the connection, outside Django: every Query
   message sent to the server, which also shows the BEGIN and COMMIT that
   psycopg sends for Django's transactions.
@@ -62,6 +63,23 @@ def _trace_queries(path: str) -> list[str]:
     return queries
 
 
+def _count_redis() -> list[int]:
+    """Count the writes of command batches to Redis (each one round trip): [count]."""
+    calls = [0]
+    try:
+        from redis.connection import AbstractConnection
+    except ImportError:
+        return calls
+    send = AbstractConnection.send_packed_command
+
+    def counted(self: object, command: object, check_health: bool = True) -> None:
+        calls[0] += 1
+        send(self, command, check_health)  # type: ignore[arg-type]
+
+    AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+    return calls
+
+
 def measure(server: str) -> dict[str, object]:
     """Run in a process whose settings are for ``server``; count its configurations."""
     import django
@@ -75,11 +93,13 @@ def measure(server: str) -> dict[str, object]:
 
     for name in USERS:
         get_user_model().objects.get_or_create(username=name)
+    redis_calls = _count_redis()
     client = Client()
     auth = {"HTTP_AUTHORIZATION": f"Bearer {USERS[0]}"}
 
     def post(path: str, key: str) -> tuple[int, dict[str, object]]:
         before = Order.objects.count()
+        redis_before = redis_calls[0]
         connection.ensure_connection()
         pgconn = connection.connection.pgconn
         with tempfile.NamedTemporaryFile("w+", suffix=".trace") as trace_file:
@@ -107,6 +127,7 @@ def measure(server: str) -> dict[str, object]:
             "transaction": kinds.count("transaction"),
             "wire_queries": len(wire),
             "wire_transaction": wire_kinds.count("transaction"),
+            "redis_round_trips": redis_calls[0] - redis_before,
             "sql": statements,
             "wire_sql": wire,
         }
@@ -120,10 +141,15 @@ def measure(server: str) -> dict[str, object]:
         if config.missing():
             results[config.name] = {"skipped": config.missing()}
             continue
+        # Warm up this configuration first: one-time work (a Lua script loaded
+        # into Redis, a lazy import) is not what a request costs.
+        warm = str(uuid.uuid4())
+        post(config.path, warm)
+        post(config.path, warm)
         key = str(uuid.uuid4())
         _, first = post(config.path, key)
         results[config.name] = first
-        if config.name != "baseline":
+        if config.name.endswith("-first"):
             _, replay = post(config.path, key)
             results[config.name.replace("-first", "-replay")] = replay
     return results

@@ -4,6 +4,7 @@ from . import views
 
 urlpatterns = [
     path("baseline/", views.PlainOrderView.as_view()),
+    path("baseline-atomic/", views.AtomicOrderView.as_view()),
     path("ours/", views.IdempotentOrderView.as_view()),
 ]
 

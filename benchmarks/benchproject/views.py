@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import transaction
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -28,6 +29,18 @@ def create_order(request: Request) -> Response:
 class PlainOrderView(APIView):
     """No idempotency handling (the baseline; also what drf-idempotency's middleware wraps)."""
 
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return create_order(request)
+
+
+class AtomicOrderView(APIView):
+    """No idempotency handling, but in a transaction, as under ``ATOMIC_REQUESTS``.
+
+    A reference point: the database store runs the view in a transaction, and
+    this shows what the transaction alone (BEGIN and COMMIT) costs.
+    """
+
+    @transaction.atomic
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return create_order(request)
 
