@@ -240,7 +240,7 @@ def render_chart(data: dict[str, Any], path: Path) -> None:
         return
     ratios = [results[c.name]["ratio"] for c in configs]
     colours = [
-        "#9e9e9e" if c.name == "baseline" else ("#d98c3a" if c.peer else "#2b6cb0")
+        "#9e9e9e" if c.name.startswith("baseline") else ("#d98c3a" if c.peer else "#2b6cb0")
         for c in configs
     ]
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(configs) + 1.4))
