@@ -19,6 +19,25 @@ DEFAULT_SCOPE = "django_idempotency.keys.user_scope"
 # Rejections that the client is expected to fix and then retry with the same
 # key. Every 5xx is released as well, whatever this setting says.
 DEFAULT_RELEASED_STATUSES = frozenset({400, 401, 403, 422, 429})
+# Field names (and header names) whose values the admin never shows. A name
+# matches when it equals one of these or ends with "_" plus one, after
+# lower-casing and turning "-" and camelCase into "_" (see admin.is_masked).
+DEFAULT_ADMIN_MASKED_FIELDS = (
+    "secret",
+    "token",
+    "password",
+    "passwd",
+    "key",
+    "authorization",
+    "cookie",
+    "credentials",
+    "signature",
+    "otp",
+    "pin",
+    "cvv",
+    "cvc",
+    "ssn",
+)
 
 
 def _as_seconds(value: Any) -> float:
@@ -78,6 +97,13 @@ class Settings:
     @property
     def IDEMPOTENCY_RETRY_AFTER(self) -> int:
         return int(getattr(django_settings, "IDEMPOTENCY_RETRY_AFTER", 1))
+
+    @property
+    def IDEMPOTENCY_ADMIN_MASKED_FIELDS(self) -> Collection[str]:
+        value: Collection[str] = getattr(
+            django_settings, "IDEMPOTENCY_ADMIN_MASKED_FIELDS", DEFAULT_ADMIN_MASKED_FIELDS
+        )
+        return value
 
 
 _imports: dict[str, Any] = {}

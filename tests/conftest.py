@@ -91,7 +91,9 @@ def make_record(
         path=path,
         state=state,
         response_status=status if state == "completed" else None,
-        response_headers=json.dumps(headers or [["Content-Type", "application/json"]]),
+        response_headers=json.dumps(
+            [["Content-Type", "application/json"]] if headers is None else headers
+        ),
         response_body=body if state == "completed" else None,
         created_at=now - age,
         expires_at=now + expires_in,

@@ -1,3 +1,7 @@
+from django.contrib import admin
 from django.urls import include, path
 
-urlpatterns = [path("t/", include("tests.testapp.urls"))]
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("t/", include("tests.testapp.urls")),
+]
