@@ -8,7 +8,6 @@ Ids are stable: E010 belongs to the Redis store's check of ``IDEMPOTENCY_CACHE``
 from __future__ import annotations
 
 import math
-import numbers
 import re
 from collections.abc import Collection, Sequence
 from datetime import timedelta
@@ -86,7 +85,7 @@ def _check_ttl() -> Messages:
     ttl = conf.raw("IDEMPOTENCY_TTL")
     if isinstance(ttl, timedelta):
         seconds = ttl.total_seconds()
-    elif isinstance(ttl, numbers.Real) and not isinstance(ttl, bool):
+    elif isinstance(ttl, int | float) and not isinstance(ttl, bool):
         seconds = float(ttl)
     else:
         seconds = math.nan
