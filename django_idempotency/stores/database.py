@@ -47,7 +47,17 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ..conf import conf
 from ..models import IdempotencyRecord
-from .base import Claim, Conflict, InUse, Outcome, Replay, RequestRecord, Store, StoredResponse, StoreError
+from .base import (
+    Claim,
+    Conflict,
+    InUse,
+    Outcome,
+    Replay,
+    RequestRecord,
+    Store,
+    StoredResponse,
+    StoreError,
+)
 
 State = IdempotencyRecord.State
 # The stored strings. (str(), not .value: mypy with python_version 3.10 types
@@ -222,7 +232,9 @@ VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)
 RETURNING id
 """
 
-    def _begin_sqlite(self, connection: BaseDatabaseWrapper, record: RequestRecord) -> Outcome | int:
+    def _begin_sqlite(
+        self, connection: BaseDatabaseWrapper, record: RequestRecord
+    ) -> Outcome | int:
         table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
         sql = self._SQLITE_SQL.format(
             table=table, upsert=self._UPSERT.format(table=table).replace("EXCLUDED", "excluded")
