@@ -19,7 +19,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.asgi import get_asgi_application
 from django.db import connection, connections
-from django.test import AsyncClient, Client
+from django.test import AsyncClient, AsyncRequestFactory, Client
 
 from django_idempotency.models import IdempotencyRecord
 from tests.testapp import async_views
@@ -39,9 +39,15 @@ def aclient(alice: User) -> AsyncClient:
 
 def apost(client: AsyncClient, path: str, data: Any = None, key: str | None = "k1") -> Any:
     headers = {"Idempotency-Key": key} if key is not None else {}
-    return async_to_sync(client.post)(
-        path, json.dumps(data or {}), content_type="application/json", headers=headers
-    )
+
+    # A coroutine function of our own: on Django 4.2 AsyncClient.post is a
+    # plain function that returns a coroutine, which async_to_sync warns about.
+    async def send() -> Any:
+        return await client.post(
+            path, json.dumps(data or {}), content_type="application/json", headers=headers
+        )
+
+    return async_to_sync(send)()
 
 
 def elsewhere(query: Callable[[], T]) -> T:
@@ -97,6 +103,7 @@ def test_released_claim_rolls_back_the_async_writes(aclient: AsyncClient, outcom
 def test_exception_rolls_back_and_releases(aclient: AsyncClient) -> None:
     with pytest.raises(RuntimeError, match="the async view failed"):
         apost(aclient, "/t/async", {"outcome": "raise"})
+    assert not connection.in_atomic_block
     assert elsewhere(Widget.objects.count) == 0
     assert elsewhere(IdempotencyRecord.objects.count) == 0
     assert apost(aclient, "/t/async", {"outcome": "ok"}, key="k2").status_code == 201
@@ -129,7 +136,10 @@ def test_async_class_based_view(aclient: AsyncClient) -> None:
     second = apost(aclient, "/t/async-class")
     assert first.status_code == 201
     assert second["Idempotent-Replayed"] == "true"
-    counted = async_to_sync(aclient.get)("/t/async-class")
+    async def count() -> Any:
+        return await aclient.get("/t/async-class")
+
+    counted = async_to_sync(count)()
     assert json.loads(counted.content) == {"count": 1}
 
 
@@ -141,6 +151,34 @@ def test_async_streaming_response_is_stored_and_replayed(aclient: AsyncClient) -
     assert second.content == body
     assert second["Idempotent-Replayed"] == "true"
     assert elsewhere(Widget.objects.count) == 1
+
+
+def test_cancelled_view_releases_its_claim(alice: User) -> None:
+    # What Django 5.0+ does when the client disconnects: it cancels the view.
+    request = AsyncRequestFactory().post(
+        "/t/async",
+        b'{"name": "gone"}',
+        content_type="application/json",
+        headers={"Idempotency-Key": "gone", "X-Test-Delay": "30"},
+    )
+    request.user = alice
+    async_views.started.clear()
+
+    async def abandon() -> None:
+        task = asyncio.ensure_future(async_views.async_widget(request))
+        for _ in range(1000):
+            if async_views.started.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert async_views.started.is_set(), "the view never started"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    async_to_sync(abandon)()
+    assert not connection.in_atomic_block
+    assert elsewhere(Widget.objects.count) == 0
+    assert elsewhere(IdempotencyRecord.objects.count) == 0
 
 
 # Concurrency through Django's ASGI handler itself: like a server, it runs each

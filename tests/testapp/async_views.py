@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -20,11 +21,15 @@ from django_idempotency import idempotent
 
 from .models import Widget
 
+# Set once a view body has made its row, so a test can act while it runs.
+started = threading.Event()
+
 
 @idempotent
 async def async_widget(request: HttpRequest) -> HttpResponse:
     data = json.loads(request.body or b"{}")
     widget = await Widget.objects.acreate(name=data.get("name", "async"))
+    started.set()
     delay = float(request.headers.get("X-Test-Delay", "0"))
     if delay:
         # Keeps the claim's transaction open while concurrent requests arrive.
