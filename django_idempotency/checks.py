@@ -47,21 +47,20 @@ def _warning(id_: int, msg: str, hint: str) -> checks.Warning:
     return checks.Warning(msg, hint=hint, id=f"django_idempotency.W{id_:03d}")
 
 
-def _store_class() -> Any:
-    """The class that IDEMPOTENCY_STORE names, or None if it cannot be imported."""
+def _import_store() -> tuple[Any, Exception | None]:
+    """The class that IDEMPOTENCY_STORE names, or why it cannot be imported."""
     try:
-        return import_string(conf.raw("IDEMPOTENCY_STORE"))
-    except (ImportError, TypeError, ValueError):
-        return None
+        return import_string(conf.raw("IDEMPOTENCY_STORE")), None
+    except (ImportError, TypeError, ValueError) as exc:
+        return None, exc
 
 
 def _check_store() -> Messages:
     from .stores.base import Store
 
     path = conf.raw("IDEMPOTENCY_STORE")
-    try:
-        store_class = import_string(path)
-    except (ImportError, TypeError, ValueError) as exc:
+    store_class, exc = _import_store()
+    if exc is not None:
         return [
             _error(
                 1,
@@ -216,7 +215,7 @@ def _check_retry_after() -> Messages:
 def _check_database() -> Messages:
     from .stores.database import DatabaseStore
 
-    store_class = _store_class()
+    store_class, _ = _import_store()
     if not (isinstance(store_class, type) and issubclass(store_class, DatabaseStore)):
         return []
     alias = conf.raw("IDEMPOTENCY_DATABASE")
