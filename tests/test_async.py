@@ -131,6 +131,20 @@ def test_errors_use_the_envelope(aclient: AsyncClient) -> None:
     assert elsewhere(Widget.objects.count) == 1
 
 
+def test_other_methods_and_optional_keys_pass_through(aclient: AsyncClient) -> None:
+    async def get() -> Any:
+        return await aclient.get("/t/async")
+
+    assert async_to_sync(get)().status_code == 201, "GET runs the view without a key"
+    assert apost(aclient, "/t/async-optional", key=None).status_code == 201
+    assert apost(aclient, "/t/async-optional", key=None).status_code == 201
+    assert elsewhere(IdempotencyRecord.objects.count) == 0
+    assert elsewhere(Widget.objects.count) == 3
+    apost(aclient, "/t/async-optional", key="opt")
+    assert apost(aclient, "/t/async-optional", key="opt")["Idempotent-Replayed"] == "true"
+    assert elsewhere(Widget.objects.count) == 4
+
+
 def test_async_class_based_view(aclient: AsyncClient) -> None:
     first = apost(aclient, "/t/async-class")
     second = apost(aclient, "/t/async-class")

@@ -52,6 +52,12 @@ async def async_stream(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(chunks(), status=201, content_type="text/plain")
 
 
+@idempotent(required=False)
+async def async_optional(request: HttpRequest) -> HttpResponse:
+    widget = await Widget.objects.acreate(name="optional")
+    return JsonResponse({"id": widget.pk}, status=201)
+
+
 class AsyncWidgetView(View):
     @idempotent
     async def post(self, request: HttpRequest) -> HttpResponse:

@@ -12,6 +12,7 @@ urlpatterns = [
     path("plain", views.plain_view),
     path("async", async_views.async_widget),
     path("async-stream", async_views.async_stream),
+    path("async-optional", async_views.async_optional),
     path("async-class", async_views.AsyncWidgetView.as_view()),
     *router.urls,
 ]
