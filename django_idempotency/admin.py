@@ -42,6 +42,8 @@ MAX_SHOWN_BYTES = 64 * 1024
 #: Unfiltered lists on PostgreSQL show the planner's row estimate above this.
 ESTIMATE_ABOVE = 100_000
 
+Records = QuerySet[IdempotencyRecord]
+
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
@@ -129,7 +131,7 @@ def render_headers(record: IdempotencyRecord) -> SafeString:
     )
 
 
-class EstimatedCountPaginator(Paginator):
+class EstimatedCountPaginator(Paginator):  # type: ignore[type-arg]
     """Counts exactly, except an unfiltered list on PostgreSQL: that uses the
     planner's estimate when it is large, so opening the list never scans the table."""
 
@@ -164,7 +166,7 @@ class DrillDownQuerySet(QuerySet):  # type: ignore[type-arg]
 
     def datetimes(self, field_name: str, kind: str, *args: Any, **kwargs: Any) -> Any:
         if field_name != "created_at" or kind not in ("year", "month", "day"):
-            return super().datetimes(field_name, kind, *args, **kwargs)
+            return super().datetimes(field_name, kind, *args, **kwargs)  # type: ignore[arg-type]
         bounds = self.aggregate(first=Min(field_name), last=Max(field_name))
         if bounds["first"] is None:
             return []
@@ -191,14 +193,14 @@ class StatusClassFilter(admin.SimpleListFilter):
     title = _("response status")
     parameter_name = "status_class"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
         return [(f"{n}xx", f"{n}xx") for n in range(1, 6)]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any] | None:
+    def queryset(self, request: HttpRequest, queryset: Records) -> Records | None:
         value = self.value()
         if value and re.fullmatch(r"[1-5]xx", value):
             low = int(value[0]) * 100
-            return queryset.filter(response_status__gte=low, response_status__lt=low + 100)
+            queryset = queryset.filter(response_status__gte=low, response_status__lt=low + 100)
         return queryset
 
 
@@ -206,19 +208,19 @@ class ExpiredFilter(admin.SimpleListFilter):
     title = _("expired")
     parameter_name = "expired"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
         return [("yes", _("Yes")), ("no", _("No"))]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any] | None:
+    def queryset(self, request: HttpRequest, queryset: Records) -> Records | None:
         if self.value() == "yes":
-            return queryset.filter(expires_at__lte=timezone.now())
-        if self.value() == "no":
-            return queryset.filter(expires_at__gt=timezone.now())
+            queryset = queryset.filter(expires_at__lte=timezone.now())
+        elif self.value() == "no":
+            queryset = queryset.filter(expires_at__gt=timezone.now())
         return queryset
 
 
 @admin.register(IdempotencyRecord)
-class IdempotencyRecordAdmin(admin.ModelAdmin):
+class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = (
         "key",
         "scope",
@@ -269,17 +271,17 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):
         # The detail page stays viewable (view permission) but never editable.
         return False
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+    def get_queryset(self, request: HttpRequest) -> Records:
         # Bodies can be large; the detail page loads its one body when shown.
-        queryset = super().get_queryset(request).defer("response_body")
+        queryset: Records = super().get_queryset(request).defer("response_body")
         # The same query with a faster date drill-down; the model's own
         # manager keeps Django's datetimes().
         queryset.__class__ = DrillDownQuerySet
         return queryset
 
     def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
-    ) -> tuple[QuerySet[Any], bool]:
+        self, request: HttpRequest, queryset: Records, search_term: str
+    ) -> tuple[Records, bool]:
         # Not Django's default (case-insensitive "contains" on each field): an
         # exact key uses the key index, and a path prefix can stop early in
         # the newest-first scan, so a search stays fast on millions of rows.
@@ -307,7 +309,7 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):
         return render_body(obj)
 
     @admin.action(description=_("Expire selected keys"), permissions=["delete"])
-    def expire_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+    def expire_selected(self, request: HttpRequest, queryset: Records) -> None:
         now: datetime = timezone.now()
         count = queryset.filter(expires_at__gt=now).update(expires_at=now)
         self.message_user(

@@ -1,7 +1,6 @@
-from django.contrib import admin
 from django.urls import include, path
 
 urlpatterns = [
-    path("admin/", admin.site.urls),
     path("t/", include("tests.testapp.urls")),
+    path("", include("testproject.urls")),
 ]
