@@ -36,6 +36,7 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> M
         *_check_header(),
         *_check_retry_after(),
         *_check_database(),
+        *_check_admin_masked_fields(),
     ]
 
 
@@ -226,6 +227,26 @@ def _check_database() -> Messages:
                 f"IDEMPOTENCY_DATABASE {alias!r} is not a database alias in DATABASES.",
                 f"Use one of {sorted(settings.DATABASES)}; the database store keeps its "
                 "records there, in the same transaction as the view's writes.",
+            )
+        ]
+    return []
+
+
+def _check_admin_masked_fields() -> Messages:
+    fields = conf.raw("IDEMPOTENCY_ADMIN_MASKED_FIELDS")
+    if (
+        isinstance(fields, str | bytes)
+        or not isinstance(fields, Collection)
+        or not all(isinstance(field, str) and field for field in fields)
+    ):
+        return [
+            _error(
+                14,
+                "IDEMPOTENCY_ADMIN_MASKED_FIELDS must be a collection of field names, "
+                f"not {fields!r}.",
+                'For example ("secret", "token", "password", "key"); a single string '
+                "would be read as its letters. Extend "
+                "django_idempotency.conf.DEFAULT_ADMIN_MASKED_FIELDS to keep the defaults.",
             )
         ]
     return []

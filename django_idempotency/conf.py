@@ -19,6 +19,25 @@ DEFAULT_SCOPE = "django_idempotency.keys.user_scope"
 # Rejections that the client is expected to fix and then retry with the same
 # key. Every 5xx is released as well, whatever this setting says.
 DEFAULT_RELEASED_STATUSES = frozenset({400, 401, 403, 422, 429})
+# Field names (and header names) whose values the admin never shows. A name
+# matches when it equals one of these or ends with "_" plus one, after
+# lower-casing and turning "-" and camelCase into "_" (see admin.is_masked).
+DEFAULT_ADMIN_MASKED_FIELDS = (
+    "secret",
+    "token",
+    "password",
+    "passwd",
+    "key",
+    "authorization",
+    "cookie",
+    "credentials",
+    "signature",
+    "otp",
+    "pin",
+    "cvv",
+    "cvc",
+    "ssn",
+)
 
 
 # Every setting and its default. The system checks validate what
@@ -32,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "IDEMPOTENCY_SCOPE": DEFAULT_SCOPE,
     "IDEMPOTENCY_RELEASED_STATUSES": DEFAULT_RELEASED_STATUSES,
     "IDEMPOTENCY_RETRY_AFTER": 1,
+    "IDEMPOTENCY_ADMIN_MASKED_FIELDS": DEFAULT_ADMIN_MASKED_FIELDS,
 }
 
 
@@ -93,6 +113,11 @@ class Settings:
     @property
     def IDEMPOTENCY_RETRY_AFTER(self) -> int:
         return int(self.raw("IDEMPOTENCY_RETRY_AFTER"))
+
+    @property
+    def IDEMPOTENCY_ADMIN_MASKED_FIELDS(self) -> Collection[str]:
+        value: Collection[str] = self.raw("IDEMPOTENCY_ADMIN_MASKED_FIELDS")
+        return value
 
 
 _imports: dict[str, Any] = {}
