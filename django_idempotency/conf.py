@@ -19,6 +19,9 @@ DEFAULT_SCOPE = "django_idempotency.keys.user_scope"
 # Rejections that the client is expected to fix and then retry with the same
 # key. Every 5xx is released as well, whatever this setting says.
 DEFAULT_RELEASED_STATUSES = frozenset({400, 401, 403, 422, 429})
+# The Redis store's claim lease. It is renewed while the view runs, so it only
+# bounds how long a key stays "in use" after a worker dies.
+DEFAULT_LEASE = timedelta(seconds=30)
 
 
 def _as_seconds(value: Any) -> float:
@@ -53,6 +56,15 @@ class Settings:
     @property
     def IDEMPOTENCY_CACHE(self) -> str:
         return str(getattr(django_settings, "IDEMPOTENCY_CACHE", "default"))
+
+    @property
+    def lease_seconds(self) -> float:
+        """``IDEMPOTENCY_LEASE``: how long a Redis claim lives unless renewed."""
+        return _as_seconds(getattr(django_settings, "IDEMPOTENCY_LEASE", DEFAULT_LEASE))
+
+    @property
+    def IDEMPOTENCY_FAIL_OPEN(self) -> bool:
+        return bool(getattr(django_settings, "IDEMPOTENCY_FAIL_OPEN", False))
 
     @property
     def IDEMPOTENCY_SCOPE(self) -> str | Callable[..., Any]:
