@@ -51,6 +51,9 @@ def _open_hold() -> Iterator[None]:
     views.hold.set()
     yield
     views.hold.set()
+    for gate in views.gates.values():
+        gate.set()
+    views.gates.clear()
 
 
 @pytest.fixture(params=[False, True], ids=["autocommit", "atomic_requests"])

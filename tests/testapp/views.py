@@ -27,6 +27,9 @@ from .models import Widget
 hold = threading.Event()
 hold.set()
 started = threading.Event()
+# A request with the header ``X-Test-Gate: <name>`` also waits for gates[name],
+# so a test can hold one request while others run past it.
+gates: dict[str, threading.Event] = {}
 
 
 class WidgetSerializer(serializers.ModelSerializer):
@@ -49,6 +52,9 @@ def _make(request: Any, name: str | None = None) -> Widget:
     if delay:
         time.sleep(delay)
     hold.wait(10)
+    gate = gates.get(request.META.get("HTTP_X_TEST_GATE", ""))
+    if gate is not None:
+        gate.wait(10)
     return widget
 
 
