@@ -68,6 +68,17 @@ def _lock_id(record: RequestRecord) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def _sqlite_busy(connection: BaseDatabaseWrapper, exc: BaseException) -> bool:
+    """SQLite has one writer at a time, and another request kept the write lock
+    past the busy timeout (at BEGIN IMMEDIATE, or at our INSERT): most likely
+    the duplicate that is still running, so the answer is "in use, retry"."""
+    return (
+        connection.vendor == "sqlite"
+        and isinstance(exc, OperationalError)
+        and "locked" in str(exc)
+    )
+
+
 class DatabaseStore(Store):
     """Stores records with the Django ORM, in the view's own transaction."""
 
@@ -82,6 +93,8 @@ class DatabaseStore(Store):
         try:
             atomic.__enter__()
         except DatabaseError as exc:
+            if _sqlite_busy(connection, exc):
+                return InUse()
             raise StoreError(str(exc)) from exc
         try:
             if connection.vendor == "postgresql":
@@ -92,13 +105,7 @@ class DatabaseStore(Store):
                 outcome = self._begin_portable(alias, record)
         except BaseException as exc:
             atomic.__exit__(type(exc), exc, exc.__traceback__)
-            if (
-                isinstance(exc, OperationalError)
-                and connection.vendor == "sqlite"
-                and "locked" in str(exc)
-            ):
-                # SQLite has one writer at a time and another request kept the
-                # write lock past the busy timeout: most likely the duplicate.
+            if _sqlite_busy(connection, exc):
                 return InUse()
             if isinstance(exc, DatabaseError):
                 raise StoreError(str(exc)) from exc
