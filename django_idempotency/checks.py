@@ -38,38 +38,61 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     return errors
 
 
-CACHE_STORE = "django_idempotency.stores.cache.CacheStore"
-
 
 @checks.register(checks.Tags.caches)
 def check_cache_store(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """The Redis store needs a django-redis cache that every process shares."""
-    if conf.IDEMPOTENCY_STORE != CACHE_STORE:
+    """The Redis store needs a django-redis cache that every process shares.
+
+    Ids: E010 (alias missing), E012 (not a shared django-redis cache), E013 (lease).
+    """
+    try:
+        from .stores.cache import CacheStore
+
+        store_class = import_string(conf.IDEMPOTENCY_STORE)
+    except ImportError:
+        return []  # not installed or not importable: check_settings reports it
+    if not (isinstance(store_class, type) and issubclass(store_class, CacheStore)):
         return []
     from django.conf import settings
 
+    errors: list[checks.CheckMessage] = []
     alias = conf.IDEMPOTENCY_CACHE
     cache_settings = getattr(settings, "CACHES", {}).get(alias)
     if cache_settings is None:
-        return [
+        errors.append(
             checks.Error(
                 f"IDEMPOTENCY_CACHE {alias!r} is not a cache in CACHES.",
                 hint="Add a django_redis.cache.RedisCache entry to CACHES under that alias, "
                 "or set IDEMPOTENCY_CACHE to the alias of one.",
                 id="django_idempotency.E010",
             )
-        ]
-    backend = str(cache_settings.get("BACKEND", ""))
-    client_class = str(cache_settings.get("OPTIONS", {}).get("CLIENT_CLASS", ""))
-    if backend != "django_redis.cache.RedisCache" or client_class.endswith("ShardClient"):
-        return [
-            checks.Error(
-                f"The cache {alias!r} ({backend}) cannot hold idempotency records: the Redis "
-                "store needs a django-redis cache that all processes share.",
-                hint="Use BACKEND 'django_redis.cache.RedisCache' (not ShardClient). LocMem and "
-                "Dummy caches are not shared between processes, so a retry that reaches "
-                "another worker would run the view again.",
-                id="django_idempotency.E011",
+        )
+    else:
+        backend = str(cache_settings.get("BACKEND", ""))
+        client_class = str(cache_settings.get("OPTIONS", {}).get("CLIENT_CLASS", ""))
+        if backend != "django_redis.cache.RedisCache" or client_class.endswith("ShardClient"):
+            errors.append(
+                checks.Error(
+                    f"The cache {alias!r} ({backend}) cannot hold idempotency records: the "
+                    "Redis store needs a django-redis cache that all processes share.",
+                    hint="Use BACKEND 'django_redis.cache.RedisCache' (not ShardClient). LocMem "
+                    "and Dummy caches are not shared between processes, so a retry that "
+                    "reaches another worker would run the view again.",
+                    id="django_idempotency.E012",
+                )
             )
-        ]
-    return []
+    lease = getattr(settings, "IDEMPOTENCY_LEASE", None)
+    try:
+        lease_ok = lease is None or conf.lease_seconds > 0
+    except (TypeError, ValueError):
+        lease_ok = False
+    if not lease_ok or isinstance(lease, bool):
+        errors.append(
+            checks.Error(
+                f"IDEMPOTENCY_LEASE {lease!r} is not a positive duration.",
+                hint="Use seconds (e.g. 30) or a datetime.timedelta; the lease is renewed "
+                "while the view runs and bounds how long a dead worker's key stays in use.",
+                id="django_idempotency.E013",
+            )
+        )
+    return errors

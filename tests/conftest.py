@@ -171,3 +171,15 @@ def store(request: pytest.FixtureRequest, settings: Any) -> Iterator[StoreUnderT
     yield under_test
     if under_test.name == "redis":
         delete_test_keys()
+
+
+@pytest.fixture(autouse=True)
+def _whole_suite_on_redis() -> Iterator[None]:
+    """With TEST_IDEMPOTENCY_STORE set to the Redis store, every test starts clean."""
+    if os.environ.get("TEST_IDEMPOTENCY_STORE") != CACHE_STORE:
+        yield
+        return
+    require_redis()
+    delete_test_keys()
+    yield
+    delete_test_keys()

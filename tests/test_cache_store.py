@@ -63,20 +63,26 @@ def test_check_refuses_a_missing_cache_alias() -> None:
 def test_check_refuses_a_cache_that_is_not_shared_django_redis(backend: str) -> None:
     caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
               "idem": {"BACKEND": backend, "LOCATION": "redis://127.0.0.1:6379/0"}}
-    assert errors(CACHES=caches, IDEMPOTENCY_CACHE="idem") == ["django_idempotency.E011"]
+    assert errors(CACHES=caches, IDEMPOTENCY_CACHE="idem") == ["django_idempotency.E012"]
 
 
 def test_check_refuses_the_shard_client() -> None:
     caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
               "idem": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": ["redis://a", "redis://b"],
                        "OPTIONS": {"CLIENT_CLASS": "django_redis.client.ShardClient"}}}
-    assert errors(CACHES=caches, IDEMPOTENCY_CACHE="idem") == ["django_idempotency.E011"]
+    assert errors(CACHES=caches, IDEMPOTENCY_CACHE="idem") == ["django_idempotency.E012"]
 
 
 def test_check_accepts_django_redis() -> None:
     caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
               "idem": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://127.0.0.1:6379/0"}}
     assert errors(CACHES=caches, IDEMPOTENCY_CACHE="idem") == []
+
+
+@pytest.mark.parametrize("lease", [0, -1, "soon", True])
+def test_check_refuses_a_lease_that_is_not_a_positive_duration(lease: Any) -> None:
+    assert errors(IDEMPOTENCY_LEASE=lease, IDEMPOTENCY_CACHE="nowhere") == [
+        "django_idempotency.E010", "django_idempotency.E013"]
 
 
 def test_check_ignores_the_cache_for_the_database_store() -> None:
