@@ -122,7 +122,8 @@ def test_the_lease_is_renewed_while_a_long_view_runs(
         views.hold.set()
         assert first.result(10).status_code == 201
     assert Widget.objects.count() == 1
-    assert post(client_alice, "/t/widgets", {"name": "long"}, key="long")["Idempotent-Replayed"] == "true"
+    replay = post(client_alice, "/t/widgets", {"name": "long"}, key="long")
+    assert replay["Idempotent-Replayed"] == "true"
 
 
 def _post_closing(user: User, body: dict[str, str], key: str, **extra: str) -> Any:
@@ -137,8 +138,10 @@ def _post_closing(user: User, body: dict[str, str], key: str, **extra: str) -> A
 @redis_only
 @pytest.mark.django_db(transaction=True)
 def test_a_request_that_lost_its_lease_cannot_overwrite_the_new_owner(
-    client_alice: APIClient, alice: User, store: StoreUnderTest, caplog: pytest.LogCaptureFixture
+    client_alice: APIClient, alice: User, store: StoreUnderTest, caplog: pytest.LogCaptureFixture,
+    settings: Any,
 ) -> None:
+    settings.IDEMPOTENCY_LEASE = 600  # no renewal comes between the lapse and the retry
     views.started.clear()
     views.gates["slow"] = gate = threading.Event()
     with ThreadPoolExecutor(2) as pool:
@@ -162,6 +165,53 @@ def test_a_request_that_lost_its_lease_cannot_overwrite_the_new_owner(
     assert replay["Idempotent-Replayed"] == "true"
     assert replay.content == newer_response.content, "the newer owner's response is kept"
     assert "lost its lease" in caplog.text
+
+
+@redis_only
+@pytest.mark.django_db(transaction=True)
+def test_a_lapsed_claim_that_nobody_took_over_still_stores_its_response(
+    client_alice: APIClient, alice: User, store: StoreUnderTest, settings: Any
+) -> None:
+    settings.IDEMPOTENCY_LEASE = 600
+    views.started.clear()
+    views.gates["slow"] = gate = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(
+            _post_closing, alice, {"name": "slow"}, "lapsed", HTTP_X_TEST_GATE="slow"
+        )
+        assert views.started.wait(10)
+        redis_client().delete(_claim_key())  # lapsed (or lost by a restarted Redis)
+        gate.set()
+        first = slow.result(10)
+    assert first.status_code == 201
+    replay = post(client_alice, "/t/widgets", {"name": "slow"}, key="lapsed")
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == first.content
+    assert Widget.objects.count() == 1
+
+
+@redis_only
+@pytest.mark.django_db(transaction=True)
+def test_renewal_takes_back_a_lapsed_claim_that_nobody_took_over(
+    client_alice: APIClient, alice: User, store: StoreUnderTest, settings: Any
+) -> None:
+    settings.IDEMPOTENCY_LEASE = 0.3
+    views.started.clear()
+    views.gates["slow"] = gate = threading.Event()
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(_post_closing, alice, {"name": "slow"}, "back", HTTP_X_TEST_GATE="slow")
+        assert views.started.wait(10)
+        name = _claim_key()
+        redis_client().delete(name)
+        deadline = time.monotonic() + 10
+        while not redis_client().exists(name):
+            assert time.monotonic() < deadline, "the renewer did not take the claim back"
+            time.sleep(0.01)
+        duplicate = pool.submit(_post_closing, alice, {"name": "slow"}, "back").result(10)
+        assert duplicate.status_code == 409
+        gate.set()
+        assert slow.result(10).status_code == 201
+    assert Widget.objects.count() == 1
 
 
 # Across processes, under gunicorn.
@@ -279,7 +329,8 @@ def test_redis_down_fails_closed_with_503_and_recovers(
     assert Widget.objects.count() == 1, "the view did not run"
     own_redis.start()
     assert post(client_alice, "/t/widgets", {"name": "a"}, key="after").status_code == 201
-    assert post(client_alice, "/t/widgets", {"name": "a"}, key="after")["Idempotent-Replayed"] == "true"
+    replay = post(client_alice, "/t/widgets", {"name": "a"}, key="after")
+    assert replay["Idempotent-Replayed"] == "true"
 
 
 @pytest.mark.redis
@@ -317,5 +368,6 @@ def test_redis_stopped_while_the_view_runs_sends_the_view_response(
     # The restarted Redis is empty (no persistence here), so the claim is gone
     # and a retry runs again: the documented cost of losing Redis mid-request.
     assert post(client_alice, "/t/widgets", {"name": "mid"}, key="mid").status_code == 201
-    assert post(client_alice, "/t/widgets", {"name": "mid"}, key="mid")["Idempotent-Replayed"] == "true"
+    replay = post(client_alice, "/t/widgets", {"name": "mid"}, key="mid")
+    assert replay["Idempotent-Replayed"] == "true"
     assert Widget.objects.count() == 2

@@ -131,7 +131,9 @@ def server_user(transactional_db: None) -> User:
     return User.objects.create_user("alice", password="alice-pw")
 
 
-def test_twenty_processes_one_key_run_the_view_once(server_user: User, store: StoreUnderTest) -> None:
+def test_twenty_processes_one_key_run_the_view_once(
+    server_user: User, store: StoreUnderTest
+) -> None:
     with gunicorn(workers=4, env={"TEST_IDEMPOTENCY_STORE": store.path}) as server:
         for round_ in range(3):
             barrier = threading.Barrier(RACERS)

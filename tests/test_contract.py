@@ -105,7 +105,9 @@ def test_missing_key_is_400(client_alice: APIClient) -> None:
     ids=["empty", "blank", "too-long", "control", "tab", "two-bare", "two-quoted", "non-ascii",
          "unterminated", "bad-escape", "trailing"],
 )
-def test_malformed_keys_are_400(client_alice: APIClient, raw: str, store: StoreUnderTest) -> None:
+def test_malformed_keys_are_400(
+    client_alice: APIClient, raw: str, store: StoreUnderTest
+) -> None:
     response = post(client_alice, "/t/widgets", {"name": "a"}, key=raw)
     assert response.status_code == 400, raw
     envelope(response, "idempotency_key_invalid")
@@ -117,14 +119,18 @@ def test_longest_key_is_accepted(client_alice: APIClient) -> None:
     assert post(client_alice, "/t/widgets", {"name": "a"}, key="k" * 255).status_code == 201
 
 
-def test_quoted_key_is_the_same_key_as_bare(client_alice: APIClient, store: StoreUnderTest) -> None:
+def test_quoted_key_is_the_same_key_as_bare(
+    client_alice: APIClient, store: StoreUnderTest
+) -> None:
     post(client_alice, "/t/widgets", {"name": "a"}, key="job-create-order-1234")
     response = post(client_alice, "/t/widgets", {"name": "a"}, key='"job-create-order-1234"')
     assert response["Idempotent-Replayed"] == "true"
     assert [r.key for r in store.records()] == ["job-create-order-1234"]
 
 
-def test_quoted_key_may_hold_escapes_and_commas(client_alice: APIClient, store: StoreUnderTest) -> None:
+def test_quoted_key_may_hold_escapes_and_commas(
+    client_alice: APIClient, store: StoreUnderTest
+) -> None:
     post(client_alice, "/t/widgets", {"name": "a"}, key='"a,\\"b\\"\\\\"')
     assert [r.key for r in store.records()] == ['a,"b"\\']
 
@@ -204,7 +210,9 @@ def test_definitive_4xx_is_stored(client_alice: APIClient, outcome: str) -> None
 
 
 @override_settings(IDEMPOTENCY_RELEASED_STATUSES={404})
-def test_released_statuses_are_a_setting(client_alice: APIClient, store: StoreUnderTest) -> None:
+def test_released_statuses_are_a_setting(
+    client_alice: APIClient, store: StoreUnderTest
+) -> None:
     post(client_alice, "/t/apiview", {"outcome": "404"})
     assert store.records() == []
     post(client_alice, "/t/apiview", {"outcome": "400"}, key="k2")
@@ -221,14 +229,18 @@ def test_cookies_are_not_replayed(client_alice: APIClient, store: StoreUnderTest
     assert "set-cookie" not in {name.lower() for name, _ in record.headers}
 
 
-def test_optional_key_runs_unguarded_without_header(client_alice: APIClient, store: StoreUnderTest) -> None:
+def test_optional_key_runs_unguarded_without_header(
+    client_alice: APIClient, store: StoreUnderTest
+) -> None:
     post(client_alice, "/t/apiview", {"outcome": "ok"}, key=None)
     post(client_alice, "/t/apiview", {"outcome": "ok"}, key=None)
     assert Widget.objects.count() == 2
     assert store.records() == []
 
 
-def test_expired_record_is_ignored_before_any_purge(client_alice: APIClient, store: StoreUnderTest) -> None:
+def test_expired_record_is_ignored_before_any_purge(
+    client_alice: APIClient, store: StoreUnderTest
+) -> None:
     first = post(client_alice, "/t/widgets", {"name": "a"})
     store.expire_all()
     second = post(client_alice, "/t/widgets", {"name": "b"})
@@ -304,7 +316,9 @@ def test_plain_django_view_with_binary_body_replays_byte_exact(client_alice: API
     assert changed.status_code == 409
 
 
-def test_invalid_json_body_is_fingerprinted_as_bytes(client_alice: APIClient, store: StoreUnderTest) -> None:
+def test_invalid_json_body_is_fingerprinted_as_bytes(
+    client_alice: APIClient, store: StoreUnderTest
+) -> None:
     bad = b'{"name": "a"'
     first = client_alice.post("/t/widgets", bad, content_type="application/json", HTTP_IDEMPOTENCY_KEY="j")
     assert first.status_code == 400  # DRF's parse error, not a 500; released

@@ -19,11 +19,12 @@ JSON (state, fingerprint, owner token, status, headers) and then the body bytes.
   "in use" from what they read, in the same step.
 * While the view runs, a background thread renews the lease (``PEXPIRE``) every
   third of ``IDEMPOTENCY_LEASE``, but only while the key still holds this
-  claim's value.
+  claim's value (or holds nothing: then no one else can have claimed it).
 * ``finish`` and ``release`` are Lua compare-and-set scripts: they replace (with
   the response, expiring after the TTL) or delete the key only if it still
-  holds this claim's in-flight value. A request that lost its lease can never
-  overwrite the response of the request that took the key over.
+  holds this claim's in-flight value (``finish`` also fills an empty key). A
+  request that lost its lease can never overwrite the response of the request
+  that took the key over.
 
 What it cannot do
 -----------------
@@ -57,7 +58,17 @@ from redis.exceptions import NoScriptError, RedisError
 
 from ..conf import conf
 from ..keys import scoped_key
-from .base import Claim, Conflict, InUse, Outcome, Replay, RequestRecord, Store, StoredResponse, StoreError
+from .base import (
+    Claim,
+    Conflict,
+    InUse,
+    Outcome,
+    Replay,
+    RequestRecord,
+    Store,
+    StoredResponse,
+    StoreError,
+)
 
 logger = logging.getLogger("django_idempotency")
 
@@ -88,10 +99,13 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false en
 return redis.call('GET', KEYS[1])
 """
 )
-# ARGV: our in-flight value, the completed value, its TTL in ms. Returns 1 if stored.
+# ARGV: our in-flight value, the completed value, its TTL in ms. Returns 1 if
+# stored. A key that is gone (our lease lapsed, nobody took it over) is ours to
+# fill: no other request can have run meanwhile.
 _FINISH = _Script(
     """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
@@ -103,10 +117,17 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
 """
 )
-# ARGV: our in-flight value, lease ms. Returns 1 if the lease was extended.
+# ARGV: our in-flight value, lease ms. Returns 1 if the claim is (again) ours.
+# A lapsed key that nobody took over is claimed again, which also restores the
+# claim after Redis lost it (a restart without persistence, a failover).
 _RENEW = _Script(
     """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local current = redis.call('GET', KEYS[1])
+if not current then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+if current ~= ARGV[1] then return 0 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
 )
@@ -196,7 +217,10 @@ class _Renewer:
             now = time.monotonic()
             for one in held:
                 if one.renew_at <= now:
-                    self._renew(one)
+                    try:
+                        self._renew(one)
+                    except Exception:  # keep renewing the others whatever happens
+                        logger.exception("Renewing idempotency claim %s failed", one.key)
             with self._lock:
                 next_at = min((h.renew_at for h in self._held), default=now + 60)
             self._wake.wait(max(0.0, next_at - time.monotonic()))
@@ -211,8 +235,8 @@ class _Renewer:
         if not kept and not held.done:
             self.drop(held)
             logger.warning(
-                "Idempotency claim %s lost its lease while the view ran; another request "
-                "may run it again, and this request's response will not be stored.",
+                "Idempotency claim %s lost its lease while the view ran: another request "
+                "took the key over, and this request's response will not be stored.",
                 held.key,
             )
 
