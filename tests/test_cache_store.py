@@ -214,6 +214,30 @@ def test_renewal_takes_back_a_lapsed_claim_that_nobody_took_over(
     assert Widget.objects.count() == 1
 
 
+@redis_only
+def test_a_released_claim_is_never_renewed_back(store: StoreUnderTest, settings: Any) -> None:
+    """Renewal runs in its own thread; one racing a release must not re-claim the key."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from django_idempotency.stores.base import Claim, RequestRecord
+    from django_idempotency.stores.cache import CacheStore
+
+    settings.IDEMPOTENCY_LEASE = 0.003  # renew every millisecond: races are many
+    cache_store, client, leaked = CacheStore(), redis_client(), 0
+    for i in range(1000):
+        now = timezone.now()
+        record = RequestRecord("race", f"k{i}", "fp", "POST", "/x", now, now + timedelta(hours=1))
+        claim = cache_store.begin(record)
+        assert isinstance(claim, Claim)
+        time.sleep(0.0005 * (i % 4))
+        cache_store.release(claim)
+        time.sleep(0.001)  # room for a racing renewal to land
+        leaked += client.exists(cache_store.redis_key("race", f"k{i}"))
+    assert leaked == 0
+
+
 # Across processes, under gunicorn.
 
 

@@ -49,7 +49,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.cache import caches
@@ -181,6 +181,9 @@ class _Held:
     lease_ms: int
     renew_at: float = 0.0
     done: bool = False
+    # Orders a renewal against finish/release: once ``done`` is set under it, no
+    # renewal can run after their script (a late one would re-claim a released key).
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class _Renewer:
@@ -205,7 +208,8 @@ class _Renewer:
         self._wake.set()
 
     def drop(self, held: _Held) -> None:
-        held.done = True
+        with held.lock:
+            held.done = True
         with self._lock:
             self._held.discard(held)
 
@@ -226,13 +230,18 @@ class _Renewer:
             self._wake.wait(max(0.0, next_at - time.monotonic()))
 
     def _renew(self, held: _Held) -> None:
-        held.renew_at = time.monotonic() + held.lease_ms / 3000
-        try:
-            kept = _RENEW(held.client, held.key, held.token, held.lease_ms)
-        except RedisError as exc:
-            logger.warning("Could not renew the lease of idempotency claim %s: %s", held.key, exc)
-            return
-        if not kept and not held.done:
+        with held.lock:
+            if held.done:
+                return
+            held.renew_at = time.monotonic() + held.lease_ms / 3000
+            try:
+                kept = _RENEW(held.client, held.key, held.token, held.lease_ms)
+            except RedisError as exc:
+                logger.warning(
+                    "Could not renew the lease of idempotency claim %s: %s", held.key, exc
+                )
+                return
+        if not kept:
             self.drop(held)
             logger.warning(
                 "Idempotency claim %s lost its lease while the view ran: another request "
