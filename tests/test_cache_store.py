@@ -27,7 +27,7 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from django_idempotency.checks import check_cache_store
-from tests.conftest import CACHE_STORE, StoreUnderTest, post, redis_client
+from tests.conftest import CACHE_STORE, DATABASE_STORE, StoreUnderTest, post, redis_client
 from tests.servers import free_port, gunicorn
 from tests.testapp import views
 from tests.testapp.models import Widget
@@ -86,7 +86,7 @@ def test_check_refuses_a_lease_that_is_not_a_positive_duration(lease: Any) -> No
 
 
 def test_check_ignores_the_cache_for_the_database_store() -> None:
-    with override_settings(IDEMPOTENCY_CACHE="nowhere"):
+    with override_settings(IDEMPOTENCY_STORE=DATABASE_STORE, IDEMPOTENCY_CACHE="nowhere"):
         assert check_cache_store() == []
 
 

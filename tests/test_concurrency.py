@@ -156,12 +156,14 @@ def test_twenty_processes_one_key_run_the_view_once(
             assert Widget.objects.count() == round_ + 1
 
 
+@pytest.mark.parametrize("store", ["database"], indirect=True)
 def test_a_killed_worker_leaves_no_claim_and_the_retry_runs_once(
-    server_user: User, tmp_path: Path
+    server_user: User, tmp_path: Path, store: StoreUnderTest
 ) -> None:
+    """The database store; test_cache_store has the Redis store's counterpart."""
     mark = tmp_path / "started"
     body = b'{"name": "crash"}'
-    with gunicorn(workers=1) as server:
+    with gunicorn(workers=1, env={"TEST_IDEMPOTENCY_STORE": store.path}) as server:
         pool = ThreadPoolExecutor(1)
         doomed = pool.submit(server.request, "/t/widgets", body, headers={
             "Idempotency-Key": "crash", "X-Test-Delay": "30", "X-Test-Mark": str(mark)})
