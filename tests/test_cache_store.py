@@ -238,6 +238,31 @@ def test_a_released_claim_is_never_renewed_back(store: StoreUnderTest, settings:
     assert leaked == 0
 
 
+@redis_only
+@pytest.mark.parametrize("atomic_requests", [True], indirect=True)
+@pytest.mark.django_db(transaction=True)
+def test_with_atomic_requests_the_response_is_stored_only_once_committed(
+    client_alice: APIClient, store: StoreUnderTest, settings: Any, atomic_requests: bool
+) -> None:
+    settings.IDEMPOTENCY_LEASE = 0.5
+    post(client_alice, "/t/apiview", {"outcome": "ok"}, key="ok")
+    replay = post(client_alice, "/t/apiview", {"outcome": "ok"}, key="ok")
+    assert replay["Idempotent-Replayed"] == "true", "stored once the transaction committed"
+
+    first = post(client_alice, "/t/apiview", {"outcome": "rollback"}, key="rb")
+    assert first.status_code == 201
+    assert Widget.objects.count() == 1, "only the first request's widget committed"
+    assert "completed" not in [r.state for r in store.records() if r.key == "rb"]
+    deadline = time.monotonic() + 10
+    while True:  # the claim lapses with its lease
+        retry = post(client_alice, "/t/apiview", {"outcome": "rollback"}, key="rb")
+        if retry.status_code != 409 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert retry.status_code == 201
+    assert "Idempotent-Replayed" not in retry, "never a replay of writes that rolled back"
+
+
 # Across processes, under gunicorn.
 
 
@@ -395,3 +420,17 @@ def test_redis_stopped_while_the_view_runs_sends_the_view_response(
     replay = post(client_alice, "/t/widgets", {"name": "mid"}, key="mid")
     assert replay["Idempotent-Replayed"] == "true"
     assert Widget.objects.count() == 2
+
+
+@redis_only
+@pytest.mark.parametrize("atomic_requests", [True], indirect=True)
+@pytest.mark.django_db
+def test_in_a_testcase_with_atomic_requests_capture_on_commit_stores_the_response(
+    client_alice: APIClient, store: StoreUnderTest, atomic_requests: bool,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        first = post(client_alice, "/t/apiview", {"outcome": "ok"}, key="tc")
+    replay = post(client_alice, "/t/apiview", {"outcome": "ok"}, key="tc")
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == first.content

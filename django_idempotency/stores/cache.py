@@ -37,12 +37,18 @@ view does not run) unless ``IDEMPOTENCY_FAIL_OPEN`` lets the view run unguarded;
 ``finish`` and ``release`` never raise: the view has already run, so its
 response goes out and the failure is logged.
 
+Under ``ATOMIC_REQUESTS`` (on ``IDEMPOTENCY_DATABASE``) the view's writes
+commit after the view returns, so ``finish`` stores the response in an
+``on_commit`` callback: a transaction that rolls back stores nothing, and its
+claim lapses with the lease instead of replaying writes that never happened.
+
 Every script touches exactly one key, so it works on Sentinel and Cluster
 set-ups: no multi-key commands, no transactions across keys.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -53,6 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.cache import caches
+from django.db import connections, transaction
 from django.utils import timezone
 from redis.exceptions import NoScriptError, RedisError
 
@@ -334,6 +341,20 @@ class CacheStore(Store):
             response.body,
         )
         ttl_ms = max(1, round((record.expires_at - timezone.now()).total_seconds() * 1000))
+        alias = conf.IDEMPOTENCY_DATABASE
+        connection = connections[alias]
+        if connection.settings_dict.get("ATOMIC_REQUESTS") and connection.in_atomic_block:
+            # The view's writes commit after we return. Store the response only
+            # once they have: if the commit fails, nothing is stored, the claim
+            # lapses with its lease, and a retry runs the view again instead of
+            # replaying a response whose writes were rolled back.
+            transaction.on_commit(
+                functools.partial(self._store, held, value, ttl_ms), using=alias
+            )
+            return
+        self._store(held, value, ttl_ms)
+
+    def _store(self, held: _Held, value: bytes, ttl_ms: int) -> None:
         try:
             stored = _FINISH(held.client, held.key, held.token, value, ttl_ms)
         except RedisError as exc:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers, status, viewsets
@@ -98,6 +99,11 @@ class WidgetAPIView(APIView):
             raise RuntimeError("the view failed")
         if outcome == "invalid":
             raise serializers.ValidationError({"name": ["bad"]})
+        if outcome == "rollback":
+            # A view that answers 201 but leaves its transaction to roll back,
+            # as when the commit itself fails.
+            transaction.set_rollback(True)
+            return Response({"id": widget.pk, "outcome": outcome}, status=201)
         codes = {"ok": 201, "500": 500, "503": 503, "400": 400, "422": 422, "404": 404, "409": 409}
         response = Response({"id": widget.pk, "outcome": outcome}, status=codes[outcome])
         response.set_cookie("session-ish", "secret")
