@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 import django
@@ -71,7 +72,7 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         # instead of failing when a read transaction tries to upgrade.
         DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
 
-CACHES = {
+CACHES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
 }
 # The Redis store's cache, used when a test (or the TEST_IDEMPOTENCY_STORE of a

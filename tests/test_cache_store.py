@@ -26,7 +26,7 @@ from django.db import connections
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from django_idempotency.checks import check_cache_store
+from django_idempotency.checks import check_settings
 from tests.conftest import CACHE_STORE, DATABASE_STORE, StoreUnderTest, post, redis_client
 from tests.servers import free_port, gunicorn
 from tests.testapp import views
@@ -43,7 +43,7 @@ def envelope_type(response: Any) -> str:
 
 def errors(**settings: Any) -> list[str]:
     with override_settings(IDEMPOTENCY_STORE=CACHE_STORE, **settings):
-        found = check_cache_store()
+        found = check_settings()
     assert all(isinstance(e, Error) for e in found)
     return [e.id for e in found]
 
@@ -87,7 +87,7 @@ def test_check_refuses_a_lease_that_is_not_a_positive_duration(lease: Any) -> No
 
 def test_check_ignores_the_cache_for_the_database_store() -> None:
     with override_settings(IDEMPOTENCY_STORE=DATABASE_STORE, IDEMPOTENCY_CACHE="nowhere"):
-        assert check_cache_store() == []
+        assert check_settings() == []
 
 
 # Leases, against the shared Redis.
