@@ -173,6 +173,12 @@ def store(request: pytest.FixtureRequest, settings: Any) -> Iterator[StoreUnderT
         delete_test_keys()
 
 
+@pytest.fixture
+def database_store(settings: Any) -> None:
+    """Run a test that is about the database store on it, whatever the suite runs on."""
+    settings.IDEMPOTENCY_STORE = DATABASE_STORE
+
+
 @pytest.fixture(autouse=True)
 def _whole_suite_on_redis() -> Iterator[None]:
     """With TEST_IDEMPOTENCY_STORE set to the Redis store, every test starts clean."""
