@@ -38,6 +38,9 @@ DEFAULT_ADMIN_MASKED_FIELDS = (
     "cvc",
     "ssn",
 )
+# The Redis store's claim lease. It is renewed while the view runs, so it only
+# bounds how long a key stays "in use" after a worker dies.
+DEFAULT_LEASE = timedelta(seconds=30)
 
 
 # Every setting and its default. The system checks validate what
@@ -52,6 +55,8 @@ DEFAULTS: dict[str, Any] = {
     "IDEMPOTENCY_RELEASED_STATUSES": DEFAULT_RELEASED_STATUSES,
     "IDEMPOTENCY_RETRY_AFTER": 1,
     "IDEMPOTENCY_ADMIN_MASKED_FIELDS": DEFAULT_ADMIN_MASKED_FIELDS,
+    "IDEMPOTENCY_LEASE": DEFAULT_LEASE,
+    "IDEMPOTENCY_FAIL_OPEN": False,
 }
 
 
@@ -91,6 +96,15 @@ class Settings:
     @property
     def IDEMPOTENCY_CACHE(self) -> str:
         return str(self.raw("IDEMPOTENCY_CACHE"))
+
+    @property
+    def lease_seconds(self) -> float:
+        """``IDEMPOTENCY_LEASE``: how long a Redis claim lives unless renewed."""
+        return _as_seconds(self.raw("IDEMPOTENCY_LEASE"))
+
+    @property
+    def IDEMPOTENCY_FAIL_OPEN(self) -> bool:
+        return bool(self.raw("IDEMPOTENCY_FAIL_OPEN"))
 
     @property
     def IDEMPOTENCY_SCOPE(self) -> str | Callable[..., Any]:
