@@ -19,6 +19,45 @@ DEFAULT_SCOPE = "django_idempotency.keys.user_scope"
 # Rejections that the client is expected to fix and then retry with the same
 # key. Every 5xx is released as well, whatever this setting says.
 DEFAULT_RELEASED_STATUSES = frozenset({400, 401, 403, 422, 429})
+# Field names (and header names) whose values the admin never shows. A name
+# matches when it equals one of these or ends with "_" plus one, after
+# lower-casing and turning "-" and camelCase into "_" (see admin.is_masked).
+DEFAULT_ADMIN_MASKED_FIELDS = (
+    "secret",
+    "token",
+    "password",
+    "passwd",
+    "key",
+    "authorization",
+    "cookie",
+    "credentials",
+    "signature",
+    "otp",
+    "pin",
+    "cvv",
+    "cvc",
+    "ssn",
+)
+# The Redis store's claim lease. It is renewed while the view runs, so it only
+# bounds how long a key stays "in use" after a worker dies.
+DEFAULT_LEASE = timedelta(seconds=30)
+
+
+# Every setting and its default. The system checks validate what
+# :meth:`Settings.raw` returns; the properties below convert it for use.
+DEFAULTS: dict[str, Any] = {
+    "IDEMPOTENCY_HEADER": "Idempotency-Key",
+    "IDEMPOTENCY_TTL": timedelta(hours=24),
+    "IDEMPOTENCY_STORE": DEFAULT_STORE,
+    "IDEMPOTENCY_DATABASE": "default",
+    "IDEMPOTENCY_CACHE": "default",
+    "IDEMPOTENCY_SCOPE": DEFAULT_SCOPE,
+    "IDEMPOTENCY_RELEASED_STATUSES": DEFAULT_RELEASED_STATUSES,
+    "IDEMPOTENCY_RETRY_AFTER": 1,
+    "IDEMPOTENCY_ADMIN_MASKED_FIELDS": DEFAULT_ADMIN_MASKED_FIELDS,
+    "IDEMPOTENCY_LEASE": DEFAULT_LEASE,
+    "IDEMPOTENCY_FAIL_OPEN": False,
+}
 
 
 def _as_seconds(value: Any) -> float:
@@ -30,9 +69,13 @@ def _as_seconds(value: Any) -> float:
 class Settings:
     """Typed, live access to the ``IDEMPOTENCY_*`` settings."""
 
+    def raw(self, name: str) -> Any:
+        """The setting ``name`` as configured, or its default, unconverted."""
+        return getattr(django_settings, name, DEFAULTS[name])
+
     @property
     def IDEMPOTENCY_HEADER(self) -> str:
-        return str(getattr(django_settings, "IDEMPOTENCY_HEADER", "Idempotency-Key"))
+        return str(self.raw("IDEMPOTENCY_HEADER"))
 
     @property
     def IDEMPOTENCY_TTL(self) -> timedelta:
@@ -40,25 +83,32 @@ class Settings:
 
     @property
     def ttl_seconds(self) -> float:
-        return _as_seconds(getattr(django_settings, "IDEMPOTENCY_TTL", timedelta(hours=24)))
+        return _as_seconds(self.raw("IDEMPOTENCY_TTL"))
 
     @property
     def IDEMPOTENCY_STORE(self) -> str:
-        return str(getattr(django_settings, "IDEMPOTENCY_STORE", DEFAULT_STORE))
+        return str(self.raw("IDEMPOTENCY_STORE"))
 
     @property
     def IDEMPOTENCY_DATABASE(self) -> str:
-        return str(getattr(django_settings, "IDEMPOTENCY_DATABASE", "default"))
+        return str(self.raw("IDEMPOTENCY_DATABASE"))
 
     @property
     def IDEMPOTENCY_CACHE(self) -> str:
-        return str(getattr(django_settings, "IDEMPOTENCY_CACHE", "default"))
+        return str(self.raw("IDEMPOTENCY_CACHE"))
+
+    @property
+    def lease_seconds(self) -> float:
+        """``IDEMPOTENCY_LEASE``: how long a Redis claim lives unless renewed."""
+        return _as_seconds(self.raw("IDEMPOTENCY_LEASE"))
+
+    @property
+    def IDEMPOTENCY_FAIL_OPEN(self) -> bool:
+        return bool(self.raw("IDEMPOTENCY_FAIL_OPEN"))
 
     @property
     def IDEMPOTENCY_SCOPE(self) -> str | Callable[..., Any]:
-        value: str | Callable[..., Any] = getattr(
-            django_settings, "IDEMPOTENCY_SCOPE", DEFAULT_SCOPE
-        )
+        value: str | Callable[..., Any] = self.raw("IDEMPOTENCY_SCOPE")
         return value
 
     @property
@@ -66,18 +116,22 @@ class Settings:
         value = self.IDEMPOTENCY_SCOPE
         if callable(value):
             return value
-        return _import_cached(value)
+        function: Callable[..., Any] = _import_cached(value)
+        return function
 
     @property
     def IDEMPOTENCY_RELEASED_STATUSES(self) -> Collection[int]:
-        value: Collection[int] = getattr(
-            django_settings, "IDEMPOTENCY_RELEASED_STATUSES", DEFAULT_RELEASED_STATUSES
-        )
+        value: Collection[int] = self.raw("IDEMPOTENCY_RELEASED_STATUSES")
         return value
 
     @property
     def IDEMPOTENCY_RETRY_AFTER(self) -> int:
-        return int(getattr(django_settings, "IDEMPOTENCY_RETRY_AFTER", 1))
+        return int(self.raw("IDEMPOTENCY_RETRY_AFTER"))
+
+    @property
+    def IDEMPOTENCY_ADMIN_MASKED_FIELDS(self) -> Collection[str]:
+        value: Collection[str] = self.raw("IDEMPOTENCY_ADMIN_MASKED_FIELDS")
+        return value
 
 
 _imports: dict[str, Any] = {}
