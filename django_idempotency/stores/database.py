@@ -40,9 +40,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from django.db import DatabaseError, IntegrityError, OperationalError, connections, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    OperationalError,
+    connections,
+    models,
+    transaction,
+)
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ..conf import conf
@@ -64,6 +71,10 @@ State = IdempotencyRecord.State
 # the members of a TextChoices that has labels as tuples.)
 _IN_FLIGHT = str(State.IN_FLIGHT)
 _COMPLETED = str(State.COMPLETED)
+# Adapts the body for the database at hand, as the ORM would (bytea, BLOB, ...).
+_BODY_FIELD = cast(
+    "models.BinaryField[Any, Any]", IdempotencyRecord._meta.get_field("response_body")
+)
 _COLUMNS = "fingerprint, state, response_status, response_headers, response_body"
 
 
@@ -140,7 +151,6 @@ class DatabaseStore(Store):
         # One plain UPDATE by primary key. The ORM's queryset.update() builds
         # and compiles a query on every call, which the profile of a first
         # request showed to cost more client CPU than the claim statement.
-        body_field = IdempotencyRecord._meta.get_field("response_body")
         try:
             with connection.cursor() as cursor:
                 cursor.execute(
@@ -148,10 +158,10 @@ class DatabaseStore(Store):
                         table=connection.ops.quote_name(IdempotencyRecord._meta.db_table)
                     ),
                     [
-                        State.COMPLETED.value,
+                        _COMPLETED,
                         response.status,
                         json.dumps(response.headers),
-                        body_field.get_db_prep_value(response.body, connection),
+                        _BODY_FIELD.get_db_prep_value(response.body, connection),
                         held.pk,
                     ],
                 )
