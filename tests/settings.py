@@ -8,6 +8,7 @@ threads in the concurrency tests each get a real connection to one database).
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 
 import dj_database_url
@@ -87,6 +88,9 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "testproject.api.exceptions.exception_handler",
 }
+if find_spec("drf_spectacular") is not None:
+    # As drf-spectacular's installation asks (optional: one test session runs without it).
+    REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
