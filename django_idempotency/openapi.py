@@ -60,7 +60,7 @@ def _api_view_function(handler: Any) -> Any:
     closure = getattr(handler, "__closure__", None)
     if code is None or not closure:
         return None
-    cells = dict(zip(code.co_freevars, closure))
+    cells = dict(zip(code.co_freevars, closure, strict=True))
     return cells["func"].cell_contents if "func" in cells else None
 
 
@@ -120,7 +120,7 @@ def document_operation(
             headers.setdefault(REPLAYED_HEADER, _REPLAYED_HEADER_OBJECT)
         headers.setdefault(errors.REQUEST_ID_HEADER, _REQUEST_ID_HEADER_OBJECT)
 
-    component = ResolvedComponent(
+    component = ResolvedComponent(  # type: ignore[no-untyped-call]
         name=ERROR_COMPONENT,
         type=ResolvedComponent.SCHEMA,
         object=ERROR_COMPONENT,
@@ -273,7 +273,7 @@ def _duration(ttl: timedelta) -> str:
     return f"{seconds} seconds"
 
 
-class IdempotentViewExtension(OpenApiViewExtension):
+class IdempotentViewExtension(OpenApiViewExtension):  # type: ignore[no-untyped-call]
     """Documents every view with an ``@idempotent`` POST handler, with no code in the view.
 
     Matches every DRF view; for one with a guarded handler it returns a subclass

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from django.test import override_settings
-from django.urls import path
+from django.urls import path as route
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action, api_view
 from rest_framework.response import Response
@@ -22,10 +22,10 @@ from django_idempotency import idempotent
 
 pytest.importorskip("drf_spectacular")
 
-from drf_spectacular.extensions import OpenApiViewExtension  # noqa: E402
-from drf_spectacular.generators import SchemaGenerator  # noqa: E402
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema  # noqa: E402
-from drf_spectacular.validation import validate_schema  # noqa: E402
+from drf_spectacular.extensions import OpenApiViewExtension
+from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.validation import validate_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 ERROR_REF = {"$ref": "#/components/schemas/IdempotencyError"}
@@ -38,7 +38,9 @@ def generate(patterns: list[Any] | None = None) -> dict[str, Any]:
 
 
 def key_parameter(operation: dict[str, Any], name: str = "Idempotency-Key") -> dict[str, Any]:
-    found = [p for p in operation.get("parameters", []) if p["in"] == "header" and p["name"] == name]
+    found = [
+        p for p in operation.get("parameters", []) if p["in"] == "header" and p["name"] == name
+    ]
     assert len(found) == 1, operation.get("parameters")
     return found[0]
 
@@ -64,7 +66,9 @@ GUARDED = [
 
 
 @pytest.mark.parametrize(("path", "required"), GUARDED)
-def test_guarded_post_documents_the_key_header(schema: dict[str, Any], path: str, required: bool) -> None:
+def test_guarded_post_documents_the_key_header(
+    schema: dict[str, Any], path: str, required: bool
+) -> None:
     parameter = key_parameter(schema["paths"][path]["post"])
     assert parameter["required"] is required
     assert parameter["schema"]["type"] == "string"
@@ -84,7 +88,9 @@ def test_guarded_post_documents_headers_and_errors(
         assert "Request-Id" in responses[code]["headers"]
     assert error_types(responses["409"]) == {"idempotency_conflict", "idempotency_key_in_use"}
     assert "Retry-After" in responses["409"]["headers"]
-    expected_400 = {"idempotency_key_invalid"} | ({"idempotency_key_missing"} if required else set())
+    expected_400 = {"idempotency_key_invalid"} | (
+        {"idempotency_key_missing"} if required else set()
+    )
     assert error_types(responses["400"]) == expected_400
     assert error_types(responses["503"]) == {"idempotency_store_unavailable"}
 
@@ -102,7 +108,11 @@ def test_the_one_envelope_component(schema: dict[str, Any]) -> None:
 
 
 def test_unguarded_operations_are_untouched(schema: dict[str, Any]) -> None:
-    for path, method in [("/t/widgets", "get"), ("/t/widgets/{id}", "patch"), ("/t/function", "get")]:
+    for path, method in [
+        ("/t/widgets", "get"),
+        ("/t/widgets/{id}", "patch"),
+        ("/t/function", "get"),
+    ]:
         operation = schema["paths"][path][method]
         assert not [p for p in operation.get("parameters", []) if p["in"] == "header"]
         assert "409" not in operation["responses"]
@@ -143,7 +153,10 @@ class ThingViewSet(viewsets.GenericViewSet):  # type: ignore[type-arg]
     @idempotent
     @extend_schema(
         summary="Send a thing",
-        responses={202: ThingSerializer, 409: OpenApiResponse(ThingSerializer, description="Already sent")},
+        responses={
+            202: ThingSerializer,
+            409: OpenApiResponse(ThingSerializer, description="Already sent"),
+        },
     )
     @action(detail=True, methods=["post"])
     def send(self, request: Any, pk: str) -> Response:
@@ -197,9 +210,9 @@ def test_works_with_extend_schema_and_other_view_extensions() -> None:
     router.register("things", ThingViewSet, basename="thing")
     patterns = [
         *router.urls,
-        path("documented", DocumentedHeaderView.as_view()),
-        path("function", thing_function),
-        path("replaced", ReplacedView.as_view()),
+        route("documented", DocumentedHeaderView.as_view()),
+        route("function", thing_function),
+        route("replaced", ReplacedView.as_view()),
     ]
     paths = generate(patterns)["paths"]
 
