@@ -82,7 +82,7 @@ CACHES: dict[str, dict[str, Any]] = {
 # own keys on a shared Redis.
 REDIS_URL = os.environ.get("REDIS_URL", "")
 REDIS_TEST_PREFIX = os.environ.setdefault("REDIS_TEST_PREFIX", f"idem-test-{os.getpid()}")
-if REDIS_URL:
+if REDIS_URL and find_spec("django_redis") is not None:  # optional: see require_redis()
     CACHES["redis"] = {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": REDIS_URL,
