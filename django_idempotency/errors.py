@@ -68,6 +68,9 @@ SCOPE_UNAVAILABLE = ErrorType(
     "idempotency_scope_unavailable",
     "Idempotency keys can only be used by an authenticated caller",
 )
+BODY_INVALID = ErrorType(
+    400, "request_body_invalid", "The request body is JSON nested too deeply to be read"
+)
 REQUEST_TOO_LARGE = ErrorType(
     413, "request_too_large", "The request body is larger than this server accepts"
 )
@@ -85,6 +88,9 @@ STORE_UNAVAILABLE = ErrorType(
     503,
     "idempotency_store_unavailable",
     "The idempotency store is unavailable; the request was not processed",
+)
+SERVICE_UNAVAILABLE = ErrorType(
+    503, "service_unavailable", "The database is unavailable; retry the request later"
 )
 
 
@@ -104,6 +110,7 @@ def error_response(
 
 
 __all__ = [
+    "BODY_INVALID",
     "CONFLICT",
     "IN_USE",
     "KEY_INVALID",
@@ -111,6 +118,7 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "REQUEST_TOO_LARGE",
     "SCOPE_UNAVAILABLE",
+    "SERVICE_UNAVAILABLE",
     "STORE_UNAVAILABLE",
     "ErrorType",
     "error_response",

@@ -5,10 +5,18 @@ from collections.abc import Iterator
 
 import pytest
 from django.contrib.auth.models import User
+from hypothesis import HealthCheck, settings
 from django.db import connection
 from rest_framework.test import APIClient
 
 from tests.testapp import views
+
+# Property-based tests: a quick pass in scripts/test, many examples in scripts/soak
+# (HYPOTHESIS_PROFILE=soak). Examples share one test's database, hence the check.
+_slow_ok = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
+settings.register_profile("default", max_examples=30, deadline=None, suppress_health_check=_slow_ok)
+settings.register_profile("soak", max_examples=600, deadline=None, suppress_health_check=_slow_ok)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def pytest_report_header() -> str:
