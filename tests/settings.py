@@ -35,6 +35,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "django_idempotency.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "tests.urls"
