@@ -21,6 +21,20 @@ DEFAULT_SCOPE = "django_idempotency.keys.user_scope"
 DEFAULT_RELEASED_STATUSES = frozenset({400, 401, 403, 422, 429})
 
 
+# Every setting and its default. The system checks validate what
+# :meth:`Settings.raw` returns; the properties below convert it for use.
+DEFAULTS: dict[str, Any] = {
+    "IDEMPOTENCY_HEADER": "Idempotency-Key",
+    "IDEMPOTENCY_TTL": timedelta(hours=24),
+    "IDEMPOTENCY_STORE": DEFAULT_STORE,
+    "IDEMPOTENCY_DATABASE": "default",
+    "IDEMPOTENCY_CACHE": "default",
+    "IDEMPOTENCY_SCOPE": DEFAULT_SCOPE,
+    "IDEMPOTENCY_RELEASED_STATUSES": DEFAULT_RELEASED_STATUSES,
+    "IDEMPOTENCY_RETRY_AFTER": 1,
+}
+
+
 def _as_seconds(value: Any) -> float:
     if isinstance(value, timedelta):
         return value.total_seconds()
@@ -30,9 +44,13 @@ def _as_seconds(value: Any) -> float:
 class Settings:
     """Typed, live access to the ``IDEMPOTENCY_*`` settings."""
 
+    def raw(self, name: str) -> Any:
+        """The setting ``name`` as configured, or its default, unconverted."""
+        return getattr(django_settings, name, DEFAULTS[name])
+
     @property
     def IDEMPOTENCY_HEADER(self) -> str:
-        return str(getattr(django_settings, "IDEMPOTENCY_HEADER", "Idempotency-Key"))
+        return str(self.raw("IDEMPOTENCY_HEADER"))
 
     @property
     def IDEMPOTENCY_TTL(self) -> timedelta:
@@ -40,25 +58,23 @@ class Settings:
 
     @property
     def ttl_seconds(self) -> float:
-        return _as_seconds(getattr(django_settings, "IDEMPOTENCY_TTL", timedelta(hours=24)))
+        return _as_seconds(self.raw("IDEMPOTENCY_TTL"))
 
     @property
     def IDEMPOTENCY_STORE(self) -> str:
-        return str(getattr(django_settings, "IDEMPOTENCY_STORE", DEFAULT_STORE))
+        return str(self.raw("IDEMPOTENCY_STORE"))
 
     @property
     def IDEMPOTENCY_DATABASE(self) -> str:
-        return str(getattr(django_settings, "IDEMPOTENCY_DATABASE", "default"))
+        return str(self.raw("IDEMPOTENCY_DATABASE"))
 
     @property
     def IDEMPOTENCY_CACHE(self) -> str:
-        return str(getattr(django_settings, "IDEMPOTENCY_CACHE", "default"))
+        return str(self.raw("IDEMPOTENCY_CACHE"))
 
     @property
     def IDEMPOTENCY_SCOPE(self) -> str | Callable[..., Any]:
-        value: str | Callable[..., Any] = getattr(
-            django_settings, "IDEMPOTENCY_SCOPE", DEFAULT_SCOPE
-        )
+        value: str | Callable[..., Any] = self.raw("IDEMPOTENCY_SCOPE")
         return value
 
     @property
@@ -66,18 +82,17 @@ class Settings:
         value = self.IDEMPOTENCY_SCOPE
         if callable(value):
             return value
-        return _import_cached(value)
+        function: Callable[..., Any] = _import_cached(value)
+        return function
 
     @property
     def IDEMPOTENCY_RELEASED_STATUSES(self) -> Collection[int]:
-        value: Collection[int] = getattr(
-            django_settings, "IDEMPOTENCY_RELEASED_STATUSES", DEFAULT_RELEASED_STATUSES
-        )
+        value: Collection[int] = self.raw("IDEMPOTENCY_RELEASED_STATUSES")
         return value
 
     @property
     def IDEMPOTENCY_RETRY_AFTER(self) -> int:
-        return int(getattr(django_settings, "IDEMPOTENCY_RETRY_AFTER", 1))
+        return int(self.raw("IDEMPOTENCY_RETRY_AFTER"))
 
 
 _imports: dict[str, Any] = {}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar, overload
 
+from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, RawPostDataException
 from django.utils import timezone
@@ -15,7 +17,17 @@ from rest_framework.response import Response
 from . import errors
 from .conf import conf
 from .keys import InvalidBody, InvalidKey, fingerprint, header_meta_name, parse_key, scoped_key
-from .stores import Claim, Conflict, InUse, Replay, RequestRecord, StoredResponse, StoreError, get_store
+from .stores import (
+    Claim,
+    Conflict,
+    InUse,
+    Replay,
+    RequestRecord,
+    Store,
+    StoredResponse,
+    StoreError,
+    get_store,
+)
 
 ViewFunc = TypeVar("ViewFunc", bound=Callable[..., Any])
 
@@ -64,7 +76,7 @@ def idempotent(
 
     Use it bare or with options, on a DRF viewset method or ``@action``, an
     ``APIView.post`` method, a function below ``@api_view``, or a plain Django
-    function view::
+    view, sync or ``async def``::
 
         class JobViewSet(viewsets.ModelViewSet):
             @idempotent
@@ -75,21 +87,79 @@ def idempotent(
     pass through untouched.
     """
     if view is None:
-        return functools.partial(idempotent, required=required, ttl=ttl)  # type: ignore[return-value]
+        return functools.partial(idempotent, required=required, ttl=ttl)
     _check_decorated(view)
-
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if isinstance(args[0], HttpRequest) or _is_drf_request(args[0]):
-            request, view_self = args[0], None
-        else:
-            request, view_self = args[1], args[0]
-        if request.method not in GUARDED_METHODS:
-            return view(*args, **kwargs)
-        return _guarded(view, args, kwargs, request, view_self, required, ttl)
+    if iscoroutinefunction(view):
+        wrapper = _async_wrapper(view, required, ttl)
+    else:
+        wrapper = _sync_wrapper(view, required, ttl)
 
     wrapper._idempotent = True  # type: ignore[attr-defined]
-    return wrapper  # type: ignore[return-value]
+    return wrapper
+
+
+def _sync_wrapper(
+    view: Callable[..., Any], required: bool, ttl: timedelta | None
+) -> Callable[..., Any]:
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        request, view_self = _split(args)
+        if request.method not in GUARDED_METHODS:
+            return view(*args, **kwargs)
+        started = _start(request, required, ttl)
+        if started is None:
+            return view(*args, **kwargs)
+        if isinstance(started, HttpResponseBase):
+            return started
+        store, claim = started
+        try:
+            response = view(*args, **kwargs)
+        except BaseException as exc:
+            store.release(claim, exc)
+            raise
+        return _finish(store, claim, response, request, view_self, args, kwargs)
+
+    return wrapper
+
+
+def _async_wrapper(
+    view: Callable[..., Any], required: bool, ttl: timedelta | None
+) -> Callable[..., Any]:
+    # The scope function and the store are sync code that may use the ORM. In
+    # async Django every ORM call runs in the thread that sync_to_async(
+    # thread_sensitive=True) picks, one per request under ASGI; running the
+    # store there too puts the view's writes on the connection that holds the
+    # database store's transaction, so they commit or roll back with the claim.
+    start = sync_to_async(_start, thread_sensitive=True)
+    finish = sync_to_async(_finish, thread_sensitive=True)
+
+    @functools.wraps(view)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        request, view_self = _split(args)
+        if request.method not in GUARDED_METHODS:
+            return await view(*args, **kwargs)
+        started = await start(request, required, ttl)
+        if started is None:
+            return await view(*args, **kwargs)
+        if isinstance(started, HttpResponseBase):
+            return started
+        store, claim = started
+        try:
+            response = await _drained(await view(*args, **kwargs))
+        except BaseException as exc:
+            # Also on cancellation (the client went away): the claim is released.
+            await sync_to_async(store.release, thread_sensitive=True)(claim, exc)
+            raise
+        return await finish(store, claim, response, request, view_self, args, kwargs)
+
+    return wrapper
+
+
+def _split(args: tuple[Any, ...]) -> tuple[Any, Any]:
+    """(request, view instance or None) from a view function's or method's arguments."""
+    if isinstance(args[0], HttpRequest) or _is_drf_request(args[0]):
+        return args[0], None
+    return args[1], args[0]
 
 
 def _is_drf_request(value: Any) -> bool:
@@ -118,21 +188,18 @@ def _check_decorated(view: Any) -> None:
         )
 
 
-def _guarded(
-    view: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    request: Any,
-    view_self: Any,
-    required: bool,
-    ttl: timedelta | None,
-) -> HttpResponseBase:
+def _start(
+    request: Any, required: bool, ttl: timedelta | None
+) -> HttpResponseBase | tuple[Store, Claim] | None:
+    """Claim the request's key: the store and the claim if the view may run, the
+    response to send instead if not, or None to run it unguarded (no key sent to
+    a view where it is optional)."""
     http_request: HttpRequest = getattr(request, "_request", request)
     raw_key = http_request.META.get(header_meta_name(conf.IDEMPOTENCY_HEADER))
     if raw_key is None:
         if required:
             return errors.error_response(request, errors.KEY_MISSING)
-        return view(*args, **kwargs)  # type: ignore[no-any-return]
+        return None
     try:
         key = parse_key(raw_key)
     except InvalidKey:
@@ -181,32 +248,39 @@ def _guarded(
         return errors.error_response(
             request, errors.IN_USE, headers={"Retry-After": str(conf.IDEMPOTENCY_RETRY_AFTER)}
         )
-    return _run_claimed(store, outcome, view, args, kwargs, request, view_self)
+    return store, outcome
 
 
-def _run_claimed(
-    store: Any,
+def _finish(
+    store: Store,
     claim: Claim,
-    view: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    response: Any,
     request: Any,
     view_self: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> HttpResponseBase:
+    """Keep or release the claim by what the view answered; return the answer."""
     try:
-        response = _materialised(view(*args, **kwargs), request, view_self, args, kwargs)
-        kept = _keeps(response.status_code)
-        stored = _to_stored(response) if kept else None
+        rendered = _materialised(response, request, view_self, args, kwargs)
+        kept = _keeps(rendered.status_code)
+        stored = _to_stored(rendered) if kept else None
     except BaseException as exc:
         store.release(claim, exc)
         raise
     if stored is None:
         store.release(claim)
     else:
-        store.finish(claim, stored)
-    if errors.REQUEST_ID_HEADER not in response:
-        response[errors.REQUEST_ID_HEADER] = errors.get_request_id(request)
-    return response
+        try:
+            store.finish(claim, stored)
+        except StoreError:
+            # The outcome could not be kept. A store raises this only when the
+            # view's effects were undone with it (the database store rolls the
+            # whole transaction back), so "not processed" is the truth.
+            return errors.error_response(request, errors.STORE_UNAVAILABLE)
+    if errors.REQUEST_ID_HEADER not in rendered:
+        rendered[errors.REQUEST_ID_HEADER] = errors.get_request_id(request)
+    return rendered
 
 
 def _body(request: Any, http_request: HttpRequest) -> bytes:
@@ -215,8 +289,6 @@ def _body(request: Any, http_request: HttpRequest) -> bytes:
     except RawPostDataException:
         # Something (an authentication or permission class) already parsed the
         # body from the stream, so the bytes are gone: use what it parsed.
-        import json
-
         return json.dumps(
             getattr(request, "data", None) or http_request.POST, sort_keys=True, default=str
         ).encode()
@@ -235,19 +307,31 @@ def _materialised(
             # A DRF Response: the view class renders it after the handler returns;
             # do what it would do now, inside the claim. DRF does it again
             # later, harmlessly.
-            drf_view = view_self or getattr(request, "parser_context", {}).get("view")
+            drf_view: Any = view_self or getattr(request, "parser_context", {}).get("view")
             view_args = args[2:] if view_self is not None else args[1:]
             drf_view.finalize_response(request, response, *view_args, **kwargs)
         response.render()
     if getattr(response, "streaming", False):
-        streamed = HttpResponse(b"".join(response.streaming_content), status=response.status_code)
-        for name, value in response.items():
-            streamed[name] = value
-        return streamed
+        return _buffered(response, b"".join(response.streaming_content))
     assert isinstance(response, HttpResponseBase), (
         f"An @idempotent view must return an HttpResponse, not {type(response).__name__}"
     )
     return response
+
+
+async def _drained(response: Any) -> Any:
+    """Read an async streaming response here, in the event loop, so that the
+    store's sync code can keep its bytes."""
+    if getattr(response, "streaming", False) and getattr(response, "is_async", False):
+        return _buffered(response, b"".join([chunk async for chunk in response.streaming_content]))
+    return response
+
+
+def _buffered(response: HttpResponseBase, content: bytes) -> HttpResponse:
+    buffered = HttpResponse(content, status=response.status_code)
+    for name, value in response.items():
+        buffered[name] = value
+    return buffered
 
 
 def _to_stored(response: HttpResponseBase) -> StoredResponse:

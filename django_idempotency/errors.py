@@ -101,7 +101,9 @@ def error_response(
     request_id = get_request_id(request)
     body = {"error": {"type": error.type, "message": error.message, "request_id": request_id}}
     response = HttpResponse(
-        json.dumps(body).encode(), status=error.status, content_type="application/json"
+        json.dumps(body, separators=(",", ":")).encode(),
+        status=error.status,
+        content_type="application/json",
     )
     response[REQUEST_ID_HEADER] = request_id
     for name, value in (headers or {}).items():

@@ -52,7 +52,7 @@ def parse_key(raw: str) -> str:
     if not key:
         raise InvalidKey("empty key")
     if len(key) > MAX_KEY_LENGTH:
-        raise InvalidKey("key longer than %d characters" % MAX_KEY_LENGTH)
+        raise InvalidKey(f"key longer than {MAX_KEY_LENGTH} characters")
     if not key.isascii() or not key.isprintable():
         raise InvalidKey("key has characters other than printable ASCII")
     return key
@@ -90,7 +90,7 @@ def user_scope(request: Any) -> str | None:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return None
-    return "user:%s" % user.pk
+    return f"user:{user.pk}"
 
 
 def scoped_key(scope: str, key: str) -> str:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+import django
 
 BASE_DIR = Path(__file__).resolve().parent
 SECRET_KEY = "tests-only-not-secret"
@@ -27,6 +28,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "rest_framework",
     "django_idempotency",
+    "testproject.api",
     "tests.testapp",
 ]
 
@@ -65,6 +67,10 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not :memory:, so that concurrent threads share one database.
     DATABASES["default"]["TEST"] = {"NAME": _sqlite_file}
     DATABASES["default"]["OPTIONS"] = {"timeout": 20}
+    if django.VERSION >= (5, 1):
+        # As the README recommends: requests queue for SQLite's one write lock
+        # instead of failing when a read transaction tries to upgrade.
+        DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
 CACHES = {
@@ -73,11 +79,14 @@ CACHES = {
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        # The demo's bearer keys first, so an unauthenticated call gets its 401.
+        "testproject.api.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.BasicAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "UNAUTHENTICATED_USER": None,
+    "EXCEPTION_HANDLER": "testproject.api.exceptions.exception_handler",
 }
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -131,7 +131,7 @@ def test_twenty_processes_one_key_run_the_view_once(server_user: User) -> None:
         for round_ in range(3):
             barrier = threading.Barrier(RACERS)
 
-            def one(i: int, round_: int = round_):
+            def one(i: int, round_: int = round_, barrier: threading.Barrier = barrier):
                 barrier.wait()
                 return server.request("/t/widgets", b'{"name": "p"}',
                                       headers={"Idempotency-Key": f"proc-{round_}"})
@@ -173,7 +173,7 @@ def test_a_killed_worker_leaves_no_claim_and_the_retry_runs_once(
         deadline = time.monotonic() + 20
         while True:
             retry = server.request("/t/widgets", body, headers={"Idempotency-Key": "crash"})
-            if retry.status != 502 and retry.status != 503 or time.monotonic() > deadline:
+            if retry.status not in (502, 503) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         assert retry.status == 201

@@ -294,3 +294,28 @@ def test_invalid_json_body_is_fingerprinted_as_bytes(client_alice: APIClient) ->
     first = client_alice.post("/t/widgets", bad, content_type="application/json", HTTP_IDEMPOTENCY_KEY="j")
     assert first.status_code == 400  # DRF's parse error, not a 500; released
     assert IdempotencyRecord.objects.count() == 0
+
+
+def test_view_that_breaks_the_transaction_gets_503_and_nothing_is_kept(
+    client_alice: APIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the outcome cannot be stored, the view's writes go too: say "not processed"."""
+    from django.db import connection
+
+    from django_idempotency.stores.database import DatabaseStore
+
+    original = DatabaseStore.finish
+
+    def broken_finish(self, claim, response):  # type: ignore[no-untyped-def]
+        # What a view that swallowed a database error leaves behind.
+        connection.needs_rollback = True
+        return original(self, claim, response)
+
+    monkeypatch.setattr(DatabaseStore, "finish", broken_finish)
+    response = post(client_alice, "/t/widgets", {"name": "a"})
+    assert response.status_code == 503
+    envelope(response, "idempotency_store_unavailable")
+    monkeypatch.undo()
+    assert Widget.objects.count() == 0
+    assert IdempotencyRecord.objects.count() == 0
+    assert post(client_alice, "/t/widgets", {"name": "a"}).status_code == 201

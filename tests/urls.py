@@ -1,3 +1,6 @@
 from django.urls import include, path
 
-urlpatterns = [path("t/", include("tests.testapp.urls"))]
+urlpatterns = [
+    path("t/", include("tests.testapp.urls")),
+    path("", include("testproject.urls")),
+]

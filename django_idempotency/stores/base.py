@@ -87,7 +87,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def finish(self, claim: Claim, response: StoredResponse) -> None:
-        """Keep ``response`` as the outcome of the claimed request."""
+        """Keep ``response`` as the outcome of the claimed request.
+
+        Raise :class:`StoreError` only if the view's effects were undone too (the
+        client is then told that nothing was processed); a store that cannot undo
+        them must log the failure and return, so the view's response goes out.
+        """
 
     @abc.abstractmethod
     def release(self, claim: Claim, exc: BaseException | None = None) -> None:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,9 +47,23 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ..conf import conf
 from ..models import IdempotencyRecord
-from .base import Claim, Conflict, InUse, Outcome, Replay, RequestRecord, Store, StoredResponse, StoreError
+from .base import (
+    Claim,
+    Conflict,
+    InUse,
+    Outcome,
+    Replay,
+    RequestRecord,
+    Store,
+    StoredResponse,
+    StoreError,
+)
 
 State = IdempotencyRecord.State
+# The stored strings. (str(), not .value: mypy with python_version 3.10 types
+# the members of a TextChoices that has labels as tuples.)
+_IN_FLIGHT = str(State.IN_FLIGHT)
+_COMPLETED = str(State.COMPLETED)
 _COLUMNS = "fingerprint, state, response_status, response_headers, response_body"
 
 
@@ -68,6 +81,17 @@ def _lock_id(record: RequestRecord) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def _sqlite_busy(connection: BaseDatabaseWrapper, exc: BaseException) -> bool:
+    """SQLite has one writer at a time, and another request kept the write lock
+    past the busy timeout (at BEGIN IMMEDIATE, or at our INSERT): most likely
+    the duplicate that is still running, so the answer is "in use, retry"."""
+    return (
+        connection.vendor == "sqlite"
+        and isinstance(exc, OperationalError)
+        and "locked" in str(exc)
+    )
+
+
 class DatabaseStore(Store):
     """Stores records with the Django ORM, in the view's own transaction."""
 
@@ -82,6 +106,8 @@ class DatabaseStore(Store):
         try:
             atomic.__enter__()
         except DatabaseError as exc:
+            if _sqlite_busy(connection, exc):
+                return InUse()
             raise StoreError(str(exc)) from exc
         try:
             if connection.vendor == "postgresql":
@@ -92,13 +118,7 @@ class DatabaseStore(Store):
                 outcome = self._begin_portable(alias, record)
         except BaseException as exc:
             atomic.__exit__(type(exc), exc, exc.__traceback__)
-            if (
-                isinstance(exc, OperationalError)
-                and connection.vendor == "sqlite"
-                and "locked" in str(exc)
-            ):
-                # SQLite has one writer at a time and another request kept the
-                # write lock past the busy timeout: most likely the duplicate.
+            if _sqlite_busy(connection, exc):
                 return InUse()
             if isinstance(exc, DatabaseError):
                 raise StoreError(str(exc)) from exc
@@ -182,7 +202,7 @@ SELECT 'locked', NULL, NULL, NULL, NULL, NULL, NULL FROM lock WHERE NOT lock.got
             "fingerprint": record.fingerprint,
             "method": record.method,
             "path": record.path,
-            "state": State.IN_FLIGHT.value,
+            "state": _IN_FLIGHT,
             "now": record.created_at,
             "expires": record.expires_at,
             "lock": _lock_id(record),
@@ -193,7 +213,7 @@ SELECT 'locked', NULL, NULL, NULL, NULL, NULL, NULL FROM lock WHERE NOT lock.got
         if row is None:
             # A record committed after this statement's snapshot was taken: the
             # INSERT met it but the SELECT could not see it. Read it now.
-            return self._fetch(connection.alias, record)
+            return self._fetch(connection.alias, record) or InUse()
         if row[0] == "claimed":
             pk: int = row[1]
             return pk
@@ -212,7 +232,9 @@ VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)
 RETURNING id
 """
 
-    def _begin_sqlite(self, connection: BaseDatabaseWrapper, record: RequestRecord) -> Outcome | int:
+    def _begin_sqlite(
+        self, connection: BaseDatabaseWrapper, record: RequestRecord
+    ) -> Outcome | int:
         table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
         sql = self._SQLITE_SQL.format(
             table=table, upsert=self._UPSERT.format(table=table).replace("EXCLUDED", "excluded")
@@ -224,7 +246,7 @@ RETURNING id
             record.fingerprint,
             record.method,
             record.path,
-            State.IN_FLIGHT.value,
+            _IN_FLIGHT,
             adapt(record.created_at),
             adapt(record.expires_at),
         ]
@@ -234,12 +256,12 @@ RETURNING id
         if row is not None:
             pk: int = row[0]
             return pk
-        return self._fetch(connection.alias, record)
+        return self._fetch(connection.alias, record) or InUse()
 
     # Any other database: read, then insert under the unique constraint.
 
     def _begin_portable(self, alias: str, record: RequestRecord) -> Outcome | int:
-        outcome = self._fetch(alias, record, missing=None)
+        outcome = self._fetch(alias, record)
         if outcome is not None:
             return outcome
         manager = IdempotencyRecord.objects.using(alias)
@@ -259,18 +281,19 @@ RETURNING id
                     expires_at=record.expires_at,
                 )
         except IntegrityError:
-            return self._fetch(alias, record)
+            return self._fetch(alias, record) or InUse()
         pk: int = row.pk
         return pk
 
-    def _fetch(self, alias: str, record: RequestRecord, missing: Outcome | None = InUse()) -> Any:
+    def _fetch(self, alias: str, record: RequestRecord) -> Outcome | None:
+        """The outcome that the live record of (scope, key) gives, if there is one."""
         rows = list(
             IdempotencyRecord.objects.using(alias)
             .filter(scope=record.scope, key=record.key, expires_at__gt=record.created_at)
             .values_list(*_COLUMNS.split(", "))[:1]
         )
         if not rows:
-            return missing
+            return None
         return self._outcome(record, *rows[0])
 
     def _outcome(
@@ -284,7 +307,7 @@ RETURNING id
     ) -> Outcome:
         if fingerprint != record.fingerprint:
             return Conflict()
-        if state != State.COMPLETED or status is None:
+        if state != _COMPLETED or status is None:
             return InUse()
         return Replay(
             StoredResponse(

@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from . import views
+from . import async_views, views
 
 router = SimpleRouter(trailing_slash=False)
 router.register("widgets", views.WidgetViewSet, basename="widget")
@@ -10,5 +10,9 @@ urlpatterns = [
     path("apiview", views.WidgetAPIView.as_view()),
     path("function", views.widget_function),
     path("plain", views.plain_view),
+    path("async", async_views.async_widget),
+    path("async-stream", async_views.async_stream),
+    path("async-optional", async_views.async_optional),
+    path("async-class", async_views.AsyncWidgetView.as_view()),
     *router.urls,
 ]

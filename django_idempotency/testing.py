@@ -1,0 +1,133 @@
+"""Test helpers for projects that use ``@idempotent``.
+
+::
+
+    from django_idempotency.testing import IdempotentAPIClient, assert_replayed
+
+    def test_create_job_is_retry_safe(user):
+        client = IdempotentAPIClient()
+        client.force_authenticate(user)
+        response = client.post("/jobs", {"name": "x"}, format="json")  # a fresh key
+        assert response.status_code == 201
+        client.retry()           # same key, body and headers: asserts an identical replay
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from django.test import Client
+from rest_framework.test import APIClient
+
+from .conf import conf
+from .decorators import _UNSTORED_HEADERS, REPLAYED_HEADER
+from .errors import REQUEST_ID_HEADER
+from .keys import header_meta_name
+
+__all__ = ["IdempotentAPIClient", "IdempotentClient", "assert_replayed"]
+
+if TYPE_CHECKING:
+    _ClientBase = Client
+else:
+    _ClientBase = object
+
+#: The default of ``idempotency_key``: a fresh key, unless the call sends one.
+FRESH: Any = object()
+
+# What a replay differs in by design: its own request id and the replay marker,
+# and the headers that are never stored.
+_NOT_COMPARED = _UNSTORED_HEADERS | {REQUEST_ID_HEADER.lower(), REPLAYED_HEADER.lower()}
+
+
+class IdempotencyKeyMixin(_ClientBase):
+    """Sends an ``Idempotency-Key`` with every POST and can retry the last one.
+
+    ``post(..., idempotency_key="k")`` sends that key and
+    ``idempotency_key=None`` sends none; by default the key given in the call's
+    headers is used, or else a fresh ``uuid4``. ``last_key`` is the key that
+    the last POST sent (``None`` if it sent none).
+    """
+
+    last_key: str | None = None
+    last_response: Any = None
+    _last_post: tuple[str, tuple[Any, ...], dict[str, Any]] | None = None
+
+    # The arguments pass through untouched to Client.post or APIClient.post,
+    # whose signatures differ; hence the one signature that takes both.
+    def post(  # type: ignore[override]
+        self, path: str, *args: Any, idempotency_key: Any = FRESH, **kwargs: Any
+    ) -> Any:
+        meta_name = header_meta_name(conf.IDEMPOTENCY_HEADER)
+        given = kwargs.get(meta_name) or _find_header(kwargs.get("headers"))
+        if idempotency_key is FRESH:
+            key = given if given is not None else str(uuid.uuid4())
+        else:
+            key = idempotency_key
+            given = None
+            kwargs.pop(meta_name, None)
+            if kwargs.get("headers"):
+                kwargs["headers"] = {
+                    name: value
+                    for name, value in kwargs["headers"].items()
+                    if name.lower() != conf.IDEMPOTENCY_HEADER.lower()
+                }
+        if key is not None and given is None:
+            kwargs[meta_name] = key
+        response = super().post(path, *args, **kwargs)
+        self.last_key, self.last_response = key, response
+        self._last_post = (path, args, kwargs)
+        return response
+
+    def retry(self) -> Any:
+        """Send the last POST again, with the same key, body and headers, and
+        assert that the answer replays the first one (see :func:`assert_replayed`)."""
+        if self._last_post is None:
+            raise AssertionError("retry() re-sends the last POST, and there was none")
+        path, args, kwargs = self._last_post
+        response = super().post(path, *args, **kwargs)
+        assert_replayed(response, self.last_response)
+        return response
+
+
+class IdempotentAPIClient(IdempotencyKeyMixin, APIClient):  # type: ignore[misc]
+    """DRF's ``APIClient`` that sends a fresh ``Idempotency-Key`` with every POST."""
+
+
+class IdempotentClient(IdempotencyKeyMixin, Client):
+    """Django's test ``Client`` that sends a fresh ``Idempotency-Key`` with every POST."""
+
+
+def assert_replayed(response: Any, original: Any = None) -> None:
+    """Assert that ``response`` is a replay (``Idempotent-Replayed: true``) and,
+    given the ``original`` response, that it has the same status, body and
+    stored headers."""
+    assert response.get(REPLAYED_HEADER) == "true", (
+        f"expected a replayed response, got {response.status_code} without "
+        f"{REPLAYED_HEADER}: {response.content[:200]!r}"
+    )
+    if original is None:
+        return
+    assert response.status_code == original.status_code, (
+        f"replayed status {response.status_code} != original {original.status_code}"
+    )
+    assert response.content == original.content, "the replayed body differs from the original"
+    assert _compared_headers(response) == _compared_headers(original), (
+        "the replayed headers differ from the original"
+    )
+
+
+def _find_header(headers: Mapping[str, str] | None) -> str | None:
+    for name, value in (headers or {}).items():
+        if name.lower() == conf.IDEMPOTENCY_HEADER.lower():
+            return value
+    return None
+
+
+def _compared_headers(response: Any) -> dict[str, str]:
+    return {
+        name.lower(): value
+        for name, value in response.items()
+        if name.lower() not in _NOT_COMPARED
+    }

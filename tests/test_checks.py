@@ -1,0 +1,176 @@
+"""Each system check id, with the setting that trips it and the ones that must not."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core import checks
+from django.core.management import call_command
+from django.test import override_settings
+
+from django_idempotency.checks import check_settings
+from django_idempotency.stores.base import Store
+
+
+def ids(**settings: Any) -> list[str]:
+    with override_settings(**settings):
+        messages = check_settings()
+    for message in messages:
+        assert message.hint, f"{message.id} has no hint"
+    return [message.id for message in messages]
+
+
+def test_default_settings_pass() -> None:
+    assert ids() == []
+
+
+def test_manage_py_check_is_clean() -> None:
+    out = StringIO()
+    call_command("check", fail_level="WARNING", stdout=out, stderr=out)
+    assert "no issues" in out.getvalue()
+
+
+def test_checks_are_registered_with_django() -> None:
+    with override_settings(IDEMPOTENCY_TTL=0):
+        found = [message.id for message in checks.run_checks()]
+    assert "django_idempotency.E004" in found
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        "django_idempotency.stores.nowhere.Store",
+        "no_dots_at_all",
+        "django_idempotency.stores.database.NoSuchStore",
+    ],
+)
+def test_e001_store_cannot_be_imported(store: str) -> None:
+    assert ids(IDEMPOTENCY_STORE=store) == ["django_idempotency.E001"]
+
+
+@pytest.mark.parametrize(
+    "store", ["django_idempotency.conf.Settings", "django_idempotency.conf.DEFAULT_STORE"]
+)
+def test_e002_store_is_not_a_store_class(store: str) -> None:
+    assert ids(IDEMPOTENCY_STORE=store) == ["django_idempotency.E002"]
+
+
+@pytest.mark.parametrize("ttl", ["24h", None, [1], True, float("nan"), float("inf")])
+def test_e003_ttl_is_not_a_duration(ttl: object) -> None:
+    assert ids(IDEMPOTENCY_TTL=ttl) == ["django_idempotency.E003"]
+
+
+@pytest.mark.parametrize("ttl", [0, -1, 0.0, timedelta(0), timedelta(hours=-1)])
+def test_e004_ttl_is_not_positive(ttl: object) -> None:
+    assert ids(IDEMPOTENCY_TTL=ttl) == ["django_idempotency.E004"]
+
+
+@pytest.mark.parametrize("ttl", [1, 0.5, 86400, timedelta(hours=48)])
+def test_good_ttls_pass(ttl: object) -> None:
+    assert ids(IDEMPOTENCY_TTL=ttl) == []
+
+
+@pytest.mark.parametrize("scope", ["myapp.nowhere.scope", "django_idempotency.keys.nothing"])
+def test_e005_scope_cannot_be_imported(scope: str) -> None:
+    assert ids(IDEMPOTENCY_SCOPE=scope) == ["django_idempotency.E005"]
+
+
+@pytest.mark.parametrize("scope", [None, 42, "django_idempotency.keys.MAX_KEY_LENGTH"])
+def test_e006_scope_is_not_callable(scope: object) -> None:
+    assert ids(IDEMPOTENCY_SCOPE=scope) == ["django_idempotency.E006"]
+
+
+def test_callable_scope_passes() -> None:
+    assert ids(IDEMPOTENCY_SCOPE=lambda request: "everyone") == []
+
+
+@pytest.mark.parametrize(
+    "statuses",
+    [400, "400", b"400", None, {400, "422"}, [400, 99], [600], (True,), {400: "x", 4.5: "y"}],
+)
+def test_e007_released_statuses_are_not_status_codes(statuses: object) -> None:
+    assert ids(IDEMPOTENCY_RELEASED_STATUSES=statuses) == ["django_idempotency.E007"]
+
+
+@pytest.mark.parametrize("statuses", [[], (400, 409), frozenset({400, 401, 403, 422, 429, 503})])
+def test_good_released_statuses_pass(statuses: object) -> None:
+    assert ids(IDEMPOTENCY_RELEASED_STATUSES=statuses) == []
+
+
+def test_w001_released_statuses_include_success() -> None:
+    with override_settings(IDEMPOTENCY_RELEASED_STATUSES={400, 201, 200}):
+        (message,) = check_settings()
+    assert message.id == "django_idempotency.W001"
+    assert message.level == checks.WARNING
+    assert "[200, 201]" in message.msg
+
+
+@pytest.mark.parametrize("header", ["", "Idempotency Key", "Idempotency-Key:", "Kéy", None, 1])
+def test_e008_header_is_not_a_token(header: object) -> None:
+    assert ids(IDEMPOTENCY_HEADER=header) == ["django_idempotency.E008"]
+
+
+def test_w002_header_with_underscore() -> None:
+    assert ids(IDEMPOTENCY_HEADER="Idempotency_Key") == ["django_idempotency.W002"]
+
+
+@pytest.mark.parametrize("header", ["X-Request-Key", "idempotency-key", "Key"])
+def test_good_headers_pass(header: str) -> None:
+    assert ids(IDEMPOTENCY_HEADER=header) == []
+
+
+@pytest.mark.parametrize("retry_after", [-1, 1.5, "1", None, True])
+def test_e009_retry_after_is_not_a_whole_number(retry_after: object) -> None:
+    assert ids(IDEMPOTENCY_RETRY_AFTER=retry_after) == ["django_idempotency.E009"]
+
+
+@pytest.mark.parametrize("retry_after", [0, 1, 30])
+def test_good_retry_after_passes(retry_after: int) -> None:
+    assert ids(IDEMPOTENCY_RETRY_AFTER=retry_after) == []
+
+
+@pytest.mark.parametrize("alias", ["replica", None, ""])
+def test_e011_database_is_not_an_alias(alias: object) -> None:
+    assert ids(IDEMPOTENCY_DATABASE=alias) == ["django_idempotency.E011"]
+
+
+def test_e011_only_applies_to_the_database_store() -> None:
+    # Another store does not use IDEMPOTENCY_DATABASE, so it is not checked.
+    assert ids(
+        IDEMPOTENCY_STORE="tests.test_checks.OtherStore", IDEMPOTENCY_DATABASE="replica"
+    ) == []
+
+
+def test_each_bad_setting_is_reported_at_once() -> None:
+    found = ids(
+        IDEMPOTENCY_STORE="nowhere.Store",
+        IDEMPOTENCY_TTL=-5,
+        IDEMPOTENCY_SCOPE=3,
+        IDEMPOTENCY_RELEASED_STATUSES=[200],
+        IDEMPOTENCY_HEADER="a b",
+        IDEMPOTENCY_RETRY_AFTER=-1,
+    )
+    assert found == [
+        "django_idempotency.E001",
+        "django_idempotency.E004",
+        "django_idempotency.E006",
+        "django_idempotency.W001",
+        "django_idempotency.E008",
+        "django_idempotency.E009",
+    ]
+
+
+class OtherStore(Store):
+    """A store that is not the database store, for the E011 test."""
+
+    def begin(self, record: Any) -> Any:
+        raise NotImplementedError
+
+    def finish(self, claim: Any, response: Any) -> None:
+        raise NotImplementedError
+
+    def release(self, claim: Any, exc: BaseException | None = None) -> None:
+        raise NotImplementedError

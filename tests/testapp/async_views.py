@@ -1,0 +1,68 @@
+"""``async def`` views under @idempotent: plain Django, as DRF views are sync.
+
+(No csrf_exempt: the test settings have no CSRF middleware, and before Django 5.0
+csrf_exempt turns an async view into a sync one.)
+
+Each run creates one Widget row with the async ORM, so tests count runs and see
+whether the row was rolled back with a released claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator
+
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views import View
+
+from django_idempotency import idempotent
+
+from .models import Widget
+
+# Set once a view body has made its row, so a test can act while it runs.
+started = threading.Event()
+
+
+@idempotent
+async def async_widget(request: HttpRequest) -> HttpResponse:
+    data = json.loads(request.body or b"{}")
+    widget = await Widget.objects.acreate(name=data.get("name", "async"))
+    started.set()
+    delay = float(request.headers.get("X-Test-Delay", "0"))
+    if delay:
+        # Keeps the claim's transaction open while concurrent requests arrive.
+        await asyncio.sleep(delay)
+    outcome = data.get("outcome", "ok")
+    if outcome == "raise":
+        raise RuntimeError("the async view failed")
+    status = {"ok": 201, "500": 500, "422": 422, "404": 404}[outcome]
+    return JsonResponse({"id": widget.pk, "outcome": outcome}, status=status)
+
+
+@idempotent
+async def async_stream(request: HttpRequest) -> StreamingHttpResponse:
+    widget = await Widget.objects.acreate(name="stream")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for part in (b"widget ", str(widget.pk).encode(), b" made"):
+            yield part
+
+    return StreamingHttpResponse(chunks(), status=201, content_type="text/plain")
+
+
+@idempotent(required=False)
+async def async_optional(request: HttpRequest) -> HttpResponse:
+    widget = await Widget.objects.acreate(name="optional")
+    return JsonResponse({"id": widget.pk}, status=201)
+
+
+class AsyncWidgetView(View):
+    @idempotent
+    async def post(self, request: HttpRequest) -> HttpResponse:
+        widget = await Widget.objects.acreate(name="class")
+        return JsonResponse({"id": widget.pk}, status=201)
+
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        return JsonResponse({"count": await Widget.objects.acount()})
