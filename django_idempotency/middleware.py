@@ -1,4 +1,4 @@
-"""``DatabaseUnavailableMiddleware``: a 503 in the error envelope, not a 500, when the database is down.
+"""A 503 in the error envelope, not a 500 traceback, when the database is down.
 
 ``@idempotent`` answers ``503 idempotency_store_unavailable`` itself when its
 store fails. But a request meets the database before it reaches the decorator:

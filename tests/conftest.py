@@ -5,8 +5,8 @@ from collections.abc import Iterator
 
 import pytest
 from django.contrib.auth.models import User
-from hypothesis import HealthCheck, settings
 from django.db import connection
+from hypothesis import HealthCheck, settings
 from rest_framework.test import APIClient
 
 from tests.testapp import views

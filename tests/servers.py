@@ -5,6 +5,7 @@ the demo's database with its accounts."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -200,10 +201,8 @@ def postgres_cluster() -> Iterator[Cluster]:
         cluster.start()
         yield cluster
     finally:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already down
             cluster.stop("immediate")
-        except subprocess.CalledProcessError:
-            pass  # already down
         shutil.rmtree(data, ignore_errors=True)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.db import InterfaceError, IntegrityError, OperationalError
+from django.db import IntegrityError, InterfaceError, OperationalError
 from rest_framework.authentication import BasicAuthentication
 from rest_framework.test import APIClient
 
