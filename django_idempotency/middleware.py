@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from django.db import InterfaceError, OperationalError
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from . import errors
@@ -30,12 +30,13 @@ from .conf import conf
 
 
 class DatabaseUnavailableMiddleware:
-    """Answer a view's ``OperationalError``/``InterfaceError`` with ``503 service_unavailable``.
+    """Answer a view's database outage with ``503 service_unavailable``.
 
-    Those are the errors of a database that cannot serve now (connection refused
-    or lost, server shutting down, a lock or serialisation failure): all worth a
-    retry. Other database errors (``IntegrityError``, ``ProgrammingError``) are
-    bugs and stay 500s.
+    An outage is an ``OperationalError`` or ``InterfaceError`` (connection refused
+    or lost, server shutting down, a lock or serialisation failure), or the
+    ``InternalError`` of a PostgreSQL session ended for holding its transaction
+    too long. All are worth a retry. Other database errors (``IntegrityError``,
+    ``ProgrammingError``) are bugs and stay 500s.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
@@ -45,10 +46,24 @@ class DatabaseUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if not isinstance(exception, (OperationalError, InterfaceError)):
-            return None
-        return errors.error_response(
-            request,
-            errors.SERVICE_UNAVAILABLE,
-            headers={"Retry-After": str(conf.IDEMPOTENCY_RETRY_AFTER)},
-        )
+        if isinstance(exception, (OperationalError, InterfaceError)) or (
+            isinstance(exception, DatabaseError) and _session_ended(exception)
+        ):
+            return errors.error_response(
+                request,
+                errors.SERVICE_UNAVAILABLE,
+                headers={"Retry-After": str(conf.IDEMPOTENCY_RETRY_AFTER)},
+            )
+        return None
+
+
+# PostgreSQL ends a session whose transaction outlived its timeout
+# (idle_in_transaction_session_timeout: 25P03; transaction_timeout, PostgreSQL 17:
+# 25P04), and drivers report that as an InternalError.
+_SESSION_TIMEOUTS = frozenset({"25P03", "25P04"})
+
+
+def _session_ended(exception: DatabaseError) -> bool:
+    cause = exception.__cause__
+    code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    return code in _SESSION_TIMEOUTS

@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.db import IntegrityError, InterfaceError, OperationalError
+from django.db import IntegrityError, InterfaceError, InternalError, OperationalError
 from rest_framework.authentication import BasicAuthentication
 from rest_framework.test import APIClient
 
@@ -77,15 +77,38 @@ def test_a_database_error_before_the_decorator_is_a_503_envelope(
     assert response["Retry-After"] == "1"
 
 
+class SessionTimeout(Exception):
+    sqlstate = "25P03"  # what psycopg says when PostgreSQL ends an idle transaction
+
+
 @pytest.mark.django_db
-def test_other_database_errors_stay_500s(monkeypatch: pytest.MonkeyPatch, alice: Any) -> None:
+def test_a_session_ended_by_the_server_is_a_503_envelope(
+    monkeypatch: pytest.MonkeyPatch, alice: Any
+) -> None:
+    def ended(*args: Any) -> Any:
+        raise InternalError("terminating connection due to idle-in-transaction timeout") from (
+            SessionTimeout())
+
+    monkeypatch.setattr(BasicAuthentication, "authenticate", ended)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Basic YWxpY2U6YWxpY2UtcHc=")
+    response = client.post("/t/widgets", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="k")
+    assert response.status_code == 503
+    assert response.json()["error"]["type"] == "service_unavailable"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("error", [IntegrityError, InternalError])
+def test_other_database_errors_stay_500s(
+    monkeypatch: pytest.MonkeyPatch, alice: Any, error: type[Exception]
+) -> None:
     def bug(*args: Any) -> Any:
-        raise IntegrityError("a bug, not an outage")
+        raise error("a bug, not an outage")
 
     monkeypatch.setattr(BasicAuthentication, "authenticate", bug)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION="Basic YWxpY2U6YWxpY2UtcHc=")
-    with pytest.raises(IntegrityError):
+    with pytest.raises(error):
         client.post("/t/widgets", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="k")
 
 
