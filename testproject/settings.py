@@ -5,7 +5,8 @@ REDIS_URL          if set, the default cache is Redis (for the Redis idempotency
 IDEMPOTENCY_STORE  dotted path of the idempotency store, passed through when set
 DEBUG              default on: this is a demo
 SECRET_KEY         default: a fixed, public demo value
-DEMO_ALLOW_DELAY   1 lets the X-Demo-Delay header slow down job creation (tests only)
+DEMO_ALLOW_DELAY   1 lets the X-Demo-Delay header slow down job creation inside its
+                   transaction, and X-Demo-Delay-After-Commit after it (tests only)
 """
 
 from __future__ import annotations

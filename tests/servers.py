@@ -226,7 +226,8 @@ class Demo:
         import psycopg
 
         with psycopg.connect(self.database, autocommit=True) as conn:
-            return list(conn.execute(query, params).fetchall())
+            cursor = conn.execute(query, params or None)
+            return list(cursor.fetchall()) if cursor.description else []
 
     def server(self, workers: int = 4, env: dict[str, str] | None = None) -> Any:
         return gunicorn(workers, {"DEMO_ALLOW_DELAY": "1", **(env or {})}, app="testproject.wsgi",
