@@ -2,7 +2,7 @@
 
 Each check reads the setting as configured (``conf.raw``), so that a bad value
 is reported at start-up with a hint instead of failing in the first request.
-Ids are stable: E010 belongs to the Redis store's check of ``IDEMPOTENCY_CACHE``.
+Ids are stable. E010, E012 and E013 are the Redis store's (``_check_cache_store``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> M
         *_check_header(),
         *_check_retry_after(),
         *_check_database(),
+        *_check_admin_masked_fields(),
+        *_check_cache_store(),
     ]
 
 
@@ -229,3 +231,79 @@ def _check_database() -> Messages:
             )
         ]
     return []
+
+
+def _check_admin_masked_fields() -> Messages:
+    fields = conf.raw("IDEMPOTENCY_ADMIN_MASKED_FIELDS")
+    if (
+        isinstance(fields, str | bytes)
+        or not isinstance(fields, Collection)
+        or not all(isinstance(field, str) and field for field in fields)
+    ):
+        return [
+            _error(
+                14,
+                "IDEMPOTENCY_ADMIN_MASKED_FIELDS must be a collection of field names, "
+                f"not {fields!r}.",
+                'For example ("secret", "token", "password", "key"); a single string '
+                "would be read as its letters. Extend "
+                "django_idempotency.conf.DEFAULT_ADMIN_MASKED_FIELDS to keep the defaults.",
+            )
+        ]
+    return []
+def _check_cache_store() -> Messages:
+    """The Redis store needs a django-redis cache that every process shares."""
+    store_class, _ = _import_store()
+    if not isinstance(store_class, type):
+        return []
+    try:
+        from .stores.cache import CacheStore
+    except ImportError:  # redis is not installed: then the store's import failed (E001)
+        return []
+    if not issubclass(store_class, CacheStore):
+        return []
+    messages: Messages = []
+    alias = conf.raw("IDEMPOTENCY_CACHE")
+    caches = getattr(settings, "CACHES", {})
+    if not isinstance(alias, str) or alias not in caches:
+        messages.append(
+            _error(
+                10,
+                f"IDEMPOTENCY_CACHE {alias!r} is not a cache alias in CACHES.",
+                "Add a django_redis.cache.RedisCache entry to CACHES under that alias, or "
+                "set IDEMPOTENCY_CACHE to the alias of one.",
+            )
+        )
+    else:
+        backend = str(caches[alias].get("BACKEND", ""))
+        client_class = str(caches[alias].get("OPTIONS", {}).get("CLIENT_CLASS", ""))
+        if backend != "django_redis.cache.RedisCache" or client_class.endswith("ShardClient"):
+            messages.append(
+                _error(
+                    12,
+                    f"The cache {alias!r} ({backend}) cannot hold idempotency records: the "
+                    "Redis store needs a django-redis cache that all processes share.",
+                    "Use BACKEND 'django_redis.cache.RedisCache' (not ShardClient). LocMem "
+                    "and Dummy caches are not shared between processes, so a retry that "
+                    "reaches another worker would run the view again.",
+                )
+            )
+    lease = conf.raw("IDEMPOTENCY_LEASE")
+    if isinstance(lease, timedelta):
+        lease = lease.total_seconds()
+    if (
+        isinstance(lease, bool)
+        or not isinstance(lease, (int, float))
+        or not math.isfinite(lease)
+        or lease <= 0
+    ):
+        messages.append(
+            _error(
+                13,
+                f"IDEMPOTENCY_LEASE {conf.raw('IDEMPOTENCY_LEASE')!r} is not a positive "
+                "duration.",
+                "Use seconds (e.g. 30) or a datetime.timedelta; the lease is renewed while "
+                "the view runs and bounds how long a dead worker's key stays in use.",
+            )
+        )
+    return messages

@@ -19,6 +19,28 @@ DEFAULT_SCOPE = "django_idempotency.keys.user_scope"
 # Rejections that the client is expected to fix and then retry with the same
 # key. Every 5xx is released as well, whatever this setting says.
 DEFAULT_RELEASED_STATUSES = frozenset({400, 401, 403, 422, 429})
+# Field names (and header names) whose values the admin never shows. A name
+# matches when it equals one of these or ends with "_" plus one, after
+# lower-casing and turning "-" and camelCase into "_" (see admin.is_masked).
+DEFAULT_ADMIN_MASKED_FIELDS = (
+    "secret",
+    "token",
+    "password",
+    "passwd",
+    "key",
+    "authorization",
+    "cookie",
+    "credentials",
+    "signature",
+    "otp",
+    "pin",
+    "cvv",
+    "cvc",
+    "ssn",
+)
+# The Redis store's claim lease. It is renewed while the view runs, so it only
+# bounds how long a key stays "in use" after a worker dies.
+DEFAULT_LEASE = timedelta(seconds=30)
 
 
 # Every setting and its default. The system checks validate what
@@ -32,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     "IDEMPOTENCY_SCOPE": DEFAULT_SCOPE,
     "IDEMPOTENCY_RELEASED_STATUSES": DEFAULT_RELEASED_STATUSES,
     "IDEMPOTENCY_RETRY_AFTER": 1,
+    "IDEMPOTENCY_ADMIN_MASKED_FIELDS": DEFAULT_ADMIN_MASKED_FIELDS,
+    "IDEMPOTENCY_LEASE": DEFAULT_LEASE,
+    "IDEMPOTENCY_FAIL_OPEN": False,
 }
 
 
@@ -73,6 +98,15 @@ class Settings:
         return str(self.raw("IDEMPOTENCY_CACHE"))
 
     @property
+    def lease_seconds(self) -> float:
+        """``IDEMPOTENCY_LEASE``: how long a Redis claim lives unless renewed."""
+        return _as_seconds(self.raw("IDEMPOTENCY_LEASE"))
+
+    @property
+    def IDEMPOTENCY_FAIL_OPEN(self) -> bool:
+        return bool(self.raw("IDEMPOTENCY_FAIL_OPEN"))
+
+    @property
     def IDEMPOTENCY_SCOPE(self) -> str | Callable[..., Any]:
         value: str | Callable[..., Any] = self.raw("IDEMPOTENCY_SCOPE")
         return value
@@ -93,6 +127,11 @@ class Settings:
     @property
     def IDEMPOTENCY_RETRY_AFTER(self) -> int:
         return int(self.raw("IDEMPOTENCY_RETRY_AFTER"))
+
+    @property
+    def IDEMPOTENCY_ADMIN_MASKED_FIELDS(self) -> Collection[str]:
+        value: Collection[str] = self.raw("IDEMPOTENCY_ADMIN_MASKED_FIELDS")
+        return value
 
 
 _imports: dict[str, Any] = {}

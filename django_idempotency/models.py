@@ -46,6 +46,8 @@ class IdempotencyRecord(models.Model):
         indexes = [
             models.Index(fields=["expires_at"], name="django_idemp_expires_idx"),
             models.Index(fields=["created_at"], name="django_idemp_created_idx"),
+            # The admin's search by key across callers; the unique index leads with scope.
+            models.Index(fields=["key"], name="django_idemp_key_idx"),
         ]
 
     def __str__(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 import django
@@ -72,10 +73,28 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         # instead of failing when a read transaction tries to upgrade.
         DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
-CACHES = {
+CACHES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
 }
+# The Redis store's cache, used when a test (or the TEST_IDEMPOTENCY_STORE of a
+# gunicorn server it starts) selects CacheStore. The prefix is unique to the
+# test run and inherited by the servers it starts, so tests touch only their
+# own keys on a shared Redis.
+REDIS_URL = os.environ.get("REDIS_URL", "")
+REDIS_TEST_PREFIX = os.environ.setdefault("REDIS_TEST_PREFIX", f"idem-test-{os.getpid()}")
+if REDIS_URL:
+    CACHES["redis"] = {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": REDIS_TEST_PREFIX,
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
+    }
+IDEMPOTENCY_CACHE = "redis"
+IDEMPOTENCY_STORE = os.environ.get(
+    "TEST_IDEMPOTENCY_STORE", "django_idempotency.stores.database.DatabaseStore"
+)
+if os.environ.get("TEST_IDEMPOTENCY_LEASE"):
+    IDEMPOTENCY_LEASE = float(os.environ["TEST_IDEMPOTENCY_LEASE"])
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

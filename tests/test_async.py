@@ -79,6 +79,7 @@ def test_async_view_runs_once_and_replays(aclient: AsyncClient) -> None:
     assert elsewhere(Widget.objects.count) == 1
 
 
+@pytest.mark.usefixtures("database_store")  # asserts the rollback of the view's writes
 def test_finished_claim_commits_the_async_writes(aclient: AsyncClient) -> None:
     response = apost(aclient, "/t/async", {"name": "kept"})
     assert response.status_code == 201
@@ -87,6 +88,7 @@ def test_finished_claim_commits_the_async_writes(aclient: AsyncClient) -> None:
     assert elsewhere(lambda: IdempotencyRecord.objects.get().state) == "completed"
 
 
+@pytest.mark.usefixtures("database_store")  # asserts the rollback of the view's writes
 @pytest.mark.parametrize("outcome", ["500", "422"])
 def test_released_claim_rolls_back_the_async_writes(aclient: AsyncClient, outcome: str) -> None:
     response = apost(aclient, "/t/async", {"outcome": outcome})
@@ -100,6 +102,7 @@ def test_released_claim_rolls_back_the_async_writes(aclient: AsyncClient, outcom
     assert elsewhere(Widget.objects.count) == 0
 
 
+@pytest.mark.usefixtures("database_store")  # asserts the rollback of the view's writes
 def test_exception_rolls_back_and_releases(aclient: AsyncClient) -> None:
     with pytest.raises(RuntimeError, match="the async view failed"):
         apost(aclient, "/t/async", {"outcome": "raise"})
@@ -167,6 +170,7 @@ def test_async_streaming_response_is_stored_and_replayed(aclient: AsyncClient) -
     assert elsewhere(Widget.objects.count) == 1
 
 
+@pytest.mark.usefixtures("database_store")  # asserts the rollback of the view's writes
 def test_cancelled_view_releases_its_claim(alice: User) -> None:
     # What Django 5.0+ does when the client disconnects: it cancels the view.
     request = AsyncRequestFactory().post(

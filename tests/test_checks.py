@@ -132,9 +132,20 @@ def test_good_retry_after_passes(retry_after: int) -> None:
     assert ids(IDEMPOTENCY_RETRY_AFTER=retry_after) == []
 
 
+@pytest.mark.usefixtures("database_store")  # E011 is the database store's check
 @pytest.mark.parametrize("alias", ["replica", None, ""])
 def test_e011_database_is_not_an_alias(alias: object) -> None:
     assert ids(IDEMPOTENCY_DATABASE=alias) == ["django_idempotency.E011"]
+
+
+@pytest.mark.parametrize("fields", ["secret", None, ["secret", ""], [1], b"key"])
+def test_e014_admin_masked_fields_are_not_names(fields: object) -> None:
+    assert ids(IDEMPOTENCY_ADMIN_MASKED_FIELDS=fields) == ["django_idempotency.E014"]
+
+
+@pytest.mark.parametrize("fields", [(), ["iban"], {"secret", "token"}])
+def test_good_admin_masked_fields_pass(fields: object) -> None:
+    assert ids(IDEMPOTENCY_ADMIN_MASKED_FIELDS=fields) == []
 
 
 def test_e011_only_applies_to_the_database_store() -> None:

@@ -46,6 +46,7 @@ def test_retry_resends_the_last_post_and_asserts_an_identical_replay(
     assert Widget.objects.count() == 1
 
 
+@pytest.mark.usefixtures("database_store")  # asserts the rollback of the view's writes
 def test_retry_fails_when_the_first_answer_was_not_stored(api: IdempotentAPIClient) -> None:
     response = api.post("/t/apiview", {"outcome": "422"}, format="json")
     assert response.status_code == 422

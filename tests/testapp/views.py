@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers, status, viewsets
@@ -27,6 +28,9 @@ from .models import Widget
 hold = threading.Event()
 hold.set()
 started = threading.Event()
+# A request with the header ``X-Test-Gate: <name>`` also waits for gates[name],
+# so a test can hold one request while others run past it.
+gates: dict[str, threading.Event] = {}
 
 
 class WidgetSerializer(serializers.ModelSerializer):
@@ -49,6 +53,9 @@ def _make(request: Any, name: str | None = None) -> Widget:
     if delay:
         time.sleep(delay)
     hold.wait(10)
+    gate = gates.get(request.META.get("HTTP_X_TEST_GATE", ""))
+    if gate is not None:
+        gate.wait(10)
     return widget
 
 
@@ -92,6 +99,11 @@ class WidgetAPIView(APIView):
             raise RuntimeError("the view failed")
         if outcome == "invalid":
             raise serializers.ValidationError({"name": ["bad"]})
+        if outcome == "rollback":
+            # A view that answers 201 but leaves its transaction to roll back,
+            # as when the commit itself fails.
+            transaction.set_rollback(True)
+            return Response({"id": widget.pk, "outcome": outcome}, status=201)
         codes = {"ok": 201, "500": 500, "503": 503, "400": 400, "422": 422, "404": 404, "409": 409}
         response = Response({"id": widget.pk, "outcome": outcome}, status=codes[outcome])
         response.set_cookie("session-ish", "secret")

@@ -1,0 +1,436 @@
+"""What only the Redis store does: leases, lease loss, worker death, Redis going away.
+
+All against real Redis servers: the shared one of ``REDIS_URL`` and, where a
+test stops Redis, a ``redis-server`` of its own on a free port.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.checks import Error
+from django.db import connections
+from django.test import override_settings
+from rest_framework.test import APIClient
+
+from django_idempotency.checks import check_settings
+from tests.conftest import CACHE_STORE, DATABASE_STORE, StoreUnderTest, post, redis_client
+from tests.servers import free_port, gunicorn
+from tests.testapp import views
+from tests.testapp.models import Widget
+
+
+def envelope_type(response: Any) -> str:
+    body = response.content if hasattr(response, "content") else response.body
+    return str(json.loads(body)["error"]["type"])
+
+
+# System checks: no Redis needed.
+
+
+def errors(**settings: Any) -> list[str]:
+    with override_settings(IDEMPOTENCY_STORE=CACHE_STORE, **settings):
+        found = check_settings()
+    assert all(isinstance(e, Error) for e in found)
+    return [e.id for e in found]
+
+
+def test_check_refuses_a_missing_cache_alias() -> None:
+    assert errors(IDEMPOTENCY_CACHE="nowhere") == ["django_idempotency.E010"]
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "django.core.cache.backends.locmem.LocMemCache",
+        "django.core.cache.backends.dummy.DummyCache",
+        "django.core.cache.backends.redis.RedisCache",
+    ],
+)
+def test_check_refuses_a_cache_that_is_not_shared_django_redis(backend: str) -> None:
+    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+              "idem": {"BACKEND": backend, "LOCATION": "redis://127.0.0.1:6379/0"}}
+    assert errors(CACHES=caches, IDEMPOTENCY_CACHE="idem") == ["django_idempotency.E012"]
+
+
+def test_check_refuses_the_shard_client() -> None:
+    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+              "idem": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": ["redis://a", "redis://b"],
+                       "OPTIONS": {"CLIENT_CLASS": "django_redis.client.ShardClient"}}}
+    assert errors(CACHES=caches, IDEMPOTENCY_CACHE="idem") == ["django_idempotency.E012"]
+
+
+def test_check_accepts_django_redis() -> None:
+    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+              "idem": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://127.0.0.1:6379/0"}}
+    assert errors(CACHES=caches, IDEMPOTENCY_CACHE="idem") == []
+
+
+@pytest.mark.parametrize("lease", [0, -1, "soon", True])
+def test_check_refuses_a_lease_that_is_not_a_positive_duration(lease: Any) -> None:
+    assert errors(IDEMPOTENCY_LEASE=lease, IDEMPOTENCY_CACHE="nowhere") == [
+        "django_idempotency.E010", "django_idempotency.E013"]
+
+
+def test_check_ignores_the_cache_for_the_database_store() -> None:
+    with override_settings(IDEMPOTENCY_STORE=DATABASE_STORE, IDEMPOTENCY_CACHE="nowhere"):
+        assert check_settings() == []
+
+
+# Leases, against the shared Redis.
+
+
+def redis_only(test: Any) -> Any:
+    """Run ``test`` on the Redis store only."""
+    return pytest.mark.redis(pytest.mark.parametrize("store", ["redis"], indirect=True)(test))
+
+
+def _claim_key() -> bytes:
+    (name,) = list(redis_client().scan_iter(match=os.environ["REDIS_TEST_PREFIX"] + ":*"))
+    return name  # type: ignore[no-any-return]
+
+
+@redis_only
+@pytest.mark.django_db(transaction=True)
+def test_the_lease_is_renewed_while_a_long_view_runs(
+    client_alice: APIClient, alice: User, store: StoreUnderTest, settings: Any
+) -> None:
+    settings.IDEMPOTENCY_LEASE = 0.3
+    views.hold.clear()
+    views.started.clear()
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(_post_closing, alice, {"name": "long"}, "long")
+        assert views.started.wait(10)
+        time.sleep(1.0)  # over three leases: without renewal the claim would be gone
+        assert redis_client().pttl(_claim_key()) > 0
+        duplicate = pool.submit(_post_closing, alice, {"name": "long"}, "long").result(10)
+        assert duplicate.status_code == 409
+        assert envelope_type(duplicate) == "idempotency_key_in_use"
+        views.hold.set()
+        assert first.result(10).status_code == 201
+    assert Widget.objects.count() == 1
+    replay = post(client_alice, "/t/widgets", {"name": "long"}, key="long")
+    assert replay["Idempotent-Replayed"] == "true"
+
+
+def _post_closing(user: User, body: dict[str, str], key: str, **extra: str) -> Any:
+    client = APIClient()
+    client.force_authenticate(user)
+    try:
+        return post(client, "/t/widgets", body, key=key, **extra)
+    finally:
+        connections.close_all()
+
+
+@redis_only
+@pytest.mark.django_db(transaction=True)
+def test_a_request_that_lost_its_lease_cannot_overwrite_the_new_owner(
+    client_alice: APIClient, alice: User, store: StoreUnderTest, caplog: pytest.LogCaptureFixture,
+    settings: Any,
+) -> None:
+    settings.IDEMPOTENCY_LEASE = 600  # no renewal comes between the lapse and the retry
+    views.started.clear()
+    views.gates["slow"] = gate = threading.Event()
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(_post_closing, alice, {"name": "slow"}, "lease", HTTP_X_TEST_GATE="slow")
+        assert views.started.wait(10)
+        # The slow request's lease lapses (as when its worker stalls past it).
+        name = _claim_key()
+        redis_client().pexpire(name, 1)
+        while redis_client().exists(name):
+            time.sleep(0.005)
+        # A retry takes the lapsed key over, runs and stores its response...
+        newer_response = pool.submit(_post_closing, alice, {"name": "slow"}, "lease").result(10)
+        assert "Idempotent-Replayed" not in newer_response
+        # ...and then the slow request finishes.
+        gate.set()
+        slow_response = slow.result(10)
+    assert slow_response.status_code == newer_response.status_code == 201
+    assert slow_response.content != newer_response.content
+    assert Widget.objects.count() == 2
+    replay = post(client_alice, "/t/widgets", {"name": "slow"}, key="lease")
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == newer_response.content, "the newer owner's response is kept"
+    assert "lost its lease" in caplog.text
+
+
+@redis_only
+@pytest.mark.django_db(transaction=True)
+def test_a_lapsed_claim_that_nobody_took_over_still_stores_its_response(
+    client_alice: APIClient, alice: User, store: StoreUnderTest, settings: Any
+) -> None:
+    settings.IDEMPOTENCY_LEASE = 600
+    views.started.clear()
+    views.gates["slow"] = gate = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(
+            _post_closing, alice, {"name": "slow"}, "lapsed", HTTP_X_TEST_GATE="slow"
+        )
+        assert views.started.wait(10)
+        redis_client().delete(_claim_key())  # lapsed (or lost by a restarted Redis)
+        gate.set()
+        first = slow.result(10)
+    assert first.status_code == 201
+    replay = post(client_alice, "/t/widgets", {"name": "slow"}, key="lapsed")
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == first.content
+    assert Widget.objects.count() == 1
+
+
+@redis_only
+@pytest.mark.django_db(transaction=True)
+def test_renewal_takes_back_a_lapsed_claim_that_nobody_took_over(
+    client_alice: APIClient, alice: User, store: StoreUnderTest, settings: Any
+) -> None:
+    settings.IDEMPOTENCY_LEASE = 0.3
+    views.started.clear()
+    views.gates["slow"] = gate = threading.Event()
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(_post_closing, alice, {"name": "slow"}, "back", HTTP_X_TEST_GATE="slow")
+        assert views.started.wait(10)
+        name = _claim_key()
+        redis_client().delete(name)
+        deadline = time.monotonic() + 10
+        while not redis_client().exists(name):
+            assert time.monotonic() < deadline, "the renewer did not take the claim back"
+            time.sleep(0.01)
+        duplicate = pool.submit(_post_closing, alice, {"name": "slow"}, "back").result(10)
+        assert duplicate.status_code == 409
+        gate.set()
+        assert slow.result(10).status_code == 201
+    assert Widget.objects.count() == 1
+
+
+@redis_only
+def test_a_released_claim_is_never_renewed_back(store: StoreUnderTest, settings: Any) -> None:
+    """Renewal runs in its own thread; one racing a release must not re-claim the key."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from django_idempotency.stores.base import Claim, RequestRecord
+    from django_idempotency.stores.cache import CacheStore
+
+    settings.IDEMPOTENCY_LEASE = 0.003  # renew every millisecond: races are many
+    cache_store, client, leaked = CacheStore(), redis_client(), 0
+    for i in range(1000):
+        now = timezone.now()
+        record = RequestRecord("race", f"k{i}", "fp", "POST", "/x", now, now + timedelta(hours=1))
+        claim = cache_store.begin(record)
+        assert isinstance(claim, Claim)
+        time.sleep(0.0005 * (i % 4))
+        cache_store.release(claim)
+        time.sleep(0.001)  # room for a racing renewal to land
+        leaked += client.exists(cache_store.redis_key("race", f"k{i}"))
+    assert leaked == 0
+
+
+@redis_only
+@pytest.mark.parametrize("atomic_requests", [True], indirect=True)
+@pytest.mark.django_db(transaction=True)
+def test_with_atomic_requests_the_response_is_stored_only_once_committed(
+    client_alice: APIClient, store: StoreUnderTest, settings: Any, atomic_requests: bool
+) -> None:
+    settings.IDEMPOTENCY_LEASE = 0.5
+    post(client_alice, "/t/apiview", {"outcome": "ok"}, key="ok")
+    replay = post(client_alice, "/t/apiview", {"outcome": "ok"}, key="ok")
+    assert replay["Idempotent-Replayed"] == "true", "stored once the transaction committed"
+
+    first = post(client_alice, "/t/apiview", {"outcome": "rollback"}, key="rb")
+    assert first.status_code == 201
+    assert Widget.objects.count() == 1, "only the first request's widget committed"
+    assert "completed" not in [r.state for r in store.records() if r.key == "rb"]
+    deadline = time.monotonic() + 10
+    while True:  # the claim lapses with its lease
+        retry = post(client_alice, "/t/apiview", {"outcome": "rollback"}, key="rb")
+        if retry.status_code != 409 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert retry.status_code == 201
+    assert "Idempotent-Replayed" not in retry, "never a replay of writes that rolled back"
+
+
+# Across processes, under gunicorn.
+
+
+@pytest.fixture
+def server_user(transactional_db: None) -> User:
+    return User.objects.create_user("alice", password="alice-pw")
+
+
+@redis_only
+def test_a_killed_worker_holds_the_key_until_its_lease_lapses_then_the_retry_runs(
+    server_user: User, store: StoreUnderTest, tmp_path: Path
+) -> None:
+    """The honest difference from the database store: the dead worker's writes stay."""
+    mark = tmp_path / "started"
+    body = b'{"name": "crash"}'
+    env = {"TEST_IDEMPOTENCY_STORE": CACHE_STORE, "TEST_IDEMPOTENCY_LEASE": "1"}
+    with gunicorn(workers=1, env=env) as server:
+        pool = ThreadPoolExecutor(1)
+        doomed = pool.submit(server.request, "/t/widgets", body, headers={
+            "Idempotency-Key": "crash", "X-Test-Delay": "30", "X-Test-Mark": str(mark)})
+        deadline = time.monotonic() + 20
+        while not mark.exists():
+            assert time.monotonic() < deadline, "the view never started"
+            time.sleep(0.05)
+        busy = server.request("/t/widgets", body, headers={"Idempotency-Key": "crash"})
+        assert busy.status == 409
+        assert envelope_type(busy) == "idempotency_key_in_use"
+        (worker,) = server.worker_pids()
+        os.kill(worker, signal.SIGKILL)
+        with pytest.raises(OSError):
+            doomed.result(timeout=30)
+        pool.shutdown()
+        assert Widget.objects.count() == 1, "the dead worker's write committed"
+        deadline = time.monotonic() + 30
+        while True:
+            retry = server.request("/t/widgets", body, headers={"Idempotency-Key": "crash"})
+            if retry.status not in (409, 502, 503) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert retry.status == 201, retry.body
+        assert "Idempotent-Replayed" not in retry.headers
+        replay = server.request("/t/widgets", body, headers={"Idempotency-Key": "crash"})
+        assert replay.headers["Idempotent-Replayed"] == "true"
+    assert Widget.objects.count() == 2, "the view ran again once the lease lapsed"
+
+
+# Redis going away: a redis-server of our own that the test stops and starts.
+
+
+class OwnRedis:
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
+             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"],
+                             capture_output=True).stdout.strip() != b"PONG":
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path, settings: Any) -> Iterator[OwnRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = OwnRedis(tmp_path)
+    server.start()
+    settings.CACHES = {
+        **settings.CACHES,
+        "redis": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": server.url,
+            "KEY_PREFIX": os.environ["REDIS_TEST_PREFIX"],
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
+        },
+    }
+    settings.IDEMPOTENCY_STORE = CACHE_STORE
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_redis_down_fails_closed_with_503_and_recovers(
+    own_redis: OwnRedis, client_alice: APIClient, settings: Any
+) -> None:
+    assert post(client_alice, "/t/widgets", {"name": "a"}, key="before").status_code == 201
+    own_redis.stop()
+    for key in ("new", "before"):
+        response = post(client_alice, "/t/widgets", {"name": "a"}, key=key)
+        assert response.status_code == 503
+        assert envelope_type(response) == "idempotency_store_unavailable"
+    assert Widget.objects.count() == 1, "the view did not run"
+    own_redis.start()
+    assert post(client_alice, "/t/widgets", {"name": "a"}, key="after").status_code == 201
+    replay = post(client_alice, "/t/widgets", {"name": "a"}, key="after")
+    assert replay["Idempotent-Replayed"] == "true"
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_redis_down_with_fail_open_runs_the_view_unguarded(
+    own_redis: OwnRedis, client_alice: APIClient, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.IDEMPOTENCY_FAIL_OPEN = True
+    own_redis.stop()
+    with caplog.at_level(logging.WARNING, logger="django_idempotency"):
+        first = post(client_alice, "/t/widgets", {"name": "a"}, key="open")
+        second = post(client_alice, "/t/widgets", {"name": "a"}, key="open")
+    assert first.status_code == second.status_code == 201
+    assert "Idempotent-Replayed" not in second
+    assert Widget.objects.count() == 2
+    assert "IDEMPOTENCY_FAIL_OPEN" in caplog.text
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_redis_stopped_while_the_view_runs_sends_the_view_response(
+    own_redis: OwnRedis, client_alice: APIClient, alice: User, caplog: pytest.LogCaptureFixture
+) -> None:
+    views.hold.clear()
+    views.started.clear()
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(_post_closing, alice, {"name": "mid"}, "mid")
+        assert views.started.wait(10)
+        own_redis.stop()
+        views.hold.set()
+        response = running.result(30)
+    assert response.status_code == 201, "the view ran: its response goes out, never a 500"
+    assert "Could not store the response" in caplog.text
+    own_redis.start()
+    # The restarted Redis is empty (no persistence here), so the claim is gone
+    # and a retry runs again: the documented cost of losing Redis mid-request.
+    assert post(client_alice, "/t/widgets", {"name": "mid"}, key="mid").status_code == 201
+    replay = post(client_alice, "/t/widgets", {"name": "mid"}, key="mid")
+    assert replay["Idempotent-Replayed"] == "true"
+    assert Widget.objects.count() == 2
+
+
+@redis_only
+@pytest.mark.parametrize("atomic_requests", [True], indirect=True)
+@pytest.mark.django_db
+def test_in_a_testcase_with_atomic_requests_capture_on_commit_stores_the_response(
+    client_alice: APIClient, store: StoreUnderTest, atomic_requests: bool,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        first = post(client_alice, "/t/apiview", {"outcome": "ok"}, key="tc")
+    replay = post(client_alice, "/t/apiview", {"outcome": "ok"}, key="tc")
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == first.content
