@@ -3,6 +3,7 @@
 DATABASE_URL       default: SQLite file testproject/db.sqlite3
 REDIS_URL          if set, the default cache is Redis (for the Redis idempotency store)
 IDEMPOTENCY_STORE  dotted path of the idempotency store, passed through when set
+IDEMPOTENCY_LEASE  seconds of a Redis claim's lease, passed through when set
 DEBUG              default on: this is a demo
 SECRET_KEY         default: a fixed, public demo value
 DEMO_ALLOW_DELAY   1 lets the X-Demo-Delay header slow down job creation inside its
@@ -93,6 +94,8 @@ else:
 
 if os.environ.get("IDEMPOTENCY_STORE"):
     IDEMPOTENCY_STORE = os.environ["IDEMPOTENCY_STORE"]
+if os.environ.get("IDEMPOTENCY_LEASE"):
+    IDEMPOTENCY_LEASE = float(os.environ["IDEMPOTENCY_LEASE"])
 
 DEMO_ALLOW_DELAY = _env_flag("DEMO_ALLOW_DELAY", False)
 

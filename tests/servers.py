@@ -230,6 +230,7 @@ class Demo:
             return list(cursor.fetchall()) if cursor.description else []
 
     def server(self, workers: int = 4, env: dict[str, str] | None = None) -> Any:
+        """gunicorn serving the demo; ``env`` may pick the store (IDEMPOTENCY_STORE, REDIS_URL)."""
         return gunicorn(workers, {"DEMO_ALLOW_DELAY": "1", **(env or {})}, app="testproject.wsgi",
                         settings="testproject.settings", database=self.database)
 
@@ -238,3 +239,53 @@ def demo_on(database: str) -> Demo:
     demo = Demo(database)
     demo.manage("migrate", "--no-input", "-v", "0")
     return demo
+
+
+# A Redis of our own, to stop and start: the shared one must never go down.
+
+@dataclass
+class RedisServer:
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import shutil
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Kill the server (SIGKILL: no goodbye to clients, no saving)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

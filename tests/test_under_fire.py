@@ -15,11 +15,13 @@ import http.client
 import json
 import os
 import random
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -27,7 +29,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from tests.servers import Demo, Reply, Server, demo_on, worker_of_connection
+from tests.conftest import CACHE_STORE
+from tests.servers import Demo, Reply, Server, demo_on, redis_server, worker_of_connection
 
 COST = 10 * 50
 CREDITS = 100_000_000
@@ -52,6 +55,7 @@ class Api:
     demo: Demo
     server: Server
     secret: str
+    store: str
 
     def post(self, key: str, body: bytes | None = None, *, delay: float = 0,
              after_commit: float = 0, timeout: float = 60) -> Reply:
@@ -77,13 +81,14 @@ class Api:
             "SELECT state FROM django_idempotency_idempotencyrecord WHERE key = %s", key)
 
 
-@pytest.fixture(scope="module")
-def demo_database() -> Iterator[str]:
+@contextmanager
+def scratch_database(suffix: str) -> Iterator[str]:
+    """A new database on the suite's PostgreSQL server, dropped afterwards."""
     base = os.environ.get("DATABASE_URL", "")
     if not base.startswith(("postgres://", "postgresql://")):
         pytest.skip("runs in the PostgreSQL pass of scripts/test")
     parts = urlsplit(base)
-    name = parts.path.lstrip("/") + "_fire_demo"
+    name = parts.path.lstrip("/") + "_fire_" + suffix
     admin = urlunsplit(parts._replace(path="/postgres"))
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -95,12 +100,31 @@ def demo_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="module")
-def api(demo_database: str) -> Iterator[Api]:
-    demo = demo_on(demo_database)
-    secret = demo.api_key("fire", CREDITS)
-    with demo.server(workers=4) as server:
-        yield Api(demo, server, secret)
+# The Redis store's lease in these tests: short, so that its window is quick to see.
+LEASE = 2.0
+
+
+@pytest.fixture(scope="module", params=["database", pytest.param("redis", marks=pytest.mark.redis)])
+def api(request: pytest.FixtureRequest) -> Iterator[Api]:
+    """The demo under gunicorn -w 4 on each store (the Redis one on a redis-server of its own)."""
+    with ExitStack() as stack:
+        database = stack.enter_context(scratch_database(request.param))
+        env = {}
+        if request.param == "redis":
+            if shutil.which("redis-server") is None:
+                pytest.skip("needs redis-server")
+            redis = stack.enter_context(redis_server())
+            env = {"REDIS_URL": redis.url, "IDEMPOTENCY_STORE": CACHE_STORE,
+                   "IDEMPOTENCY_LEASE": str(LEASE)}
+        demo = demo_on(database)
+        secret = demo.api_key("fire", CREDITS)
+        server = stack.enter_context(demo.server(workers=4, env=env))
+        yield Api(demo, server, secret, request.param)
+
+
+def only_on(api: Api, store: str) -> None:
+    if api.store != store:
+        pytest.skip(f"about the {store} store")
 
 
 class Books:
@@ -256,7 +280,10 @@ def test_a_worker_killed_in_the_view_leaves_nothing_and_the_retry_runs_once(
         wait_until(lambda backend=backend: session_gone(api, backend))
         assert api.jobs(key) == 0, "no job is half created"
         assert api.balance() == balance, "no credits were taken"
-        assert api.records(key) == [], "the key is not wedged"
+        if api.store == "database":
+            assert api.records(key) == [], "the key is not wedged"
+        # On Redis the dead worker's claim holds the key until its lease lapses
+        # (LEASE seconds); the client's retries get "in use" until then.
         retry = answered(api, key)
         assert retry.status == 201 and "Idempotent-Replayed" not in retry.headers
         replay = api.post(key)
@@ -276,6 +303,7 @@ def test_a_worker_killed_after_commit_before_answering_is_replayed_not_rerun(
 ) -> None:
     """The response is stored in the commit that creates the job, so a client that
     lost the answer gets it replayed: the job is not created a second time."""
+    only_on(api, "database")
     n = rounds(2)
     for round_ in range(n):
         key = f"late-crash-{round_}"
@@ -320,6 +348,7 @@ def test_workers_killed_at_random_moments_never_run_a_key_twice(api: Api, books:
     """No crash window on the database store: wherever a worker dies (before the
     claim, in the view, between commit and response), its key ran once or not at
     all, and the client's retry completes it exactly once."""
+    only_on(api, "database")  # the Redis store has a window: see test_redis_crash_window
     keys = [f"chaos-{i}" for i in range(15 * rounds(2))]
     todo = list(reversed(keys))
     lock = threading.Lock()
@@ -396,6 +425,7 @@ def test_a_view_that_outlives_the_servers_timeout_never_commits_twice(
     """PostgreSQL terminates a session idle in its transaction for over a second:
     the slow request's claim and job go with it. The retry runs once; the slow
     request, waking up, cannot commit, answers 503 and overwrites nothing."""
+    only_on(api, "database")
     name = api.demo.sql("SELECT current_database()")[0][0]
     api.demo.sql(f'ALTER DATABASE "{name}" SET idle_in_transaction_session_timeout = 1000')
     try:
@@ -418,3 +448,83 @@ def test_a_view_that_outlives_the_servers_timeout_never_commits_twice(
     finally:
         api.demo.sql(f'ALTER DATABASE "{name}" RESET idle_in_transaction_session_timeout')
     books.assert_paid_once(1)
+
+
+def test_redis_crash_window_is_the_lease(api: Api, books: Books) -> None:
+    """The Redis store's documented window: a worker that dies after the view's
+    writes committed but before the response was stored leaves its claim "in
+    use" until the lease lapses; then a retry runs the view a second time."""
+    only_on(api, "redis")
+    key = "redis-window"
+    with ThreadPoolExecutor(1) as pool:
+        # Without ATOMIC_REQUESTS the demo's on_commit pause runs in the view,
+        # after its transaction committed and before the store keeps the response.
+        doomed = pool.submit(api.post, key, after_commit=30)
+        wait_until(lambda: api.jobs(key) == 1)
+        ((_, port),) = wait_until(lambda: api.demo.sql(AFTER_COMMIT))
+        worker = worker_of_connection(api.server, port)
+        assert worker is not None
+        os.kill(worker, signal.SIGKILL)
+        with pytest.raises(DROPPED):
+            doomed.result(timeout=30)
+    killed = time.monotonic()
+    busy = api.post(key)
+    assert busy.status == 409 and error_type(busy) == "idempotency_key_in_use"
+    retry = answered(api, key)
+    assert time.monotonic() - killed > LEASE * 0.5  # not before the lease lapsed
+    assert retry.status == 201 and "Idempotent-Replayed" not in retry.headers
+    assert api.jobs(key) == 2, "the second run that the Redis store's docs warn of"
+    books.assert_paid_once(2)
+
+
+STALLED = """
+SELECT pid, client_port FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock'
+"""
+
+
+def test_a_stalled_worker_never_has_its_response_overwrite_anothers(api: Api, books: Books) -> None:
+    """A worker frozen (SIGSTOP) in the view for longer than the Redis lease.
+
+    Database store: its claim lives in its transaction, with no lease to lapse, so
+    the duplicate gets "in use" until it resumes and commits: one run.
+    Redis store: the lease lapses, a duplicate claims the key and runs (the
+    demo's credit UPDATE then waits on the frozen request's row lock); the frozen
+    request resumes and commits, but its response is not stored over the
+    duplicate's: the replay is the duplicate's answer.
+    """
+    key = "stalled"
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(api.post, key, delay=0.5)
+        _, port = job_being_created(api)
+        worker = worker_of_connection(api.server, port)
+        assert worker is not None
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            time.sleep(LEASE * 1.5)
+            if api.store == "database":
+                busy = api.post(key)
+                assert busy.status == 409 and error_type(busy) == "idempotency_key_in_use"
+                second = None
+            else:
+                second = pool.submit(api.post, key)
+                # The duplicate claimed the key and is in the view, waiting on the lock.
+                wait_until(lambda: api.demo.sql(STALLED))
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        first_reply = first.result(timeout=30)
+        assert first_reply.status == 201
+        if second is None:
+            replay = api.post(key)
+            assert replay.body == first_reply.body
+            assert api.jobs(key) == 1
+            books.assert_paid_once(1)
+        else:
+            second_reply = second.result(timeout=30)
+            assert second_reply.status == 201
+            assert "Idempotent-Replayed" not in second_reply.headers
+            replay = api.post(key)
+            assert replay.headers["Idempotent-Replayed"] == "true"
+            assert replay.body == second_reply.body != first_reply.body
+            assert api.jobs(key) == 2, "the lease lapsed: the Redis store's window"
+            books.assert_paid_once(2)
