@@ -191,14 +191,18 @@ def run_outage(server: Server, outage: Outage, send: Callable[[str], Reply]) -> 
         futures = [pool.submit(clients.run) for _ in range(4)]
         try:
             assert wait_until(lambda: clients.successes() >= 8), "no service before the outage"
-            outage.stop()
-            before = len(clients.replies)
-            try:
-                assert wait_until(lambda: sum(r.status != 201 for r in clients.replies[before:]) >= 8)
-            finally:
-                outage.start()
-            restarted = clients.successes()
-            assert wait_until(lambda: clients.successes() >= restarted + 8), "service did not resume"
+            for _ in range(cycles()):
+                outage.stop()
+                before = len(clients.replies)
+                try:
+                    assert wait_until(
+                        lambda before=before: sum(
+                            r.status != 201 for r in clients.replies[before:]) >= 8)
+                finally:
+                    outage.start()
+                restarted = clients.successes()
+                assert wait_until(lambda restarted=restarted: clients.successes() >= restarted + 8), (
+                    "service did not resume")
         except BaseException:
             clients.abort.set()
             raise
@@ -209,6 +213,11 @@ def run_outage(server: Server, outage: Outage, send: Callable[[str], Reply]) -> 
     assert_no_failures_but_outages(clients.replies)
     assert any(r.status == 503 for r in clients.replies)
     return clients
+
+
+def cycles() -> int:
+    """Outages per test: one, or a few in the soak (SOAK_ROUNDS)."""
+    return max(1, int(os.environ.get("SOAK_ROUNDS") or 0) // 5)
 
 
 def wait_until(condition: Callable[[], bool], seconds: float = 60) -> bool:
