@@ -106,6 +106,12 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "testproject.api.exceptions.exception_handler",
+    # DRF's defaults, with the demo's JSON parser (a 400, not a 500, for deep JSON).
+    "DEFAULT_PARSER_CLASSES": [
+        "testproject.api.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
 }
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

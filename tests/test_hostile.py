@@ -253,3 +253,57 @@ def test_multipart_upload_under_the_limit_is_fingerprinted_and_replayed(
     assert send(b"x" * 100)["Idempotent-Replayed"] == "true"
     assert send(b"y" * 100).status_code == 409  # another file is another request
     assert Widget.objects.count() == 1
+
+
+# The demo API (testproject/), every endpoint: only documented answers, never a 500.
+
+DEMO_ENDPOINTS = [
+    ("POST", "/v1/jobs"),
+    ("POST", "/v1/jobs/{job}/cancel"),
+    ("POST", "/v1/jobs/{job}/rate"),
+    ("POST", "/v1/api_keys"),
+    ("POST", "/v1/webhook_endpoints"),
+    ("POST", "/v1/billing/purchase"),
+    ("PATCH", "/v1/jobs/{job}"),
+    ("GET", "/v1/jobs"),
+]
+
+
+@pytest.fixture
+def demo_client(db: None) -> tuple[APIClient, int]:
+    from django.contrib.auth.models import User
+
+    from testproject.api.models import Account, ApiKey, Job
+
+    account = Account.objects.create(user=User.objects.create_user("hostile"), credits_cents=10**9)
+    _, secret = ApiKey.issue(account)
+    job = Job.objects.create(account=account, type="t", description="d", files_needed=1,
+                             price_per_file_cents=1, accepted_formats=["image/jpeg"])
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client, job.pk
+
+
+@override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=BODY_LIMIT)
+@given(
+    endpoint=st.sampled_from(DEMO_ENDPOINTS),
+    body=bodies,
+    content_type=content_types,
+    raw_key=st.one_of(st.none(), header_values),
+)
+@example(endpoint=("PATCH", "/v1/jobs/{job}"), body=nested(2_000),
+         content_type="application/json", raw_key=None)
+def test_the_demo_answers_anything_with_a_documented_status(
+    demo_client: tuple[APIClient, int], endpoint: tuple[str, str], body: bytes,
+    content_type: str, raw_key: str | None,
+) -> None:
+    client, job = demo_client
+    method, path = endpoint
+    extra = {} if raw_key is None else {"HTTP_IDEMPOTENCY_KEY": raw_key}
+    response = client.generic(method, path.format(job=job), body, content_type=content_type,
+                              **extra)
+    assert response.status_code < 500, response.content[:500]
+    if response.status_code >= 400:
+        error = json.loads(response.content)["error"]
+        assert error["type"] and error["message"]
+        assert response["Request-Id"] == error["request_id"]
