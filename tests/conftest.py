@@ -163,7 +163,7 @@ class StoreUnderTest:
 
         client = redis_client()
         found = []
-        for name in client.scan_iter(match=django_settings.REDIS_TEST_PREFIX + ":*"):
+        for name in client.scan_iter(match=django_settings.REDIS_TEST_PREFIX + ":*", count=1000):
             value, pttl = client.get(name), client.pttl(name)
             if value is None:
                 continue
@@ -182,9 +182,9 @@ class StoreUnderTest:
             IdempotencyRecord.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
         else:
             client = redis_client()
-            for name in client.scan_iter(match=django_settings.REDIS_TEST_PREFIX + ":*"):
+            for name in client.scan_iter(match=django_settings.REDIS_TEST_PREFIX + ":*", count=1000):
                 client.pexpire(name, 1)
-            while any(client.scan_iter(match=django_settings.REDIS_TEST_PREFIX + ":*")):
+            while any(client.scan_iter(match=django_settings.REDIS_TEST_PREFIX + ":*", count=1000)):
                 time.sleep(0.005)
 
 
