@@ -95,6 +95,9 @@ def idempotent(
         wrapper = _sync_wrapper(view, required, ttl)
 
     wrapper._idempotent = True  # type: ignore[attr-defined]
+    # Read by the OpenAPI extension (django_idempotency.openapi) to document the view.
+    wrapper._idempotent_required = required  # type: ignore[attr-defined]
+    wrapper._idempotent_ttl = ttl  # type: ignore[attr-defined]
     return wrapper
 
 

@@ -13,6 +13,7 @@ DEMO_ALLOW_DELAY   1 lets the X-Demo-Delay header slow down job creation inside 
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 
 import dj_database_url
@@ -106,6 +107,22 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "testproject.api.exceptions.exception_handler",
 }
+
+if find_spec("drf_spectacular") is not None:
+    # The OpenAPI schema at /v1/schema and Swagger UI at /v1/docs. The sidecar
+    # serves Swagger UI's files from static files rather than a CDN, so the
+    # docs work offline.
+    INSTALLED_APPS += ["drf_spectacular", "drf_spectacular_sidecar"]
+    REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
+    SPECTACULAR_SETTINGS = {
+        "TITLE": "django-idempotency demo API",
+        "DESCRIPTION": "The jobs API of the spec. Every POST takes an Idempotency-Key.",
+        "VERSION": "1",
+        "SERVE_INCLUDE_SCHEMA": False,
+        "SWAGGER_UI_DIST": "SIDECAR",
+        "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+        "REDOC_DIST": "SIDECAR",
+    }
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from importlib.util import find_spec
 from typing import Any
 
 import pytest
@@ -203,6 +204,8 @@ def delete_test_keys() -> None:
 
 
 def require_redis() -> None:
+    if find_spec("django_redis") is None:
+        pytest.skip("django-redis is not installed (the [redis] extra)")
     if not os.environ.get("REDIS_URL"):
         pytest.skip("REDIS_URL is not set (scripts/test sets it)")
 

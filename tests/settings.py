@@ -8,6 +8,7 @@ threads in the concurrency tests each get a real connection to one database).
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ CACHES: dict[str, dict[str, Any]] = {
 # own keys on a shared Redis.
 REDIS_URL = os.environ.get("REDIS_URL", "")
 REDIS_TEST_PREFIX = os.environ.setdefault("REDIS_TEST_PREFIX", f"idem-test-{os.getpid()}")
-if REDIS_URL:
+if REDIS_URL and find_spec("django_redis") is not None:  # optional: see require_redis()
     CACHES["redis"] = {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": REDIS_URL,
@@ -113,6 +114,9 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
     ],
 }
+if find_spec("drf_spectacular") is not None:
+    # As drf-spectacular's installation asks (optional: one test session runs without it).
+    REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The Redis store is an optional extra: without django-redis this module skips
+# (the matrix's "minimal" session runs without it).
+pytest.importorskip("django_redis")
+
 from django.contrib.auth.models import User
 from django.core.checks import Error
 from django.db import connections

@@ -102,5 +102,13 @@ class PurchaseSerializer(serializers.Serializer):
     amount_cents = serializers.IntegerField(min_value=1, max_value=1_000_000)
 
 
+class AccountSerializer(serializers.Serializer):
+    """What GET /v1/account answers (read-only; for the OpenAPI schema)."""
+
+    object = serializers.CharField(read_only=True, default="account")
+    name = serializers.CharField(read_only=True)
+    balance_cents = serializers.IntegerField(read_only=True)
+
+
 class ListParamsSerializer(serializers.Serializer):
     limit = serializers.IntegerField(min_value=1, max_value=100, default=20)

@@ -1,0 +1,343 @@
+"""OpenAPI documentation of ``@idempotent`` operations, for drf-spectacular.
+
+Nothing to configure: when drf-spectacular is installed, the app config imports
+this module, which registers a drf-spectacular view extension. For every
+``POST`` handler decorated with ``@idempotent`` the schema then shows
+
+* the ``Idempotency-Key`` request header (required unless ``required=False``),
+* the ``Idempotent-Replayed`` and ``Request-Id`` response headers,
+* the 400, 403, 409, 413 and 503 errors the decorator answers, all in one
+  ``IdempotencyError`` component (the error envelope), with an example per type.
+
+Why a view extension: it is the one drf-spectacular hook that a reusable app
+can switch on by itself. ``DEFAULT_SCHEMA_CLASS`` and the postprocessing hooks
+are the user's settings; a view extension only has to be imported. It does not
+replace the view's schema: it stacks :class:`IdempotentSchemaMixin` on whatever
+schema class the handler already has (``@extend_schema``, a custom AutoSchema),
+and defers to any other view extension that matches the same view.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import timedelta
+from typing import Any
+
+from drf_spectacular.extensions import OpenApiViewExtension
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.plumbing import ResolvedComponent, get_class
+from rest_framework.viewsets import ViewSetMixin
+
+from . import errors
+from .conf import conf
+from .decorators import GUARDED_METHODS, REPLAYED_HEADER
+from .keys import MAX_KEY_LENGTH
+
+ERROR_COMPONENT = "IdempotencyError"
+
+
+def idempotent_options(handler: Any) -> tuple[bool, timedelta | None] | None:
+    """``(required, ttl)`` of an ``@idempotent`` handler, or ``None`` if it is not one.
+
+    Follows ``functools.wraps`` chains (other decorators above ours) and the
+    function that ``@api_view`` wraps in its generated class.
+    """
+    for _ in range(20):  # a decorator chain longer than this is not a real one
+        if handler is None:
+            return None
+        handler = getattr(handler, "__func__", handler)
+        if getattr(handler, "_idempotent", False):
+            return bool(getattr(handler, "_idempotent_required", True)), getattr(
+                handler, "_idempotent_ttl", None
+            )
+        handler = getattr(handler, "__wrapped__", None) or _api_view_function(handler)
+    return None
+
+
+def _api_view_function(handler: Any) -> Any:
+    # @api_view's handler is a closure, ``handler(self, *a, **kw): return func(*a, **kw)``.
+    code = getattr(handler, "__code__", None)
+    closure = getattr(handler, "__closure__", None)
+    if code is None or not closure:
+        return None
+    cells = dict(zip(code.co_freevars, closure, strict=True))
+    return cells["func"].cell_contents if "func" in cells else None
+
+
+class IdempotentSchemaMixin:
+    """Adds the idempotency header, response headers and errors to guarded operations.
+
+    Mix it into a drf-spectacular ``AutoSchema``. The view extension below does
+    this on its own; use the mixin directly only for a view that another
+    extension replaces in a way that drops ours.
+    """
+
+    view: Any
+    registry: Any
+
+    def get_operation(
+        self, path: str, path_regex: str, path_prefix: str, method: str, registry: Any
+    ) -> dict[str, Any] | None:
+        operation: dict[str, Any] | None = super().get_operation(  # type: ignore[misc]
+            path, path_regex, path_prefix, method, registry
+        )
+        if operation is None or method.upper() not in GUARDED_METHODS:
+            return operation
+        options = idempotent_options(_handler(self.view, method))
+        if options is not None:
+            required, ttl = options
+            document_operation(operation, self.registry, required=required, ttl=ttl)
+        return operation
+
+
+def _handler(view: Any, method: str) -> Any:
+    if isinstance(view, ViewSetMixin) and getattr(view, "action", None):
+        return getattr(view, view.action, None)
+    return getattr(view, method.lower(), None)
+
+
+def document_operation(
+    operation: dict[str, Any], registry: Any, *, required: bool, ttl: timedelta | None
+) -> None:
+    """Add what ``@idempotent`` does to one operation object, in place.
+
+    Leaves alone what the operation already documents: a header parameter of
+    the same name, and the view's own responses (an error of ours with the same
+    status is offered beside it with ``oneOf``).
+    """
+    header = conf.IDEMPOTENCY_HEADER
+    parameters = operation.setdefault("parameters", [])
+    if not any(
+        p.get("in") == "header" and str(p.get("name", "")).lower() == header.lower()
+        for p in parameters
+    ):
+        parameters.append(_key_parameter(header, required, ttl))
+
+    responses = operation.setdefault("responses", {})
+    for code, response in responses.items():
+        headers = response.setdefault("headers", {})
+        if _replayable(code):
+            headers.setdefault(REPLAYED_HEADER, _REPLAYED_HEADER_OBJECT)
+        headers.setdefault(errors.REQUEST_ID_HEADER, _REQUEST_ID_HEADER_OBJECT)
+
+    component = ResolvedComponent(  # type: ignore[no-untyped-call]
+        name=ERROR_COMPONENT,
+        type=ResolvedComponent.SCHEMA,
+        object=ERROR_COMPONENT,
+        schema=_envelope_schema(),
+    )
+    registry.register_on_missing(component)
+    for status, types in _errors_by_status(required).items():
+        _add_error_response(responses, status, types, component.ref)
+
+
+def _key_parameter(header: str, required: bool, ttl: timedelta | None) -> dict[str, Any]:
+    remembered = _duration(ttl if ttl is not None else conf.IDEMPOTENCY_TTL)
+    description = (
+        "A key of the client's choosing, unique to this operation (for example a UUID), "
+        f"1 to {MAX_KEY_LENGTH} printable ASCII characters, bare or as a quoted string. "
+        "Retrying with the same key and the same request returns the stored response "
+        f"(with `{REPLAYED_HEADER}: true`) instead of running the operation again; the "
+        f"same key with a different request is a 409. Keys are remembered for {remembered}."
+    )
+    if not required:
+        description += " Optional: without it the request is not protected against retries."
+    return {
+        "in": "header",
+        "name": header,
+        "required": required,
+        "description": description,
+        "schema": {"type": "string", "minLength": 1},
+        "example": "3f1c2a9e-8b7d-4c55-9a0e-6d2b1f4e7c10",
+    }
+
+
+_REPLAYED_HEADER_OBJECT = {
+    "description": "`true` when this response is the stored response of an earlier request "
+    "with the same key: the operation did not run again.",
+    "schema": {"type": "string", "enum": ["true"]},
+}
+_REQUEST_ID_HEADER_OBJECT = {
+    "description": "The request's id, `req_` and a ULID; error bodies carry the same "
+    "`request_id`. Sent when the request carried an idempotency key.",
+    "schema": {"type": "string", "example": "req_01JDZ8Q9X6V7Y2T3R4S5A6B7C8"},
+}
+_RETRY_AFTER_HEADER_OBJECT = {
+    "description": "With `idempotency_key_in_use`: seconds to wait before retrying.",
+    "schema": {"type": "integer", "minimum": 0},
+}
+
+
+def _replayable(code: str) -> bool:
+    # Stored, and so possibly replayed: statuses below 500 that are not released.
+    if not code.isdigit():
+        return True  # "default" or "2XX": may cover a stored status
+    status = int(code)
+    return status < 500 and status not in conf.IDEMPOTENCY_RELEASED_STATUSES
+
+
+def _error_types() -> list[errors.ErrorType]:
+    return [value for value in vars(errors).values() if isinstance(value, errors.ErrorType)]
+
+
+def _errors_by_status(required: bool) -> dict[int, list[errors.ErrorType]]:
+    by_status: dict[int, list[errors.ErrorType]] = {}
+    for error in _error_types():
+        if error is errors.KEY_MISSING and not required:
+            continue
+        by_status.setdefault(error.status, []).append(error)
+    return dict(sorted(by_status.items()))
+
+
+def _envelope_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "The error envelope of every error this API answers with.",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "type": {
+                        "type": "string",
+                        "description": "Stable, for programs. The idempotency errors are: "
+                        + ", ".join(f"`{e.type}`" for e in _error_types())
+                        + ".",
+                        "example": errors.CONFLICT.type,
+                    },
+                    "message": {"type": "string", "description": "For people."},
+                    "request_id": {
+                        "type": "string",
+                        "description": "Also sent as the `Request-Id` response header.",
+                        "example": "req_01JDZ8Q9X6V7Y2T3R4S5A6B7C8",
+                    },
+                },
+                "required": ["type", "message", "request_id"],
+            }
+        },
+        "required": ["error"],
+    }
+
+
+def _add_error_response(
+    responses: dict[str, Any], status: int, types: list[errors.ErrorType], ref: dict[str, str]
+) -> None:
+    examples = {
+        error.type: {
+            "summary": error.message,
+            "value": {
+                "error": {
+                    "type": error.type,
+                    "message": error.message,
+                    "request_id": "req_01JDZ8Q9X6V7Y2T3R4S5A6B7C8",
+                }
+            },
+        }
+        for error in types
+    }
+    description = "; ".join(f"`{error.type}`: {error.message}" for error in types)
+    headers: dict[str, Any] = {errors.REQUEST_ID_HEADER: _REQUEST_ID_HEADER_OBJECT}
+    if errors.IN_USE in types:
+        headers["Retry-After"] = _RETRY_AFTER_HEADER_OBJECT
+    existing = responses.get(str(status))
+    if existing is None:
+        responses[str(status)] = {
+            "description": description,
+            "headers": headers,
+            "content": {"application/json": {"schema": ref, "examples": examples}},
+        }
+        return
+    # The view documents this status itself: offer our envelope beside its schema.
+    media = existing.setdefault("content", {}).setdefault("application/json", {})
+    schema = media.get("schema")
+    if schema is None:
+        media["schema"] = ref
+    elif schema != ref and ref not in schema.get("oneOf", []):
+        media["schema"] = {"oneOf": [schema, ref]}
+    else:
+        return  # documented already (the mixin ran twice)
+    if "example" not in media:
+        media.setdefault("examples", {}).update(examples)
+    existing["description"] = f"{existing.get('description', '')} Or {description}".strip()
+    for name, value in headers.items():
+        existing.setdefault("headers", {}).setdefault(name, value)
+
+
+def _duration(ttl: timedelta) -> str:
+    seconds = int(ttl.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            if unit == "day" and count == 1:
+                return "24 hours"
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} seconds"
+
+
+class IdempotentViewExtension(OpenApiViewExtension):  # type: ignore[no-untyped-call]
+    """Documents every view with an ``@idempotent`` POST handler, with no code in the view.
+
+    Matches every DRF view; for one with a guarded handler it returns a subclass
+    whose handler carries a schema class with :class:`IdempotentSchemaMixin`
+    stacked on the handler's own (drf-spectacular's ``create_view`` picks a
+    handler's ``kwargs["schema"]`` the way ``@extend_schema`` leaves it).
+    drf-spectacular applies one view extension per view, so this one runs first
+    and builds on the replacement of any other extension that matches.
+    """
+
+    target_class = "rest_framework.views.APIView"
+    match_subclasses = True
+    priority = 100
+
+    def view_replacement(self) -> type:
+        base = self._other_replacement()
+        handlers = {}
+        for name in self._post_handler_names():
+            handler = getattr(base, name, None)
+            if handler is None or idempotent_options(handler) is None:
+                continue
+            schema_class = _schema_class(base, handler)
+            if schema_class is None:
+                continue
+            handlers[name] = _with_schema(handler, schema_class)
+        if not handlers:
+            return base
+        return type(base.__name__, (base,), {"__module__": base.__module__, **handlers})
+
+    def _post_handler_names(self) -> list[str]:
+        actions = getattr(self.target_callback, "actions", None)
+        if actions:  # a viewset route: {"post": "create"}
+            return [name for method, name in actions.items() if method.upper() in GUARDED_METHODS]
+        return [method.lower() for method in GUARDED_METHODS]
+
+    def _other_replacement(self) -> type:
+        others = sorted(OpenApiViewExtension._registry, key=lambda e: e.priority, reverse=True)
+        for extension in others:
+            if not issubclass(extension, IdempotentViewExtension) and extension._matches(
+                self.target
+            ):
+                replacement: type = extension(self.target_callback).view_replacement()
+                return replacement
+        return self.target  # type: ignore[no-any-return]
+
+
+def _schema_class(view_class: type, handler: Any) -> type | None:
+    own = getattr(handler, "kwargs", None) or {}
+    base = get_class(own.get("schema") or view_class.schema)  # type: ignore[attr-defined]
+    if not issubclass(base, AutoSchema):
+        return None  # not drf-spectacular's: it will say so itself
+    if issubclass(base, IdempotentSchemaMixin):
+        return base
+    return type(f"Idempotent{base.__name__}", (IdempotentSchemaMixin, base), {})
+
+
+def _with_schema(handler: Any, schema_class: type) -> Any:
+    """A stand-in for ``handler`` that carries ``schema_class``, for schema generation only."""
+    function = getattr(handler, "__func__", handler)
+
+    @functools.wraps(function)
+    def documented(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    # A new dict: functools.wraps shares the original's, which must stay untouched.
+    documented.kwargs = {**(getattr(function, "kwargs", None) or {}), "schema": schema_class}  # type: ignore[attr-defined]
+    return documented

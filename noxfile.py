@@ -1,0 +1,75 @@
+"""The version matrix: ``scripts/matrix`` (or ``nox``) runs every session.
+
+Each ``tests`` session installs one combination of Python, Django and Django
+REST framework and runs the test suite on SQLite. ``minimal`` runs it without
+the optional integrations (django-redis, drf-spectacular): their tests must
+skip, and everything else must pass. Sessions tagged ``ci`` are the slice that
+``.ci/run`` runs (``scripts/matrix --ci``): the oldest supported versions, and
+the newest without the optional packages.
+
+Arguments after ``--`` go to pytest: ``nox -s minimal -- -k replay``.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "minimal"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+LATEST = "latest"
+
+# (Python, Django, DRF). Django 4.2 LTS supports Python up to 3.12, 5.2 LTS
+# from 3.10, 6.x from 3.12. DRF 3.15 is the oldest supported DRF; it predates
+# Django 5.2, so it is paired with Django 4.2.
+MATRIX = [
+    nox.param("3.10", "4.2", "3.15", id="py3.10-django4.2-drf3.15", tags=["ci"]),
+    nox.param("3.10", "4.2", LATEST, id="py3.10-django4.2-drflatest"),
+    nox.param("3.10", "5.2", LATEST, id="py3.10-django5.2-drflatest"),
+    nox.param("3.11", "4.2", "3.15", id="py3.11-django4.2-drf3.15"),
+    nox.param("3.11", "5.2", LATEST, id="py3.11-django5.2-drflatest"),
+    nox.param("3.12", "4.2", LATEST, id="py3.12-django4.2-drflatest"),
+    nox.param("3.12", "5.2", LATEST, id="py3.12-django5.2-drflatest"),
+    nox.param("3.12", LATEST, LATEST, id="py3.12-djangolatest-drflatest"),
+    nox.param("3.13", "5.2", LATEST, id="py3.13-django5.2-drflatest"),
+    nox.param("3.13", LATEST, LATEST, id="py3.13-djangolatest-drflatest"),
+]
+
+
+def requirement(name: str, version: str) -> str:
+    # "4.2" means the newest 4.2.x; "latest" the newest release this Python allows.
+    return name if version == LATEST else f"{name}~={version}.0"
+
+
+def show_versions(session: nox.Session) -> None:
+    session.run(
+        "python", "-c",
+        "import sys, django, rest_framework; print('Python', sys.version.split()[0],"
+        " '| Django', django.__version__, '| DRF', rest_framework.__version__)",
+    )  # fmt: skip
+
+
+@nox.session
+@nox.parametrize(("python", "django", "drf"), MATRIX)
+def tests(session: nox.Session, django: str, drf: str) -> None:
+    """The suite with every integration installed, on one version combination."""
+    session.install(
+        "-e", ".[testing,redis,demo]",
+        requirement("django", django), requirement("djangorestframework", drf),
+    )  # fmt: skip
+    show_versions(session)
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python="3.13", tags=["ci"])
+def minimal(session: nox.Session) -> None:
+    """The suite without django-redis and drf-spectacular, on the newest releases."""
+    session.install("-e", ".[testing]", "django", "djangorestframework")
+    session.run(
+        "python", "-c",
+        "import importlib.util as u, sys; extra = [m for m in ('django_redis', 'drf_spectacular')"
+        " if u.find_spec(m)]; sys.exit(f'installed, but must not be: {extra}' if extra else 0)",
+    )  # fmt: skip
+    show_versions(session)
+    session.run("python", "-m", "pytest", *session.posargs)
