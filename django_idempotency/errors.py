@@ -89,9 +89,6 @@ STORE_UNAVAILABLE = ErrorType(
     "idempotency_store_unavailable",
     "The idempotency store is unavailable; the request was not processed",
 )
-SERVICE_UNAVAILABLE = ErrorType(
-    503, "service_unavailable", "The database is unavailable; retry the request later"
-)
 
 
 def error_response(
@@ -120,7 +117,6 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "REQUEST_TOO_LARGE",
     "SCOPE_UNAVAILABLE",
-    "SERVICE_UNAVAILABLE",
     "STORE_UNAVAILABLE",
     "ErrorType",
     "error_response",
