@@ -16,7 +16,15 @@ from rest_framework.response import Response
 
 from . import errors
 from .conf import conf
-from .keys import InvalidBody, InvalidKey, fingerprint, header_meta_name, parse_key, scoped_key
+from .keys import (
+    InvalidBody,
+    InvalidKey,
+    fingerprint,
+    header_meta_name,
+    parse_key,
+    scoped_key,
+    stored_scope,
+)
 from .stores import (
     Claim,
     Conflict,
@@ -228,7 +236,7 @@ def _start(
 
     now = timezone.now()
     record = RequestRecord(
-        scope=str(scope),
+        scope=stored_scope(scope),
         key=key,
         fingerprint=request_fingerprint,
         method=http_request.method or "POST",

@@ -93,6 +93,18 @@ def user_scope(request: Any) -> str | None:
     return f"user:{user.pk}"
 
 
+MAX_SCOPE_LENGTH = 255
+
+
+def stored_scope(scope: object) -> str:
+    """The scope as stored: the scope function's value, or a hash of it when it
+    is longer than the column (so a long scope still owns its keys alone)."""
+    text = str(scope)
+    if len(text) <= MAX_SCOPE_LENGTH:
+        return text
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def scoped_key(scope: str, key: str) -> str:
     """A stable identifier of (scope, key), safe to pass to other systems' idempotency keys."""
     return hashlib.sha256(f"{scope}\x00{key}".encode()).hexdigest()
