@@ -16,7 +16,15 @@ from rest_framework.response import Response
 
 from . import errors
 from .conf import conf
-from .keys import InvalidKey, fingerprint, header_meta_name, parse_key, scoped_key
+from .keys import (
+    InvalidBody,
+    InvalidKey,
+    fingerprint,
+    header_meta_name,
+    parse_key,
+    scoped_key,
+    stored_scope,
+)
 from .stores import (
     Claim,
     Conflict,
@@ -215,17 +223,22 @@ def _start(
     except RequestDataTooBig:
         return errors.error_response(request, errors.REQUEST_TOO_LARGE)
 
-    now = timezone.now()
-    record = RequestRecord(
-        scope=str(scope),
-        key=key,
-        fingerprint=fingerprint(
+    try:
+        request_fingerprint = fingerprint(
             http_request.method or "POST",
             http_request.path,
             http_request.META.get("QUERY_STRING", ""),
             http_request.META.get("CONTENT_TYPE", ""),
             body,
-        ),
+        )
+    except InvalidBody:
+        return errors.error_response(request, errors.BODY_INVALID)
+
+    now = timezone.now()
+    record = RequestRecord(
+        scope=stored_scope(scope),
+        key=key,
+        fingerprint=request_fingerprint,
         method=http_request.method or "POST",
         path=http_request.path,
         created_at=now,

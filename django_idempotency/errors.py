@@ -68,6 +68,9 @@ SCOPE_UNAVAILABLE = ErrorType(
     "idempotency_scope_unavailable",
     "Idempotency keys can only be used by an authenticated caller",
 )
+BODY_INVALID = ErrorType(
+    400, "request_body_invalid", "The request body is JSON nested too deeply to be read"
+)
 REQUEST_TOO_LARGE = ErrorType(
     413, "request_too_large", "The request body is larger than this server accepts"
 )
@@ -106,6 +109,7 @@ def error_response(
 
 
 __all__ = [
+    "BODY_INVALID",
     "CONFLICT",
     "IN_USE",
     "KEY_INVALID",

@@ -10,10 +10,23 @@ import json
 from typing import Any
 
 MAX_KEY_LENGTH = 255
+# Deeper JSON is refused: Python's parsers recurse once per level, so a body
+# nested near the interpreter's recursion limit makes the view (DRF's
+# JSONParser, serializers) fail with RecursionError, a 500. serde_json's
+# default limit is 128 too; real API payloads nest a few levels.
+MAX_JSON_DEPTH = 128
 
 
 class InvalidKey(ValueError):
     """The header is present but is not one acceptable key."""
+
+
+class InvalidBody(ValueError):
+    """The body is JSON nested deeper than :data:`MAX_JSON_DEPTH`.
+
+    The view could fail on it with a ``RecursionError`` (a 500) when it parsed the
+    body, so the request is refused before anything is stored.
+    """
 
 
 def header_meta_name(header: str) -> str:
@@ -80,6 +93,18 @@ def user_scope(request: Any) -> str | None:
     return f"user:{user.pk}"
 
 
+MAX_SCOPE_LENGTH = 255
+
+
+def stored_scope(scope: object) -> str:
+    """The scope as stored: the scope function's value, or a hash of it when it
+    is longer than the column (so a long scope still owns its keys alone)."""
+    text = str(scope)
+    if len(text) <= MAX_SCOPE_LENGTH:
+        return text
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def scoped_key(scope: str, key: str) -> str:
     """A stable identifier of (scope, key), safe to pass to other systems' idempotency keys."""
     return hashlib.sha256(f"{scope}\x00{key}".encode()).hexdigest()
@@ -90,7 +115,8 @@ def fingerprint(method: str, path: str, query: str, content_type: str, body: byt
 
     JSON bodies are canonicalised first, so key order and white space do not
     matter; any other body, or JSON that does not parse, is hashed as bytes
-    together with its media type.
+    together with its media type. JSON nested deeper than
+    :data:`MAX_JSON_DEPTH` raises :class:`InvalidBody`.
     """
     media_type = content_type.split(";", 1)[0].strip().lower()
     digest = hashlib.sha256()
@@ -114,8 +140,27 @@ def _canonical_json(body: bytes) -> bytes | None:
         return None
     try:
         data = json.loads(body)
-        return json.dumps(
-            data, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        ).encode("utf-8", "surrogatepass")
-    except (ValueError, RecursionError, TypeError):
+    except RecursionError:
+        raise InvalidBody("JSON nested too deeply") from None
+    except (ValueError, TypeError):
         return None
+    if _too_deep(body, data):
+        raise InvalidBody("JSON nested too deeply")
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+def _too_deep(body: bytes, data: Any) -> bool:
+    # Each level needs an opening bracket: most bodies are cleared by a count
+    # done in C, and only the rest are walked (without recursion).
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return False
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False

@@ -3,9 +3,11 @@
 DATABASE_URL       default: SQLite file testproject/db.sqlite3
 REDIS_URL          if set, the default cache is Redis (for the Redis idempotency store)
 IDEMPOTENCY_STORE  dotted path of the idempotency store, passed through when set
+IDEMPOTENCY_LEASE  seconds of a Redis claim's lease, passed through when set
 DEBUG              default on: this is a demo
 SECRET_KEY         default: a fixed, public demo value
-DEMO_ALLOW_DELAY   1 lets the X-Demo-Delay header slow down job creation (tests only)
+DEMO_ALLOW_DELAY   1 lets the X-Demo-Delay header slow down job creation inside its
+                   transaction, and X-Demo-Delay-After-Commit after it (tests only)
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "django_idempotency.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -92,13 +95,15 @@ else:
 
 if os.environ.get("IDEMPOTENCY_STORE"):
     IDEMPOTENCY_STORE = os.environ["IDEMPOTENCY_STORE"]
+if os.environ.get("IDEMPOTENCY_LEASE"):
+    IDEMPOTENCY_LEASE = float(os.environ["IDEMPOTENCY_LEASE"])
 
 DEMO_ALLOW_DELAY = _env_flag("DEMO_ALLOW_DELAY", False)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["testproject.api.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["testproject.api.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "testproject.api.exceptions.exception_handler",
 }

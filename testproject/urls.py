@@ -17,6 +17,8 @@ if find_spec("drf_spectacular") is not None:
         path("v1/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     ]
 
-# Unrouted URLs and crashes answer in the API's error envelope too (when DEBUG is off).
+# Unrouted URLs, malformed requests and crashes answer in the API's error
+# envelope too (when DEBUG is off).
+handler400 = "testproject.api.exceptions.handler400"
 handler404 = "testproject.api.exceptions.handler404"
 handler500 = "testproject.api.exceptions.handler500"

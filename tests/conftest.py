@@ -14,10 +14,23 @@ from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.db import connection
 from django.utils import timezone
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from rest_framework.test import APIClient
 
 from django_idempotency.models import IdempotencyRecord
 from tests.testapp import views
+
+# Property-based tests: a quick pass in scripts/test, many examples in scripts/soak
+# (HYPOTHESIS_PROFILE=soak). Examples share one test's database, hence the check.
+_slow_ok = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
+hypothesis_settings.register_profile(
+    "default", max_examples=30, deadline=None, suppress_health_check=_slow_ok
+)
+hypothesis_settings.register_profile(
+    "soak", max_examples=600, deadline=None, suppress_health_check=_slow_ok
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def pytest_report_header() -> str:
@@ -151,7 +164,7 @@ class StoreUnderTest:
 
         client = redis_client()
         found = []
-        for name in client.scan_iter(match=django_settings.REDIS_TEST_PREFIX + ":*"):
+        for name in client.scan_iter(match=django_settings.REDIS_TEST_PREFIX + ":*", count=1000):
             value, pttl = client.get(name), client.pttl(name)
             if value is None:
                 continue
@@ -170,9 +183,9 @@ class StoreUnderTest:
             IdempotencyRecord.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
         else:
             client = redis_client()
-            for name in client.scan_iter(match=django_settings.REDIS_TEST_PREFIX + ":*"):
+            for name in client.scan_iter(match=django_settings.REDIS_TEST_PREFIX + ":*", count=1000):
                 client.pexpire(name, 1)
-            while any(client.scan_iter(match=django_settings.REDIS_TEST_PREFIX + ":*")):
+            while any(client.scan_iter(match=django_settings.REDIS_TEST_PREFIX + ":*", count=1000)):
                 time.sleep(0.005)
 
 

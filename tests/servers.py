@@ -1,8 +1,11 @@
-"""Run the test project under gunicorn, against the test database, for cross-process tests."""
+"""Real servers for cross-process tests: gunicorn (serving tests.wsgi or the demo in
+testproject/), a throwaway PostgreSQL cluster that a test may stop and start, and
+the demo's database with its accounts."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from django.db import connection
 
@@ -74,14 +78,22 @@ class Server:
 
 
 @contextmanager
-def gunicorn(workers: int = 4, env: dict[str, str] | None = None) -> Iterator[Server]:
+def gunicorn(
+    workers: int = 4,
+    env: dict[str, str] | None = None,
+    *,
+    app: str = "tests.wsgi",
+    settings: str = "tests.settings",
+    database: str | None = None,
+) -> Iterator[Server]:
+    """gunicorn serving ``app`` on a free port; ``database`` defaults to the test database."""
     port = free_port()
     environ = dict(os.environ)
-    environ.update({"DATABASE_URL": database_url(), "DJANGO_SETTINGS_MODULE": "tests.settings",
-                    "PYTHONPATH": str(ROOT)})
+    environ.update({"DATABASE_URL": database or database_url(), "DJANGO_SETTINGS_MODULE": settings,
+                    "PYTHONPATH": str(ROOT), "DEBUG": "0"})
     environ.update(env or {})
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "tests.wsgi", "--workers", str(workers),
+        [sys.executable, "-m", "gunicorn", app, "--workers", str(workers),
          "--threads", "4", "--bind", f"127.0.0.1:{port}", "--timeout", "120",
          "--graceful-timeout", "1", "--log-level", "warning"],
         cwd=ROOT, env=environ,
@@ -105,3 +117,175 @@ def gunicorn(workers: int = 4, env: dict[str, str] | None = None) -> Iterator[Se
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def worker_of_connection(server: Server, local_port: int) -> int | None:
+    """The gunicorn worker that owns the TCP connection from ``local_port`` (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == local_port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    for pid in server.worker_pids():
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+# A PostgreSQL of our own, to stop and start: the shared one must never go down.
+
+PG_BIN = Path("/usr/lib/postgresql")
+
+
+def postgres_bin() -> Path | None:
+    versions = sorted(PG_BIN.glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return versions[-1].parent if versions else None
+
+
+@dataclass
+class Cluster:
+    bin: Path
+    data: Path
+    port: int
+
+    def _as_owner(self, *command: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *command], check=True, capture_output=True, cwd="/")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._as_owner(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l",
+                       str(self.data / "server.log"), "-o", options, "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """``fast`` ends sessions and shuts down; ``immediate`` is a crash."""
+        self._as_owner(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def url(self, name: str = "postgres") -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[Cluster]:
+    """A new PostgreSQL cluster in a temporary directory, on a free port, removed afterwards."""
+    import shutil
+    import tempfile
+
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        raise RuntimeError("no PostgreSQL server binaries under /usr/lib/postgresql")
+    data = Path(tempfile.mkdtemp(prefix="idempotency-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+    cluster = Cluster(bin_dir, data, free_port())
+    try:
+        cluster._as_owner(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres",
+                          "-A", "trust", "--no-sync", "-E", "UTF8")
+        cluster.start()
+        yield cluster
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already down
+            cluster.stop("immediate")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+# The demo project (testproject/) on a database of its own.
+
+@dataclass
+class Demo:
+    database: str
+
+    def manage(self, *args: str) -> str:
+        environ = dict(os.environ, DATABASE_URL=self.database, PYTHONPATH=str(ROOT),
+                       DJANGO_SETTINGS_MODULE="testproject.settings")
+        out = subprocess.run([sys.executable, str(ROOT / "testproject" / "manage.py"), *args],
+                             cwd=ROOT, env=environ, check=True, capture_output=True, text=True)
+        return out.stdout
+
+    def api_key(self, name: str, credits: int) -> str:
+        return self.manage("create_api_key", name, "--credits", str(credits)).splitlines()[-1]
+
+    def sql(self, query: str, *params: object) -> list[tuple[object, ...]]:
+        import psycopg
+
+        with psycopg.connect(self.database, autocommit=True) as conn:
+            cursor = conn.execute(query, params or None)
+            return list(cursor.fetchall()) if cursor.description else []
+
+    def server(self, workers: int = 4, env: dict[str, str] | None = None) -> Any:
+        """gunicorn serving the demo; ``env`` may pick the store (IDEMPOTENCY_STORE, REDIS_URL)."""
+        return gunicorn(workers, {"DEMO_ALLOW_DELAY": "1", **(env or {})}, app="testproject.wsgi",
+                        settings="testproject.settings", database=self.database)
+
+
+def demo_on(database: str) -> Demo:
+    demo = Demo(database)
+    demo.manage("migrate", "--no-input", "-v", "0")
+    return demo
+
+
+# A Redis of our own, to stop and start: the shared one must never go down.
+
+@dataclass
+class RedisServer:
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import shutil
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Kill the server (SIGKILL: no goodbye to clients, no saving)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

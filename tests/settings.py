@@ -39,6 +39,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "django_idempotency.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "tests.urls"
@@ -106,6 +107,12 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "testproject.api.exceptions.exception_handler",
+    # DRF's defaults, with the demo's JSON parser (a 400, not a 500, for deep JSON).
+    "DEFAULT_PARSER_CLASSES": [
+        "testproject.api.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
 }
 if find_spec("drf_spectacular") is not None:
     # As drf-spectacular's installation asks (optional: one test session runs without it).

@@ -349,3 +349,14 @@ def test_view_that_breaks_the_transaction_gets_503_and_nothing_is_kept(
     assert Widget.objects.count() == 0
     assert IdempotencyRecord.objects.count() == 0
     assert post(client_alice, "/t/widgets", {"name": "a"}).status_code == 201
+
+
+def test_a_scope_longer_than_the_column_is_hashed_and_still_separate(
+    client_alice: APIClient, client_bob: APIClient
+) -> None:
+    with override_settings(IDEMPOTENCY_SCOPE=lambda request: "tenant:" + "x" * 300 + request.user.username):
+        a = post(client_alice, "/t/widgets", {"name": "a"})
+        b = post(client_bob, "/t/widgets", {"name": "a"})
+        assert a.status_code == b.status_code == 201
+        assert "Idempotent-Replayed" not in b
+        assert post(client_alice, "/t/widgets", {"name": "a"})["Idempotent-Replayed"] == "true"

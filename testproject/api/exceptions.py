@@ -9,13 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from rest_framework import status
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from django_idempotency.errors import REQUEST_ID_HEADER, ErrorType, get_request_id
+from django_idempotency.errors import (
+    REQUEST_ID_HEADER,
+    REQUEST_TOO_LARGE,
+    ErrorType,
+    get_request_id,
+)
 from django_idempotency.errors import error_response as _envelope_response
 
 # DRF's own exceptions, by status, as the envelope's "type".
@@ -109,8 +115,17 @@ def _first_message(messages: Any) -> str:
 
 # Django-level handlers (unrouted URLs, crashes outside DRF), for testproject.urls.
 
+BAD_REQUEST = ErrorType(400, "invalid_request", "The request is malformed")
 NOT_FOUND = ErrorType(404, "not_found", "No such resource")
 SERVER_ERROR = ErrorType(500, "api_error", "Something went wrong on our side")
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    # Django answers its SuspiciousOperations here, among them a body over
+    # DATA_UPLOAD_MAX_MEMORY_SIZE on an endpoint that @idempotent does not guard.
+    if isinstance(exception, RequestDataTooBig):
+        return _envelope_response(request, REQUEST_TOO_LARGE)
+    return _envelope_response(request, BAD_REQUEST)
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

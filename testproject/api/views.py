@@ -55,9 +55,9 @@ def _add_credits(account_id: int, cents: int) -> None:
     Account.objects.filter(pk=account_id).update(credits_cents=F("credits_cents") + cents)
 
 
-def _demo_delay(request: Request) -> float:
+def _demo_delay(request: Request, header: str = "X-Demo-Delay") -> float:
     """Seconds to sleep from ``X-Demo-Delay``, for concurrency and crash tests."""
-    raw = request.headers.get("X-Demo-Delay")
+    raw = request.headers.get(header)
     if raw is None or not getattr(settings, "DEMO_ALLOW_DELAY", False):
         return 0.0
     try:
@@ -65,7 +65,7 @@ def _demo_delay(request: Request) -> float:
     except ValueError:
         delay = math.nan
     if not math.isfinite(delay) or delay < 0:
-        raise ValidationError({"X-Demo-Delay": ["Must be a number of seconds."]})
+        raise ValidationError({header: ["Must be a number of seconds."]})
     return min(delay, MAX_DEMO_DELAY)
 
 
@@ -130,6 +130,11 @@ class JobViewSet(
             job = serializer.save(account=account, reserved_cents=cost)
             if delay:
                 time.sleep(delay)
+        after_commit = _demo_delay(request, "X-Demo-Delay-After-Commit")
+        if after_commit:
+            # Sleeps once everything is committed, before the response goes out:
+            # lets crash tests kill a worker in that gap.
+            transaction.on_commit(lambda: time.sleep(after_commit))
         return Response(
             JobSerializer(job).data,
             status=status.HTTP_201_CREATED,

@@ -18,9 +18,10 @@ The cut-off is fixed when the command starts, then rows go in batches of
 transaction (autocommit), so no lock is held for long and no row is loaded
 into Python. On PostgreSQL a batch is::
 
-    DELETE FROM t WHERE id IN (
+    WITH batch AS MATERIALIZED (
         SELECT id FROM t WHERE expires_at <= %s ORDER BY expires_at LIMIT %s
         FOR UPDATE SKIP LOCKED)
+    DELETE FROM t USING batch WHERE t.id = batch.id AND expires_at <= %s
 
 ``SKIP LOCKED`` lets several purges (cron on several hosts) run at once without
 waiting on each other or deleting a row twice, and never waits on a request
@@ -182,11 +183,15 @@ class Purge:
         condition = "expires_at <= %(now)s"
         if self.created_before is not None:
             condition += " AND created_at < %(created_before)s"
+        # MATERIALIZED: the batch is chosen once. As a plain IN (subquery) the
+        # planner may rescan it inside a nested loop, and with ties in
+        # expires_at each rescan can pick other rows: more than a batch goes.
         sql = (
-            f"DELETE FROM {table} WHERE id IN ("
+            f"WITH batch AS MATERIALIZED ("
             f" SELECT id FROM {table} WHERE {condition}"
             "  ORDER BY expires_at LIMIT %(size)s FOR UPDATE SKIP LOCKED"
-            f") AND {condition}"
+            f") DELETE FROM {table} USING batch"
+            f" WHERE {table}.id = batch.id AND {condition}"
         )
         params = {"now": self.now, "created_before": self.created_before, "size": size}
         with connection.cursor() as cursor:
