@@ -40,9 +40,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from django.db import DatabaseError, IntegrityError, OperationalError, connections, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    OperationalError,
+    connections,
+    models,
+    transaction,
+)
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ..conf import conf
@@ -64,6 +71,10 @@ State = IdempotencyRecord.State
 # the members of a TextChoices that has labels as tuples.)
 _IN_FLIGHT = str(State.IN_FLIGHT)
 _COMPLETED = str(State.COMPLETED)
+# Adapts the body for the database at hand, as the ORM would (bytea, BLOB, ...).
+_BODY_FIELD = cast(
+    "models.BinaryField[Any, Any]", IdempotencyRecord._meta.get_field("response_body")
+)
 _COLUMNS = "fingerprint, state, response_status, response_headers, response_body"
 
 
@@ -129,15 +140,31 @@ class DatabaseStore(Store):
         atomic.__exit__(None, None, None)
         return outcome
 
+    _FINISH_SQL = (
+        "UPDATE {table} SET state = %s, response_status = %s, response_headers = %s, "
+        "response_body = %s WHERE id = %s"
+    )
+
     def finish(self, claim: Claim, response: StoredResponse) -> None:
         held: _Held = claim.state
+        connection = connections[held.alias]
+        # One plain UPDATE by primary key. The ORM's queryset.update() builds
+        # and compiles a query on every call, which the profile of a first
+        # request showed to cost more client CPU than the claim statement.
         try:
-            IdempotencyRecord.objects.using(held.alias).filter(pk=held.pk).update(
-                state=State.COMPLETED,
-                response_status=response.status,
-                response_headers=json.dumps(response.headers),
-                response_body=response.body,
-            )
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    self._FINISH_SQL.format(
+                        table=connection.ops.quote_name(IdempotencyRecord._meta.db_table)
+                    ),
+                    [
+                        _COMPLETED,
+                        response.status,
+                        json.dumps(response.headers),
+                        _BODY_FIELD.get_db_prep_value(response.body, connection),
+                        held.pk,
+                    ],
+                )
         except BaseException as exc:
             held.atomic.__exit__(type(exc), exc, exc.__traceback__)
             if isinstance(exc, DatabaseError):

@@ -1,0 +1,1 @@
+"""A minimal Django project that serves one small realistic view, for benchmarks only."""

@@ -1,0 +1,13 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("baseline/", views.PlainOrderView.as_view()),
+    path("baseline-atomic/", views.AtomicOrderView.as_view()),
+    path("ours/", views.IdempotentOrderView.as_view()),
+]
+
+_peer_view = views._idempotencykey_view()
+if _peer_view is not None:
+    urlpatterns.append(path("drf-idempotencykey/", _peer_view.as_view()))

@@ -1,0 +1,191 @@
+#!/usr/bin/env python
+"""Count the SQL that one first request and one replay send, per configuration.
+
+No timing: each configuration's request goes through Django's test client
+against the benchmark database, under two independent counters:
+
+* Django's ``CaptureQueriesContext``: every statement Django executes, sorted
+  into the idempotency store's (statements naming its table), the rest
+  (the view's INSERT, authentication), and transaction control (SAVEPOINT,
+  RELEASE, ROLLBACK TO);
+* redis-py's sends of command batches, one round trip each;
+* libpq's own protocol trace of the connection, outside Django: every Query
+  message sent to the server, which also shows the BEGIN and COMMIT that
+  psycopg sends for Django's transactions.
+
+    python count_queries.py            # all configurations, JSON on stdout
+    python count_queries.py --out results/tmp/queries.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from configs import BODY, CONFIGS, USERS  # noqa: E402
+
+STORE_TABLES = re.compile(
+    r"django_idempotency_|drf_idempotency_|drf_idempotencykey_", re.IGNORECASE
+)
+TRANSACTION = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|START TRANSACTION)\b", re.I)
+
+
+def classify(sql: str) -> str:
+    if TRANSACTION.match(sql):
+        return "transaction"
+    if STORE_TABLES.search(sql):
+        return "store"
+    return "other"
+
+
+def _trace_queries(path: str) -> list[str]:
+    """The statements that the client sent, read from a libpq trace file."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    # One message per record; a record starts with a timestamp and goes on
+    # over the newlines inside its statement.
+    records = re.split(r"^(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+\t)", text, flags=re.M)
+    queries = []
+    for record in records:
+        match = re.match(r"[^\t]*\tF\t\d+\t(?:Query|Parse)\t(.*)", record, flags=re.S)
+        if match:
+            body = match.group(1).strip()
+            queries.append(body[body.find('"') + 1 : body.rfind('"')].strip())
+    return queries
+
+
+def _count_redis() -> list[int]:
+    """Count the writes of command batches to Redis (each one round trip): [count]."""
+    calls = [0]
+    try:
+        from redis.connection import AbstractConnection
+    except ImportError:
+        return calls
+    send = AbstractConnection.send_packed_command
+
+    def counted(self: object, command: object, check_health: bool = True) -> None:
+        calls[0] += 1
+        send(self, command, check_health)  # type: ignore[arg-type]
+
+    AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+    return calls
+
+
+def measure(server: str) -> dict[str, object]:
+    """Run in a process whose settings are for ``server``; count its configurations."""
+    import django
+
+    django.setup()
+    from benchproject.models import Order
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    for name in USERS:
+        get_user_model().objects.get_or_create(username=name)
+    redis_calls = _count_redis()
+    client = Client()
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {USERS[0]}"}
+
+    def post(path: str, key: str) -> tuple[int, dict[str, object]]:
+        before = Order.objects.count()
+        redis_before = redis_calls[0]
+        connection.ensure_connection()
+        pgconn = connection.connection.pgconn
+        with tempfile.NamedTemporaryFile("w+", suffix=".trace") as trace_file:
+            pgconn.trace(trace_file.fileno())
+            try:
+                with CaptureQueriesContext(connection) as captured:
+                    response = client.post(
+                        path, BODY, content_type="application/json",
+                        HTTP_IDEMPOTENCY_KEY=key, **auth,
+                    )
+            finally:
+                pgconn.untrace()
+            trace_file.flush()
+            wire = _trace_queries(trace_file.name)
+        statements = [q["sql"] for q in captured.captured_queries]
+        kinds = [classify(sql) for sql in statements]
+        wire_kinds = [classify(sql) for sql in wire]
+        return response.status_code, {
+            "status": response.status_code,
+            "replayed": response.headers.get("Idempotent-Replayed"),
+            "view_ran": Order.objects.count() - before,
+            "statements": len(statements),
+            "store": kinds.count("store"),
+            "other": kinds.count("other"),
+            "transaction": kinds.count("transaction"),
+            "wire_queries": len(wire),
+            "wire_transaction": wire_kinds.count("transaction"),
+            "redis_round_trips": redis_calls[0] - redis_before,
+            "sql": statements,
+            "wire_sql": wire,
+        }
+
+    # Warm up: the user cache of the auth class, connection, content types.
+    post("/baseline/", str(uuid.uuid4()))
+    results: dict[str, object] = {}
+    for config in CONFIGS:
+        if config.server != server or config.mode != "first":
+            continue
+        if config.missing():
+            results[config.name] = {"skipped": config.missing()}
+            continue
+        # Warm up this configuration first: one-time work (a Lua script loaded
+        # into Redis, a lazy import) is not what a request costs.
+        warm = str(uuid.uuid4())
+        post(config.path, warm)
+        post(config.path, warm)
+        key = str(uuid.uuid4())
+        _, first = post(config.path, key)
+        results[config.name] = first
+        if config.name.endswith("-first"):
+            _, replay = post(config.path, key)
+            results[config.name.replace("-first", "-replay")] = replay
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--server", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.server:
+        os.environ["BENCH_SERVER"] = args.server
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchproject.settings")
+        print(json.dumps(measure(args.server)))
+        return
+    results: dict[str, object] = {}
+    for server in dict.fromkeys(config.server for config in CONFIGS):
+        done = subprocess.run(
+            [sys.executable, __file__, "--server", server],
+            cwd=HERE, capture_output=True, text=True, check=False,
+        )
+        if done.returncode != 0:
+            sys.stderr.write(done.stderr)
+            for config in CONFIGS:
+                if config.server == server:
+                    results[config.name] = {"skipped": f"server {server} failed to start"}
+            continue
+        results.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    ordered = {c.name: results[c.name] for c in CONFIGS if c.name in results}
+    text = json.dumps(ordered, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

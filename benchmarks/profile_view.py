@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Where the time of one request goes, in-process, without HTTP or load generator.
+
+Calls the WSGI application directly, N times per configuration, and prints
+the Python CPU time per request (``time.process_time``; the database's own
+work is not in it, the round trips' client side is). With ``--profile NAME``
+it runs that configuration under cProfile and prints the top functions.
+
+    python profile_view.py -n 2000
+    python profile_view.py -n 2000 --profile ours-db-first
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from configs import BODY, CONFIGS, USERS  # noqa: E402
+
+
+def environ(path: str, key: str) -> dict[str, object]:
+    body = BODY.encode()
+    return {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_AUTHORIZATION": f"Bearer {USERS[0]}",
+        "HTTP_IDEMPOTENCY_KEY": key,
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=1000, help="requests per configuration")
+    parser.add_argument("--server", default="db", help="BENCH_SERVER (db, redis, drfi-db, ...)")
+    parser.add_argument("--profile", help="a configuration to run under cProfile")
+    args = parser.parse_args()
+    os.environ["BENCH_SERVER"] = args.server
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchproject.settings")
+    from django.core.wsgi import get_wsgi_application
+
+    app = get_wsgi_application()
+    from django.contrib.auth import get_user_model
+
+    for name in USERS:
+        get_user_model().objects.get_or_create(username=name)
+
+    def call(path: str, key: str) -> str:
+        status: list[str] = []
+        body = app(environ(path, key), lambda s, h, exc_info=None: status.append(s))
+        b"".join(body)
+        if hasattr(body, "close"):
+            body.close()
+        return status[0]
+
+    configs = [c for c in CONFIGS if c.server == args.server and not c.missing()]
+    if args.profile:
+        configs = [c for c in configs if c.name == args.profile]
+    for config in configs:
+        replay = str(uuid.uuid4())
+        if config.mode == "replay":
+            assert call(config.path, replay).startswith("2")
+        keys = [replay if config.mode == "replay" else str(uuid.uuid4()) for _ in range(args.n)]
+        for key in keys[:50]:  # warm up
+            call(config.path, key if config.mode == "replay" else str(uuid.uuid4()))
+        profiler = cProfile.Profile(time.process_time) if args.profile else None
+        started = time.process_time()
+        if profiler:
+            profiler.enable()
+        for key in keys:
+            status = call(config.path, key)
+        if profiler:
+            profiler.disable()
+        cpu = (time.process_time() - started) / args.n * 1000
+        print(f"{config.name:22s} {cpu:6.3f} ms CPU per request (last status {status})")
+        if profiler:
+            stats = pstats.Stats(profiler)
+            stats.sort_stats("cumulative").print_stats(int(os.environ.get("PROFILE_LINES", "45")))
+
+
+if __name__ == "__main__":
+    main()

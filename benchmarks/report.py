@@ -1,0 +1,288 @@
+#!/usr/bin/env python
+"""Merge the benchmark parts into results/latest.json, results/latest.md and results/chart.png.
+
+Reads results/tmp/http.json (bench_http.py), results/tmp/queries.json
+(count_queries.py) and, where present, results/purge.json (purge.py), and
+checks each against the targets of the benchmarks issue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+
+from configs import CONFIGS  # noqa: E402
+
+# (configuration, minimum ratio to the baseline, aim)
+RATIO_TARGETS = [
+    ("ours-db-first", 0.8, 0.85),
+    ("ours-db-replay", 1.2, 1.5),
+    ("ours-redis-first", 0.9, None),
+]
+STATEMENT_TARGETS = [("ours-db-first", 2), ("ours-db-replay", 1)]
+PURGE_TARGETS = {"seconds": 30.0, "peak_memory_mb": 100.0, "claim_p99_ms": 100.0}
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _command(*args: str) -> str:
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "unavailable"
+    output = (done.stdout or done.stderr).strip()
+    return output.splitlines()[0] if output else ""
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    postgres = "unknown"
+    try:
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchproject.settings")
+        import django
+
+        django.setup()
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW server_version")
+            postgres = cursor.fetchone()[0]
+    except Exception as exc:  # the report still renders without a database
+        postgres = f"unknown ({exc.__class__.__name__})"
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "load_average": os.getloadavg(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "django": _version("django"),
+        "djangorestframework": _version("djangorestframework"),
+        "django-idempotency": _version("django-idempotency"),
+        "drf-idempotency": _version("drf-idempotency"),
+        "drf-idempotencykey": _version("drf-idempotencykey"),
+        "gunicorn": _version("gunicorn"),
+        "psycopg": _version("psycopg"),
+        "postgresql": postgres,
+        "redis": _command("redis-server", "--version"),
+        "wrk": _command("wrk", "--version"),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def check_targets(http: Any, queries: Any, purge: Any) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = []
+    results = (http or {}).get("results", {})
+
+    def add(target: str, value: Any, ok: bool | None, note: str = "") -> None:
+        checks.append({"target": target, "value": value, "met": ok, "note": note})
+
+    for name, minimum, aim in RATIO_TARGETS:
+        label = f"{name}: ratio to baseline >= {minimum}" + (f" (aim {aim})" if aim else "")
+        if name in results:
+            ratio = results[name]["ratio"]
+            add(label, round(ratio, 2), ratio >= minimum)
+        else:
+            add(label, None, None, (http or {}).get("skipped", {}).get(name, "not measured"))
+    for name, limit in STATEMENT_TARGETS:
+        entry = (queries or {}).get(name, {})
+        label = f"{name}: statements to the store <= {limit}"
+        if "store" in entry:
+            add(label, entry["store"], entry["store"] <= limit)
+        else:
+            add(label, None, None, entry.get("skipped", "not measured"))
+    for ours, store in (("ours-db", "db"), ("ours-redis", "redis")):
+        for mode in ("first", "replay"):
+            mine = results.get(f"{ours}-{mode}")
+            for config in CONFIGS:
+                if not config.peer or f"-{store}-" not in config.name or config.mode != mode:
+                    continue
+                if mode == "replay" and not config.scoped:
+                    continue  # the target only asks to beat peers that scope per user
+                peer = results.get(config.name)
+                label = f"{ours}-{mode} faster than {config.name}"
+                if mine and peer:
+                    add(label, f"{mine['ratio']:.2f} vs {peer['ratio']:.2f}",
+                        mine["ratio"] > peer["ratio"])
+                else:
+                    add(label, None, None, "not measured")
+    if purge:
+        # benchmarks/purge.py's result (written by that script).
+        rows = purge.get("rows_expired", "?")
+        values = {
+            "wall time, s": (purge.get("purge", {}).get("wall_s"), PURGE_TARGETS["seconds"]),
+            "peak memory, MB": (
+                purge.get("purge", {}).get("peak_rss_mb"), PURGE_TARGETS["peak_memory_mb"]
+            ),
+            "concurrent claims' p99, ms": (
+                purge.get("claims_during", {}).get("p99_ms"), PURGE_TARGETS["claim_p99_ms"]
+            ),
+        }
+        for label, (value, limit) in values.items():
+            add(f"purge of {rows:,} expired rows: {label} < {limit:g}" if isinstance(rows, int)
+                else f"purge: {label} < {limit:g}", value, None if value is None else value < limit)
+    else:
+        add("purge of 1,000,000 expired rows", None, None, "benchmarks/purge.py not present")
+    return checks
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    http, queries, m = data["http"] or {}, data["queries"] or {}, data["machine"]
+    results = http.get("results", {})
+    settings = http.get("settings", {})
+    lines = [
+        "# Benchmark results",
+        "",
+        f"{m['date']}; {m['cpus']} CPUs ({m['cpu_model']}), load average at the end "
+        f"{', '.join(f'{x:.2f}' for x in m['load_average'])}; Python {m['python']}, "
+        f"Django {m['django']}, DRF {m['djangorestframework']}, PostgreSQL {m['postgresql']}, "
+        f"{m['redis']}, gunicorn {m['gunicorn']} ({settings.get('gunicorn_workers', '?')} sync "
+        f"workers), {m['wrk']}.",
+        "",
+        f"wrk on loopback, {settings.get('wrk_connections', '?')} connections; "
+        f"{settings.get('rounds', '?')} rounds of {settings.get('duration_s', '?')} s per "
+        "configuration, a baseline run between every two; ratio = rate over the mean of the "
+        "baseline runs just before and after; medians over the rounds. Statements: one request "
+        "each through Django's test client, counted by Django (store = statements naming the "
+        "idempotency table; other = the view's INSERT; transaction control apart) and by "
+        "libpq's protocol trace (round trips, BEGIN/COMMIT included); Redis round trips counted "
+        "in redis-py. CPU ms/req: CPU time "
+        "of the gunicorn processes and of their PostgreSQL backends over a run, per request "
+        "(medians); CPU ratio = the baseline's CPU per request over this one's, an estimate of "
+        "the throughput ratio that other load on the machine hardly moves.",
+        "",
+        "| configuration | req/s | ratio to baseline | ratios per round | p99 ms "
+        "| CPU ms/req (app + db) | CPU ratio "
+        "| SQL to store | other SQL | transaction control | SQL round trips | Redis round trips |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    base_cpu = results.get("baseline", {}).get("cpu_ms", 0.0)
+    for config in CONFIGS:
+        r = results.get(config.name)
+        q = queries.get(config.name, {})
+        if r is None and "store" not in q:
+            reason = http.get("skipped", {}).get(config.name) or q.get("skipped") or "not run"
+            lines.append(f"| {config.label} | skipped: {reason} | | | | | | | | | | |")
+            continue
+        perf = (
+            f"{r['rps']:.0f} | {r['ratio']:.2f} | {' '.join(f'{x:.2f}' for x in r['ratios'])} "
+            f"| {r['p99_ms']:.1f} | {r['app_cpu_ms']:.2f} + {r['db_cpu_ms']:.2f} "
+            f"| {base_cpu / r['cpu_ms']:.2f}"
+            if r else "- | - | - | - | - | -"
+        )
+        sql = (
+            f"{q['store']} | {q['other']} | {q['transaction']} | {q['wire_queries']} "
+            f"| {q.get('redis_round_trips', '-')}"
+            if "store" in q else "- | - | - | - | -"
+        )
+        scope = "" if config.scoped else " ¹"
+        lines.append(f"| {config.label}{scope} | {perf} | {sql} |")
+    lines += [
+        "",
+        "¹ drf-idempotency answers in middleware, before authentication, so its keys are "
+        "not scoped per user: one caller's key can replay another caller's response. "
+        "@idempotent keeps the per-user scope, so its replays run authentication first.",
+        "",
+    ]
+    problems = [
+        f"{name}: {p}" for name, r in results.items() for p in r.get("problems", [])
+    ]
+    if problems:
+        lines += ["Problems seen during the runs:", ""] + [f"- {p}" for p in problems] + [""]
+    lines += ["## Targets", "", "| target | value | met |", "|---|---|---|"]
+    for check in data["targets"]:
+        met = {True: "yes", False: "**no**", None: "-"}[check["met"]]
+        value = "-" if check["value"] is None else check["value"]
+        note = f" ({check['note']})" if check["note"] else ""
+        lines.append(f"| {check['target']}{note} | {value} | {met} |")
+    if data["purge"]:
+        lines += ["", "## Purge", "", "```json", json.dumps(data["purge"], indent=2), "```"]
+    lines += ["", "![chart](chart.png)", ""]
+    return "\n".join(lines)
+
+
+def render_chart(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = (data["http"] or {}).get("results", {})
+    configs = [c for c in CONFIGS if c.name in results][::-1]
+    if not configs:
+        return
+    ratios = [results[c.name]["ratio"] for c in configs]
+    colours = [
+        "#9e9e9e" if c.name.startswith("baseline") else ("#d98c3a" if c.peer else "#2b6cb0")
+        for c in configs
+    ]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(configs) + 1.4))
+    bars = ax.barh([c.label for c in configs], ratios, color=colours)
+    for bar, config in zip(bars, configs, strict=True):
+        r = results[config.name]
+        ax.text(bar.get_width() + 0.03, bar.get_y() + bar.get_height() / 2,
+                f"{r['ratio']:.2f}  ({r['rps']:.0f}/s)", va="center", fontsize=8)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.axvline(0.8, color="#2b6cb0", linestyle=":", linewidth=0.8, label="first-request target 0.8")
+    ax.axvline(1.2, color="#2b6cb0", linestyle="--", linewidth=0.8, label="replay target 1.2")
+    ax.set_xlabel("throughput relative to the undecorated view (median of rounds)")
+    m = data["machine"]
+    ax.set_title(f"django-idempotency benchmarks\n{m['cpus']} CPUs, PostgreSQL "
+                 f"{m['postgresql'].split()[0]}, Django {m['django']}, DRF "
+                 f"{m['djangorestframework']}, Python {m['python']}", fontsize=9)
+    ax.set_xlim(0, max(ratios) * 1.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--elapsed", type=float, help="seconds the whole run took")
+    args = parser.parse_args()
+    data: dict[str, Any] = {
+        "machine": machine(),
+        "elapsed_s": args.elapsed,
+        "http": _read(RESULTS / "tmp" / "http.json"),
+        "queries": _read(RESULTS / "tmp" / "queries.json"),
+        "purge": _read(RESULTS / "purge.json"),
+    }
+    data["targets"] = check_targets(data["http"], data["queries"], data["purge"])
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(data, indent=2) + "\n")
+    markdown = render_markdown(data)
+    (RESULTS / "latest.md").write_text(markdown)
+    render_chart(data, RESULTS / "chart.png")
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
