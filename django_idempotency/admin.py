@@ -276,8 +276,9 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         queryset: Records = super().get_queryset(request).defer("response_body")
         # The same query with a faster date drill-down; the model's own
         # manager keeps Django's datetimes().
-        queryset.__class__ = DrillDownQuerySet
-        return queryset
+        return DrillDownQuerySet(
+            model=queryset.model, query=queryset.query.chain(), using=queryset.db
+        )
 
     def get_search_results(
         self, request: HttpRequest, queryset: Records, search_term: str
