@@ -223,9 +223,10 @@ def _start(
     except RequestDataTooBig:
         return errors.error_response(request, errors.REQUEST_TOO_LARGE)
 
+    method = http_request.method or "POST"
     try:
         request_fingerprint = fingerprint(
-            http_request.method or "POST",
+            method,
             http_request.path,
             http_request.META.get("QUERY_STRING", ""),
             http_request.META.get("CONTENT_TYPE", ""),
@@ -239,7 +240,7 @@ def _start(
         scope=stored_scope(scope),
         key=key,
         fingerprint=request_fingerprint,
-        method=http_request.method or "POST",
+        method=method,
         path=http_request.path,
         created_at=now,
         expires_at=now + (ttl if ttl is not None else conf.IDEMPOTENCY_TTL),

@@ -101,3 +101,15 @@ class Store(abc.ABC):
         ``exc`` is the exception that the view raised, if it raised one.
         """
 
+
+def outcome_of(record: RequestRecord, fingerprint: str, response: StoredResponse | None) -> Outcome:
+    """What an existing, unexpired record means for the request ``record``.
+
+    ``fingerprint`` is the stored request's; ``response`` is None while that
+    request is still running. Every store answers duplicates through this.
+    """
+    if fingerprint != record.fingerprint:
+        return Conflict()
+    if response is None:
+        return InUse()
+    return Replay(response)

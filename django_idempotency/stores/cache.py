@@ -67,14 +67,12 @@ from ..conf import conf
 from ..keys import scoped_key
 from .base import (
     Claim,
-    Conflict,
-    InUse,
     Outcome,
-    Replay,
     RequestRecord,
     Store,
     StoredResponse,
     StoreError,
+    outcome_of,
 )
 
 logger = logging.getLogger("django_idempotency")
@@ -323,11 +321,7 @@ class CacheStore(Store):
             held = _Held(client, key, token, lease_ms)
             _renewer.hold(held)
             return Claim(record, held)
-        if found.fingerprint != record.fingerprint:
-            return Conflict()
-        if found.response is None:
-            return InUse()
-        return Replay(found.response)
+        return outcome_of(record, found.fingerprint, found.response)
 
     def finish(self, claim: Claim, response: StoredResponse) -> None:
         held: _Held | None = claim.state

@@ -56,14 +56,13 @@ from ..conf import conf
 from ..models import IdempotencyRecord
 from .base import (
     Claim,
-    Conflict,
     InUse,
     Outcome,
-    Replay,
     RequestRecord,
     Store,
     StoredResponse,
     StoreError,
+    outcome_of,
 )
 
 State = IdempotencyRecord.State
@@ -332,14 +331,11 @@ RETURNING id
         headers: str | None,
         body: Any,
     ) -> Outcome:
-        if fingerprint != record.fingerprint:
-            return Conflict()
-        if state != _COMPLETED or status is None:
-            return InUse()
-        return Replay(
-            StoredResponse(
+        response = None
+        if state == _COMPLETED and status is not None:
+            response = StoredResponse(
                 status=status,
                 headers=[(name, value) for name, value in json.loads(headers or "[]")],
                 body=bytes(body) if body is not None else b"",
             )
-        )
+        return outcome_of(record, fingerprint, response)
