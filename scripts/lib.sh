@@ -21,21 +21,23 @@ pick_python() {
 }
 
 # ensure_venv EXTRA: a virtualenv with the package installed (editable) with EXTRA.
-# Reinstalls only when pyproject.toml changed or another extra is asked for.
+# Reinstalls only when pyproject.toml changed, another extra is asked for, or the
+# editable install points at another checkout (a venv shared by work trees).
 ensure_venv() {
     local extra="$1" stamp="$VENV/.installed-$1"
     if [ ! -x "$VENV/bin/python" ]; then
         log "Creating $VENV"
         "$(pick_python)" -m venv "$VENV"
     fi
-    if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+    if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] \
+        || [ "$(cat "$stamp")" != "$ROOT" ]; then
         log "Installing django-idempotency[$extra] into $VENV"
         "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
         if ! "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$extra]" >"$VENV/pip.log" 2>&1; then
             cat "$VENV/pip.log" >&2
             return 1
         fi
-        touch "$stamp"
+        echo "$ROOT" >"$stamp"
     fi
 }
 

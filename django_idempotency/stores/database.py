@@ -19,13 +19,17 @@ runs, which is what ``ATOMIC_REQUESTS`` does anyway.
 
 Claiming on PostgreSQL
 ----------------------
-One statement claims or fetches. A duplicate's INSERT would wait on the unique
-index until the first transaction ends; to answer "in use" at once instead, every
-claimant first takes ``pg_try_advisory_xact_lock`` on a hash of (scope, key),
-which never waits and is held exactly as long as the claim. The unique
-constraint on (scope, key) stays the guarantee; the lock only decides who waits.
-A ``SET LOCAL lock_timeout`` would do the same but costs two more statements per
+One statement claims or fetches: a call of the PL/pgSQL function that
+migration 0003 creates (its docstring says why a function: a statement this
+complex cost more to plan, on every request, than all the rest a first
+request adds). A duplicate's INSERT would wait on the unique index until the
+first transaction ends; to answer "in use" at once instead, every claimant
+first takes ``pg_try_advisory_xact_lock`` on a hash of (scope, key), which
+never waits and is held exactly as long as the claim. The unique constraint on
+(scope, key) stays the guarantee; the lock only decides who waits. A ``SET
+LOCAL lock_timeout`` would do the same but costs two more statements per
 request (set, then restore for the view) and still makes a duplicate wait.
+Where the function is missing, the same steps go as one CTE (``_PG_SQL``).
 
 Other databases
 ---------------
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -64,6 +69,13 @@ from .base import (
     StoreError,
     outcome_of,
 )
+
+logger = logging.getLogger("django_idempotency")
+
+#: The claim function of migration 0003 (PostgreSQL only).
+CLAIM_FUNCTION = "django_idempotency_claim_v1"
+# Aliases whose database lacks CLAIM_FUNCTION: they use the CTE until restart.
+_no_claim_function: set[str] = set()
 
 State = IdempotencyRecord.State
 # The stored strings. (str(), not .value: mypy with python_version 3.10 types
@@ -102,6 +114,28 @@ def _sqlite_busy(connection: BaseDatabaseWrapper, exc: BaseException) -> bool:
     )
 
 
+def _claim_function_missing(connection: BaseDatabaseWrapper, exc: BaseException) -> bool:
+    """The claim failed because migration 0003's function is not in this
+    database: remember it (so later claims send the CTE) and say so once."""
+    if connection.vendor != "postgresql" or connection.alias in _no_claim_function:
+        return False
+    cause = exc.__cause__
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    if not isinstance(exc, DatabaseError) or sqlstate != "42883":  # undefined_function
+        return False
+    if CLAIM_FUNCTION not in str(exc):
+        return False
+    _no_claim_function.add(connection.alias)
+    logger.warning(
+        "The PostgreSQL function %s is missing from database %r (its tables were made "
+        "without migrations, or `manage.py migrate django_idempotency` has not run): "
+        "claims fall back to a statement that costs more to plan on every request.",
+        CLAIM_FUNCTION,
+        connection.alias,
+    )
+    return True
+
+
 class DatabaseStore(Store):
     """Stores records with the Django ORM, in the view's own transaction."""
 
@@ -112,27 +146,32 @@ class DatabaseStore(Store):
     def begin(self, record: RequestRecord) -> Outcome:
         alias = self.alias
         connection = connections[alias]
-        atomic = transaction.atomic(using=alias)
-        try:
-            atomic.__enter__()
-        except DatabaseError as exc:
-            if _sqlite_busy(connection, exc):
-                return InUse()
-            raise StoreError(str(exc)) from exc
-        try:
-            if connection.vendor == "postgresql":
-                outcome = self._begin_postgresql(connection, record)
-            elif connection.vendor == "sqlite":
-                outcome = self._begin_sqlite(connection, record)
-            else:
-                outcome = self._begin_portable(alias, record)
-        except BaseException as exc:
-            atomic.__exit__(type(exc), exc, exc.__traceback__)
-            if _sqlite_busy(connection, exc):
-                return InUse()
-            if isinstance(exc, DatabaseError):
+        while True:
+            atomic = transaction.atomic(using=alias)
+            try:
+                atomic.__enter__()
+            except DatabaseError as exc:
+                if _sqlite_busy(connection, exc):
+                    return InUse()
                 raise StoreError(str(exc)) from exc
-            raise
+            try:
+                if connection.vendor == "postgresql":
+                    outcome = self._begin_postgresql(connection, record)
+                elif connection.vendor == "sqlite":
+                    outcome = self._begin_sqlite(connection, record)
+                else:
+                    outcome = self._begin_portable(alias, record)
+            except BaseException as exc:
+                # Rolls back the block (or its savepoint): nothing was claimed.
+                atomic.__exit__(type(exc), exc, exc.__traceback__)
+                if _sqlite_busy(connection, exc):
+                    return InUse()
+                if _claim_function_missing(connection, exc):
+                    continue  # again, with the CTE
+                if isinstance(exc, DatabaseError):
+                    raise StoreError(str(exc)) from exc
+                raise
+            break
         if isinstance(outcome, int):
             return Claim(record, _Held(alias, atomic, outcome))
         # Nothing claimed: end the block now.
@@ -215,13 +254,21 @@ SELECT 'locked', NULL, NULL, NULL, NULL, NULL, NULL FROM lock WHERE NOT lock.got
         created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
     WHERE {table}.expires_at <= EXCLUDED.created_at"""
 
+    _PG_CALL = (
+        f"SELECT * FROM {CLAIM_FUNCTION}(%(scope)s, %(key)s, %(fingerprint)s, %(method)s, "
+        "%(path)s, %(state)s, %(now)s, %(expires)s, %(lock)s)"
+    )
+
     def _begin_postgresql(
         self, connection: BaseDatabaseWrapper, record: RequestRecord
     ) -> Outcome | int:
-        table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
-        sql = self._PG_SQL.format(
-            table=table, columns=_COLUMNS, upsert=self._UPSERT.format(table=table)
-        )
+        if connection.alias in _no_claim_function:
+            table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
+            sql = self._PG_SQL.format(
+                table=table, columns=_COLUMNS, upsert=self._UPSERT.format(table=table)
+            )
+        else:
+            sql = self._PG_CALL
         params = {
             "scope": record.scope,
             "key": record.key,
