@@ -1,5 +1,7 @@
 -- wrk script for bench_http.py: POST the benchmark body, authenticated, with an
--- Idempotency-Key. Arguments after "--": mode (first|replay), path, run id, body, users.
+-- Idempotency-Key. Arguments after "--": mode (first|replay), path, run id, body,
+-- auth scheme (Bearer|Token), credentials (comma-separated, one per user; thread
+-- n sends the (n mod count)-th, as bench_http.py primes replays).
 --   first:  a new key on every request (run id, thread number, counter)
 --   replay: one key per thread, primed by bench_http.py before the run
 -- Keys are UUID-shaped because drf-idempotencykey accepts nothing else.
@@ -14,15 +16,15 @@ function setup(thread)
 end
 
 function init(args)
-    mode, path, run_id, body = args[1], args[2], args[3], args[4]
-    local users = {}
-    for user in string.gmatch(args[5], "[^,]+") do table.insert(users, user) end
-    user = users[(id % #users) + 1]
+    mode, path, run_id, body, scheme = args[1], args[2], args[3], args[4], args[5]
+    local credentials = {}
+    for value in string.gmatch(args[6], "[^,]+") do table.insert(credentials, value) end
+    local credential = credentials[(id % #credentials) + 1]
     counter = 0
     prefix = string.format("%s-%04x-4000-8000-", run_id, id)
     headers = {
         ["Content-Type"] = "application/json",
-        ["Authorization"] = "Bearer " .. user,
+        ["Authorization"] = scheme .. " " .. credential,
     }
 end
 

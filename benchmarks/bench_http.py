@@ -3,11 +3,15 @@
 
 Starts one gunicorn per server kind (see benchproject/settings.py), then runs
 rounds; in each round every configuration gets one wrk run of ``--duration``
-seconds, in an order that rotates from round to round, with a baseline run
-between every two (B X B Y B Z B, then B Y B Z B X B, ...). A run's ratio is
-its rate over the mean of the baseline runs just before and after it, so drift
-in the machine's load hits both sides of a ratio alike; each configuration's
-result is the median over the rounds of its rate and of its ratio.
+seconds, in an order that rotates from round to round, with a run of its
+baseline between every two (B X B Y B Z B, then B Y B Z B X B, ...). There
+are two baselines, each with its own sequence in every round: ``baseline``
+(cheap bearer auth, no SQL) for most configurations, and ``baseline-token``
+(DRF's TokenAuthentication) for the "-token" ones (B' X' B' Y' B'). A run's
+ratio is its rate over the mean of the baseline runs just before and after
+it, so drift in the machine's load hits both sides of a ratio alike; each
+configuration's result is the median over the rounds of its rate and of its
+ratio.
 
 Every run is checked: wrk must see only 2xx answers, a "first" run must insert
 one row per request and a "replay" run none (the view did not run).
@@ -35,7 +39,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from configs import BASELINE, BODY, CONFIGS, USERS, Config, replay_key  # noqa: E402
+from configs import (  # noqa: E402
+    BODY,
+    BY_NAME,
+    CONFIGS,
+    USERS,
+    Config,
+    authorization,
+    credentials,
+    replay_key,
+)
 
 BASE_PORT = int(os.environ.get("BENCH_PORT", "18400"))
 
@@ -135,12 +148,12 @@ def backend_pids() -> list[int]:
         return [row[0] for row in cursor.fetchall()]
 
 
-def post(port: int, path: str, key: str, user: str) -> tuple[int, dict[str, str]]:
+def post(port: int, path: str, key: str, auth: str) -> tuple[int, dict[str, str]]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}", data=BODY.encode(), method="POST",
         headers={
             "Content-Type": "application/json",
-            "Authorization": f"Bearer {user}",
+            "Authorization": auth,
             "Idempotency-Key": key,
         },
     )
@@ -158,14 +171,13 @@ def order_count() -> int:
 
 
 def prepare_database() -> None:
-    """Users for the bearer tokens, and empty tables so every run starts alike."""
-    from django.contrib.auth import get_user_model
+    """Users (with their DRF tokens), and empty tables so every run starts alike."""
+    from benchproject.auth import ensure_users
     from django.core.management import call_command
     from django.db import connection
 
     call_command("migrate", verbosity=0)
-    for name in USERS:
-        get_user_model().objects.get_or_create(username=name)
+    ensure_users(USERS)
     tables = [t for t in connection.introspection.table_names() if t.startswith((
         "benchproject_order", "django_idempotency_", "drf_idempotency_", "drf_idempotencykey_",
     ))]
@@ -180,18 +192,19 @@ def wrk_run(config: Config, server: Server, duration: float, threads: int) -> di
     if config.mode == "replay":
         for thread in range(threads):
             user, key = USERS[thread % len(USERS)], replay_key(run_id, thread)
-            status, _ = post(port, config.path, key, user)
+            status, _ = post(port, config.path, key, authorization(config, user))
             assert 200 <= status < 300, f"{config.name}: priming answered {status}"
-            status, _ = post(port, config.path, key, user)
+            status, _ = post(port, config.path, key, authorization(config, user))
             assert 200 <= status < 300, f"{config.name}: priming replay answered {status}"
     before = order_count()
     # Persistent connections: the workers' backends are there after priming.
     pids = worker_pids(server), backend_pids()
     cpu_before = _cpu_ms(pids[0]), _cpu_ms(pids[1])
+    scheme, values = credentials(config)
     command = [
         "wrk", "-t", str(threads), "-c", str(threads), "-d", f"{max(1, round(duration))}s",
         "--timeout", "10s", "-s", str(HERE / "bench.lua"), f"http://127.0.0.1:{port}",
-        "--", config.mode, config.path, run_id, BODY, ",".join(USERS),
+        "--", config.mode, config.path, run_id, BODY, scheme, ",".join(values),
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     cpu_after = _cpu_ms(pids[0]), _cpu_ms(pids[1])
@@ -220,6 +233,43 @@ def wrk_run(config: Config, server: Server, duration: float, threads: int) -> di
     return result
 
 
+def run_group(
+    baseline: Config, others: list[Config], number: int, servers: dict[str, Server],
+    duration: float, threads: int,
+) -> dict[str, dict[str, object]]:
+    """One round of ``others`` against ``baseline``: B X B Y B ..., the order rotated by round.
+
+    Each result's ratio is its rate over the mean of the baseline runs just
+    before and after it; the baseline's own result holds the medians of its runs.
+    """
+    shift = number % max(1, len(others))
+    order = others[shift:] + others[:shift]
+    baseline_server = servers[baseline.server]
+    runs = [wrk_run(baseline, baseline_server, duration, threads)]
+    results: dict[str, dict[str, object]] = {}
+    for config in order:
+        result = wrk_run(config, servers[config.server], duration, threads)
+        runs.append(wrk_run(baseline, baseline_server, duration, threads))
+        # The baseline just before and just after this run.
+        around = (float(runs[-2]["rps"]) + float(runs[-1]["rps"])) / 2  # type: ignore[arg-type]
+        result["ratio"] = float(result["rps"]) / around  # type: ignore[arg-type]
+        results[config.name] = result
+    for run_result in runs:
+        run_result["ratio"] = 1.0
+    results[baseline.name] = {
+        "rps": statistics.median(float(r["rps"]) for r in runs),  # type: ignore[arg-type]
+        "ratio": 1.0,
+        "p50_us": statistics.median(int(r["p50_us"]) for r in runs),  # type: ignore[arg-type]
+        "p99_us": statistics.median(int(r["p99_us"]) for r in runs),  # type: ignore[arg-type]
+        "app_cpu_ms": statistics.median(float(r["app_cpu_ms"]) for r in runs),  # type: ignore[arg-type]
+        "db_cpu_ms": statistics.median(float(r["db_cpu_ms"]) for r in runs),  # type: ignore[arg-type]
+        "cpu_ms": statistics.median(float(r["cpu_ms"]) for r in runs),  # type: ignore[arg-type]
+        "problems": [p for r in runs for p in r["problems"]],  # type: ignore[attr-defined]
+        "runs": runs,
+    }
+    return results
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchproject.settings")
     os.environ["BENCH_SERVER"] = "db"
@@ -228,9 +278,19 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     django.setup()
     prepare_database()
 
+    if args.only:
+        unknown = [name for name in args.only if name not in BY_NAME]
+        if unknown:
+            sys.exit(f"unknown configuration(s): {', '.join(unknown)}")
+    # The selected configurations and the baseline that each one's ratio needs
+    # (the main baseline always runs, as before).
+    wanted = {"baseline"} | {
+        name for c in CONFIGS if not args.only or c.name in args.only
+        for name in (c.name, c.baseline)
+    }
     configs, skipped = [], {}
     for config in CONFIGS:
-        if args.only and config.name not in args.only and config is not BASELINE:
+        if config.name not in wanted:
             continue
         reason = config.missing()
         if reason:
@@ -253,34 +313,16 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         for config in configs:  # warm up workers: imports, connections, caches
             wrk_run(config, servers[config.server], min(2.0, args.duration), args.threads)
 
-        others = [c for c in configs if c is not BASELINE]
+        # Each baseline with the configurations measured against it, in CONFIGS' order.
+        groups = {c.name: [o for o in configs if o.baseline == c.name and o is not c]
+                  for c in configs if c.is_baseline}
         rounds: list[dict[str, object]] = []
         for number in range(args.rounds):
-            shift = number % max(1, len(others))
-            order = others[shift:] + others[:shift]
-            baseline_server = servers[BASELINE.server]
-            runs = [wrk_run(BASELINE, baseline_server, args.duration, args.threads)]
             results: dict[str, dict[str, object]] = {}
-            for config in order:
-                result = wrk_run(config, servers[config.server], args.duration, args.threads)
-                runs.append(wrk_run(BASELINE, baseline_server, args.duration, args.threads))
-                # The baseline just before and just after this run.
-                around = (float(runs[-2]["rps"]) + float(runs[-1]["rps"])) / 2  # type: ignore[arg-type]
-                result["ratio"] = float(result["rps"]) / around  # type: ignore[arg-type]
-                results[config.name] = result
-            for run_result in runs:
-                run_result["ratio"] = 1.0
-            results[BASELINE.name] = {
-                "rps": statistics.median(float(r["rps"]) for r in runs),  # type: ignore[arg-type]
-                "ratio": 1.0,
-                "p50_us": statistics.median(int(r["p50_us"]) for r in runs),  # type: ignore[arg-type]
-                "p99_us": statistics.median(int(r["p99_us"]) for r in runs),  # type: ignore[arg-type]
-                "app_cpu_ms": statistics.median(float(r["app_cpu_ms"]) for r in runs),  # type: ignore[arg-type]
-                "db_cpu_ms": statistics.median(float(r["db_cpu_ms"]) for r in runs),  # type: ignore[arg-type]
-                "cpu_ms": statistics.median(float(r["cpu_ms"]) for r in runs),  # type: ignore[arg-type]
-                "problems": [p for r in runs for p in r["problems"]],  # type: ignore[attr-defined]
-                "runs": runs,
-            }
+            for baseline_name, others in groups.items():
+                results.update(run_group(
+                    BY_NAME[baseline_name], others, number, servers, args.duration, args.threads
+                ))
             for name, result in results.items():
                 for problem in result["problems"]:  # type: ignore[attr-defined]
                     log(f"round {number + 1} {name}: {problem}")
@@ -301,6 +343,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "mode": config.mode,
             "peer": config.peer,
             "scoped": config.scoped,
+            "baseline": config.baseline,
+            "auth": config.auth,
+            "reference": config.reference,
             "rps": statistics.median(float(r["rps"]) for r in per_round),  # type: ignore[arg-type]
             "ratio": statistics.median(float(r["ratio"]) for r in per_round),  # type: ignore[arg-type]
             "ratios": [round(float(r["ratio"]), 3) for r in per_round],  # type: ignore[arg-type]
@@ -328,7 +373,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=6, help="seconds per wrk run")
     parser.add_argument("--threads", type=int, default=4, help="wrk threads = connections")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per server")
-    parser.add_argument("--only", nargs="*", help="configuration names (the baseline always runs)")
+    parser.add_argument(
+        "--only", nargs="*", help="configuration names (with the baseline each one needs)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if shutil.which("wrk") is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from dataclasses import dataclass
 
@@ -16,6 +17,17 @@ class Config:
     needs: str | None = None  # a module that must import, else the config is skipped
     scoped: bool = True  # keys scoped per user
     peer: bool = False
+    # The baseline that this configuration's ratio is measured against (and that
+    # runs between its runs); a baseline names itself.
+    baseline: str = "baseline"
+    # How requests authenticate: "bearer" (benchproject.auth, no SQL) or "token"
+    # (DRF's TokenAuthentication, one SELECT per request).
+    auth: str = "bearer"
+    reference: bool = False  # a reference point: neither a peer nor a target
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.baseline == self.name
 
     def missing(self) -> str | None:
         """Why this configuration cannot run here, or None."""
@@ -29,11 +41,27 @@ class Config:
 
 
 BASELINE = Config("baseline", "undecorated view", "db", "/baseline/", "first")
+BASELINE_TOKEN = Config(
+    "baseline-token", "undecorated view, TokenAuthentication", "db", "/baseline-token/", "first",
+    baseline="baseline-token", auth="token",
+)
 CONFIGS = [
     BASELINE,
     Config(
         "baseline-atomic", "undecorated view in a transaction (reference)", "db",
-        "/baseline-atomic/", "first",
+        "/baseline-atomic/", "first", reference=True,
+    ),
+    Config(
+        "floor-db",
+        "undecorated view in a transaction + 2 trivial statements "
+        "(reference: round-trip floor of the database store)",
+        "db", "/floor-db/", "first", reference=True,
+    ),
+    Config(
+        "floor-redis",
+        "undecorated view + 2 trivial Redis round trips "
+        "(reference: round-trip floor of a Redis store)",
+        "redis", "/floor-redis/", "first", needs="django_redis", reference=True,
     ),
     Config("ours-db-first", "@idempotent, database, first", "db", "/ours/", "first"),
     Config("ours-db-replay", "@idempotent, database, replay", "db", "/ours/", "replay"),
@@ -69,11 +97,48 @@ CONFIGS = [
         "dik-db-replay", "drf-idempotencykey mixin, database, replay", "db",
         "/drf-idempotencykey/", "replay", needs="drf_idempotencykey", peer=True,
     ),
+    # The same, authenticated by DRF's TokenAuthentication (one SELECT joined to
+    # the user per request, as most APIs authenticate) instead of the cheap
+    # bearer: measured against baseline-token, in runs of their own.
+    BASELINE_TOKEN,
+    Config(
+        "ours-db-first-token", "@idempotent, database, first, TokenAuthentication", "db",
+        "/ours-token/", "first", baseline="baseline-token", auth="token",
+    ),
+    Config(
+        "ours-db-replay-token", "@idempotent, database, replay, TokenAuthentication", "db",
+        "/ours-token/", "replay", baseline="baseline-token", auth="token",
+    ),
+    Config(
+        "ours-redis-first-token", "@idempotent, Redis, first, TokenAuthentication", "redis",
+        "/ours-token/", "first", needs="django_idempotency.stores.cache",
+        baseline="baseline-token", auth="token",
+    ),
 ]
+BY_NAME = {config.name: config for config in CONFIGS}
 
-# The request every configuration serves: same body, same auth.
+# The request every configuration serves: the same body; the auth of its Config.auth.
 BODY = '{"sku": "abc-123", "quantity": 2, "note": "benchmark order"}'
 USERS = ["bench-0", "bench-1", "bench-2", "bench-3"]
+
+
+def token_key(user: str) -> str:
+    """The DRF authtoken key of a bench user: deterministic, 40 hex digits like DRF's own."""
+    seed = f"django-idempotency-bench:{user}".encode()
+    return hashlib.sha1(seed, usedforsecurity=False).hexdigest()
+
+
+def credentials(config: Config) -> tuple[str, list[str]]:
+    """The Authorization scheme of ``config`` and one credential per user, in USERS' order."""
+    if config.auth == "token":
+        return "Token", [token_key(user) for user in USERS]
+    return "Bearer", list(USERS)
+
+
+def authorization(config: Config, user: str) -> str:
+    """The Authorization header that ``user`` sends to ``config``."""
+    scheme, values = credentials(config)
+    return f"{scheme} {values[USERS.index(user)]}"
 
 
 def replay_key(run_id: str, thread: int) -> str:

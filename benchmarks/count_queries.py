@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from configs import BODY, CONFIGS, USERS  # noqa: E402
+from configs import BODY, BY_NAME, CONFIGS, USERS, authorization  # noqa: E402
 
 STORE_TABLES = re.compile(
     r"django_idempotency_|drf_idempotency_|drf_idempotencykey_", re.IGNORECASE
@@ -85,19 +85,17 @@ def measure(server: str) -> dict[str, object]:
     import django
 
     django.setup()
+    from benchproject.auth import ensure_users
     from benchproject.models import Order
-    from django.contrib.auth import get_user_model
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
-    for name in USERS:
-        get_user_model().objects.get_or_create(username=name)
+    ensure_users(USERS)
     redis_calls = _count_redis()
     client = Client()
-    auth = {"HTTP_AUTHORIZATION": f"Bearer {USERS[0]}"}
 
-    def post(path: str, key: str) -> tuple[int, dict[str, object]]:
+    def post(path: str, key: str, auth: str) -> tuple[int, dict[str, object]]:
         before = Order.objects.count()
         redis_before = redis_calls[0]
         connection.ensure_connection()
@@ -108,7 +106,7 @@ def measure(server: str) -> dict[str, object]:
                 with CaptureQueriesContext(connection) as captured:
                     response = client.post(
                         path, BODY, content_type="application/json",
-                        HTTP_IDEMPOTENCY_KEY=key, **auth,
+                        HTTP_IDEMPOTENCY_KEY=key, HTTP_AUTHORIZATION=auth,
                     )
             finally:
                 pgconn.untrace()
@@ -133,7 +131,7 @@ def measure(server: str) -> dict[str, object]:
         }
 
     # Warm up: the user cache of the auth class, connection, content types.
-    post("/baseline/", str(uuid.uuid4()))
+    post("/baseline/", str(uuid.uuid4()), authorization(BY_NAME["baseline"], USERS[0]))
     results: dict[str, object] = {}
     for config in CONFIGS:
         if config.server != server or config.mode != "first":
@@ -143,14 +141,15 @@ def measure(server: str) -> dict[str, object]:
             continue
         # Warm up this configuration first: one-time work (a Lua script loaded
         # into Redis, a lazy import) is not what a request costs.
+        auth = authorization(config, USERS[0])
         warm = str(uuid.uuid4())
-        post(config.path, warm)
-        post(config.path, warm)
+        post(config.path, warm, auth)
+        post(config.path, warm, auth)
         key = str(uuid.uuid4())
-        _, first = post(config.path, key)
+        _, first = post(config.path, key, auth)
         results[config.name] = first
-        if config.name.endswith("-first"):
-            _, replay = post(config.path, key)
+        if "-first" in config.name:  # ours-db-first-token's replay: ours-db-replay-token
+            _, replay = post(config.path, key, auth)
             results[config.name.replace("-first", "-replay")] = replay
     return results
 

@@ -25,10 +25,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from configs import BODY, CONFIGS, USERS  # noqa: E402
+from configs import BODY, CONFIGS, USERS, authorization  # noqa: E402
 
 
-def environ(path: str, key: str) -> dict[str, object]:
+def environ(path: str, key: str, auth: str) -> dict[str, object]:
     body = BODY.encode()
     return {
         "REQUEST_METHOD": "POST",
@@ -40,7 +40,7 @@ def environ(path: str, key: str) -> dict[str, object]:
         "SERVER_PROTOCOL": "HTTP/1.1",
         "CONTENT_TYPE": "application/json",
         "CONTENT_LENGTH": str(len(body)),
-        "HTTP_AUTHORIZATION": f"Bearer {USERS[0]}",
+        "HTTP_AUTHORIZATION": auth,
         "HTTP_IDEMPOTENCY_KEY": key,
         "wsgi.input": io.BytesIO(body),
         "wsgi.url_scheme": "http",
@@ -63,14 +63,13 @@ def main() -> None:
     from django.core.wsgi import get_wsgi_application
 
     app = get_wsgi_application()
-    from django.contrib.auth import get_user_model
+    from benchproject.auth import ensure_users
 
-    for name in USERS:
-        get_user_model().objects.get_or_create(username=name)
+    ensure_users(USERS)
 
-    def call(path: str, key: str) -> str:
+    def call(path: str, key: str, auth: str) -> str:
         status: list[str] = []
-        body = app(environ(path, key), lambda s, h, exc_info=None: status.append(s))
+        body = app(environ(path, key, auth), lambda s, h, exc_info=None: status.append(s))
         b"".join(body)
         if hasattr(body, "close"):
             body.close()
@@ -80,18 +79,19 @@ def main() -> None:
     if args.profile:
         configs = [c for c in configs if c.name == args.profile]
     for config in configs:
+        auth = authorization(config, USERS[0])
         replay = str(uuid.uuid4())
         if config.mode == "replay":
-            assert call(config.path, replay).startswith("2")
+            assert call(config.path, replay, auth).startswith("2")
         keys = [replay if config.mode == "replay" else str(uuid.uuid4()) for _ in range(args.n)]
         for key in keys[:50]:  # warm up
-            call(config.path, key if config.mode == "replay" else str(uuid.uuid4()))
+            call(config.path, key if config.mode == "replay" else str(uuid.uuid4()), auth)
         profiler = cProfile.Profile(time.process_time) if args.profile else None
         started = time.process_time()
         if profiler:
             profiler.enable()
         for key in keys:
-            status = call(config.path, key)
+            status = call(config.path, key, auth)
         if profiler:
             profiler.disable()
         cpu = (time.process_time() - started) / args.n * 1000

@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import sys
+import textwrap
 import time
 from importlib import metadata
 from pathlib import Path
@@ -23,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
-from configs import CONFIGS  # noqa: E402
+from configs import BY_NAME, CONFIGS  # noqa: E402
 
 # (configuration, minimum ratio to the baseline, aim)
 RATIO_TARGETS = [
@@ -32,6 +33,9 @@ RATIO_TARGETS = [
     ("ours-redis-first", 0.9, None),
 ]
 STATEMENT_TARGETS = [("ours-db-first", 2), ("ours-db-replay", 1)]
+# A ratio target and the reference configuration that makes the same round
+# trips with no store behind them: what a missed target is compared to.
+FLOORS = {"ours-db-first": "floor-db", "ours-redis-first": "floor-redis"}
 PURGE_TARGETS = {"seconds": 30.0, "peak_memory_mb": 100.0, "claim_p99_ms": 100.0}
 
 
@@ -153,6 +157,108 @@ def check_targets(http: Any, queries: Any, purge: Any) -> list[dict[str, Any]]:
     return checks
 
 
+def _table(http: dict[str, Any], queries: dict[str, Any], baseline: str) -> list[str]:
+    """The rows of the configurations measured against ``baseline`` (itself first)."""
+    results = http.get("results", {})
+    lines = [
+        f"| configuration | req/s | ratio to {baseline} | ratios per round | p99 ms "
+        "| CPU ms/req (app + db) | CPU ratio "
+        "| SQL to store | other SQL | transaction control | SQL round trips | Redis round trips |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    base_cpu = results.get(baseline, {}).get("cpu_ms")
+    for config in CONFIGS:
+        if config.baseline != baseline:
+            continue
+        r = results.get(config.name)
+        q = queries.get(config.name, {})
+        if r is None and "store" not in q:
+            reason = http.get("skipped", {}).get(config.name) or q.get("skipped") or "not run"
+            lines.append(f"| {config.label} | skipped: {reason} | | | | | | | | | | |")
+            continue
+        perf = "- | - | - | - | - | -"
+        if r:
+            cpu_ratio = f"{base_cpu / r['cpu_ms']:.2f}" if base_cpu and r["cpu_ms"] else "-"
+            perf = (
+                f"{r['rps']:.0f} | {r['ratio']:.2f} "
+                f"| {' '.join(f'{x:.2f}' for x in r['ratios'])} | {r['p99_ms']:.1f} "
+                f"| {r['app_cpu_ms']:.2f} + {r['db_cpu_ms']:.2f} | {cpu_ratio}"
+            )
+        sql = (
+            f"{q['store']} | {q['other']} | {q['transaction']} | {q['wire_queries']} "
+            f"| {q.get('redis_round_trips', '-')}"
+            if "store" in q else "- | - | - | - | -"
+        )
+        scope = "" if config.scoped else " ¹"
+        lines.append(f"| {config.label}{scope} | {perf} | {sql} |")
+    return lines
+
+
+def compare_floors(http: Any, queries: Any) -> list[dict[str, Any]]:
+    """For each missed ratio target that has a floor: the two, measured, and what they mean."""
+    results = (http or {}).get("results", {})
+    queries = queries or {}
+    notes: list[dict[str, Any]] = []
+    for name, minimum, _aim in RATIO_TARGETS:
+        floor = FLOORS.get(name)
+        ours, ref = results.get(name), results.get(floor or "")
+        if floor is None or ours is None or ref is None or ours["ratio"] >= minimum:
+            continue
+        redis = "redis" in floor
+        field = "redis_round_trips" if redis else "wire_queries"
+        trips = queries.get(floor, {}).get(field)
+        what = (
+            "the undecorated view with two Redis GETs"
+            if redis
+            else "the undecorated view in a transaction with two `SELECT 1`"
+        )
+        if trips is not None:
+            unit = "Redis" if redis else "SQL"
+            theirs = queries.get(name, {}).get(field)
+            same = f"the same as {name}" if trips == theirs else f"{name}: {theirs}"
+            what += f" ({trips} {unit} round trips, {same}, and no store work)"
+        base_cpu = results.get(BY_NAME[name].baseline, {}).get("cpu_ms")
+        cpu: tuple[float, float] | None = None
+        cpu_text = ""
+        if base_cpu and ours.get("cpu_ms") and ref.get("cpu_ms"):
+            cpu = base_cpu / ours["cpu_ms"], base_cpu / ref["cpu_ms"]
+            cpu_text = f" (CPU ratios: {name} {cpu[0]:.2f}, {floor} {cpu[1]:.2f})"
+        text = (
+            f"{name} gives {ours['ratio']:.2f} against a target of {minimum}; {floor}, {what}, "
+            f"alone gives {ref['ratio']:.2f}{cpu_text}. "
+        )
+        below = ref["ratio"] < minimum
+        if cpu is not None and (cpu[1] < minimum) != below:
+            text += (
+                f"The floor's ratio and CPU ratio fall on either side of {minimum}, so this run "
+                f"cannot tell whether these round trips alone leave room for the target "
+                f"(other load on the machine moves rates; a full run on an idle machine can)."
+            )
+        elif below:
+            text += (
+                f"The floor itself is below the target: on this machine and view, no store "
+                f"that makes these round trips can reach {minimum}. Of the "
+                f"{1 - ours['ratio']:.2f} lost, {1 - ref['ratio']:.2f} goes to the round trips "
+                f"and {ref['ratio'] - ours['ratio']:.2f} to the store's own work."
+            )
+        else:
+            text += (
+                f"The floor meets the target: the {ref['ratio'] - ours['ratio']:.2f} between "
+                f"it and {name} is the store's own work beyond its round trips."
+            )
+        token = results.get(f"{name}-token")
+        if token:
+            text += (
+                f" With TokenAuthentication (one SQL round trip more in every configuration), "
+                f"{name}-token gives {token['ratio']:.2f} of baseline-token."
+            )
+        notes.append({
+            "target": name, "minimum": minimum, "ratio": ours["ratio"], "floor": floor,
+            "floor_ratio": ref["ratio"], "cpu_ratios": cpu, "text": text,
+        })
+    return notes
+
+
 def render_markdown(data: dict[str, Any]) -> str:
     http, queries, m = data["http"] or {}, data["queries"] or {}, data["machine"]
     results = http.get("results", {})
@@ -171,46 +277,43 @@ def render_markdown(data: dict[str, Any]) -> str:
         "configuration, a baseline run between every two; ratio = rate over the mean of the "
         "baseline runs just before and after; medians over the rounds. Statements: one request "
         "each through Django's test client, counted by Django (store = statements naming the "
-        "idempotency table; other = the view's INSERT; transaction control apart) and by "
+        "idempotency table; other = the view's INSERT, the token auth's SELECT, the floors' "
+        "trivial statements; transaction control apart) and by "
         "libpq's protocol trace (round trips, BEGIN/COMMIT included); Redis round trips counted "
         "in redis-py. CPU ms/req: CPU time "
         "of the gunicorn processes and of their PostgreSQL backends over a run, per request "
-        "(medians); CPU ratio = the baseline's CPU per request over this one's, an estimate of "
+        "(medians; Redis's own CPU not counted); CPU ratio = the baseline's CPU per request "
+        "over this one's, an estimate of "
         "the throughput ratio that other load on the machine hardly moves.",
         "",
-        "| configuration | req/s | ratio to baseline | ratios per round | p99 ms "
-        "| CPU ms/req (app + db) | CPU ratio "
-        "| SQL to store | other SQL | transaction control | SQL round trips | Redis round trips |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    base_cpu = results.get("baseline", {}).get("cpu_ms", 0.0)
-    for config in CONFIGS:
-        r = results.get(config.name)
-        q = queries.get(config.name, {})
-        if r is None and "store" not in q:
-            reason = http.get("skipped", {}).get(config.name) or q.get("skipped") or "not run"
-            lines.append(f"| {config.label} | skipped: {reason} | | | | | | | | | | |")
-            continue
-        perf = (
-            f"{r['rps']:.0f} | {r['ratio']:.2f} | {' '.join(f'{x:.2f}' for x in r['ratios'])} "
-            f"| {r['p99_ms']:.1f} | {r['app_cpu_ms']:.2f} + {r['db_cpu_ms']:.2f} "
-            f"| {base_cpu / r['cpu_ms']:.2f}"
-            if r else "- | - | - | - | - | -"
-        )
-        sql = (
-            f"{q['store']} | {q['other']} | {q['transaction']} | {q['wire_queries']} "
-            f"| {q.get('redis_round_trips', '-')}"
-            if "store" in q else "- | - | - | - | -"
-        )
-        scope = "" if config.scoped else " ¹"
-        lines.append(f"| {config.label}{scope} | {perf} | {sql} |")
+    lines += _table(http, queries, "baseline")
     lines += [
         "",
         "¹ drf-idempotency answers in middleware, before authentication, so its keys are "
         "not scoped per user: one caller's key can replay another caller's response. "
         "@idempotent keeps the per-user scope, so its replays run authentication first.",
         "",
+        "(reference) rows are neither peers nor targets. The floors are the undecorated view "
+        "plus the round trips that a store of that kind cannot avoid, each as cheap as a "
+        "round trip can be (`SELECT 1`; a Redis GET of a missing key): the database store "
+        "claims and completes in the view's transaction (BEGIN, claim, the view's INSERT, "
+        "completion, COMMIT), a Redis store claims before the view and stores after it.",
+        "",
     ]
+    if any(c.baseline == "baseline-token" for c in CONFIGS):
+        lines += [
+            "## With database-backed authentication (DRF TokenAuthentication)",
+            "",
+            "The same view and configurations, authenticated by DRF's `TokenAuthentication` "
+            "(one SELECT of the token joined to its user per request, as most APIs do) instead "
+            "of the bearer auth above that sends no SQL. Ratios and CPU ratios are to "
+            "`baseline-token`, the undecorated view with the same authentication, run between "
+            "these configurations in each round as the main baseline is above.",
+            "",
+            *_table(http, queries, "baseline-token"),
+            "",
+        ]
     problems = [
         f"{name}: {p}" for name, r in results.items() for p in r.get("problems", [])
     ]
@@ -222,6 +325,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         value = "-" if check["value"] is None else check["value"]
         note = f" ({check['note']})" if check["note"] else ""
         lines.append(f"| {check['target']}{note} | {value} | {met} |")
+    if data.get("floors"):
+        lines += ["", "Missed targets against their round-trip floors (same run):", ""]
+        lines += [f"- {floor['text']}" for floor in data["floors"]]
     if data["purge"]:
         lines += ["", "## Purge", "", "```json", json.dumps(data["purge"], indent=2), "```"]
     lines += ["", "![chart](chart.png)", ""]
@@ -240,11 +346,13 @@ def render_chart(data: dict[str, Any], path: Path) -> None:
         return
     ratios = [results[c.name]["ratio"] for c in configs]
     colours = [
-        "#9e9e9e" if c.name.startswith("baseline") else ("#d98c3a" if c.peer else "#2b6cb0")
+        "#9e9e9e" if c.is_baseline or c.reference else ("#d98c3a" if c.peer else "#2b6cb0")
         for c in configs
     ]
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(configs) + 1.4))
-    bars = ax.barh([c.label for c in configs], ratios, color=colours)
+    labels = [textwrap.fill(c.label, 48) for c in configs]
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(configs) + 1.4))
+    bars = ax.barh(labels, ratios, color=colours)
+    ax.tick_params(axis="y", labelsize=7)
     for bar, config in zip(bars, configs, strict=True):
         r = results[config.name]
         ax.text(bar.get_width() + 0.03, bar.get_y() + bar.get_height() / 2,
@@ -252,7 +360,10 @@ def render_chart(data: dict[str, Any], path: Path) -> None:
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.axvline(0.8, color="#2b6cb0", linestyle=":", linewidth=0.8, label="first-request target 0.8")
     ax.axvline(1.2, color="#2b6cb0", linestyle="--", linewidth=0.8, label="replay target 1.2")
-    ax.set_xlabel("throughput relative to the undecorated view (median of rounds)")
+    ax.set_xlabel(
+        "throughput relative to the undecorated view with the same authentication "
+        "(median of rounds)"
+    )
     m = data["machine"]
     ax.set_title(f"django-idempotency benchmarks\n{m['cpus']} CPUs, PostgreSQL "
                  f"{m['postgresql'].split()[0]}, Django {m['django']}, DRF "
@@ -276,6 +387,7 @@ def main() -> None:
         "purge": _read(RESULTS / "purge.json"),
     }
     data["targets"] = check_targets(data["http"], data["queries"], data["purge"])
+    data["floors"] = compare_floors(data["http"], data["queries"])
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(data, indent=2) + "\n")
     markdown = render_markdown(data)

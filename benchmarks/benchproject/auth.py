@@ -5,6 +5,9 @@
 stateless token (a signed JWT, say) would allow: authentication costs no SQL,
 so the idempotency layer's own cost is not hidden behind an auth query. A real
 per-user identity still matters, because the keys are scoped per user.
+
+The "-token" configurations use DRF's ``TokenAuthentication`` instead (one
+SELECT per request), with the keys that ``ensure_users`` gives each user.
 """
 
 from __future__ import annotations
@@ -15,6 +18,18 @@ from django.contrib.auth import get_user_model
 from rest_framework import authentication, exceptions
 
 _users: dict[str, Any] = {}
+
+
+def ensure_users(names: list[str]) -> None:
+    """Create the bench users, each with its DRF token (``configs.token_key``)."""
+    from configs import token_key
+    from rest_framework.authtoken.models import Token
+
+    for name in names:
+        user, _ = get_user_model().objects.get_or_create(username=name)
+        key = token_key(name)
+        Token.objects.filter(user=user).exclude(key=key).delete()
+        Token.objects.get_or_create(key=key, defaults={"user": user})
 
 
 def user_for(token: str) -> Any:

@@ -43,6 +43,9 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "rest_framework",
+    # TokenAuthentication's table, for the configurations that authenticate
+    # with a database query (the "-token" ones; see views.py).
+    "rest_framework.authtoken",
     "django_idempotency",
     "benchproject",
 ]

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
 from rest_framework import status
+from rest_framework.authentication import TokenAuthentication
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -51,6 +53,62 @@ class IdempotentOrderView(APIView):
     @idempotent
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return create_order(request)
+
+
+class FloorDatabaseOrderView(APIView):
+    """No idempotency handling: the view in a transaction, plus two trivial statements.
+
+    A reference point, not a store: the round trips (BEGIN, a statement, the
+    view's INSERT, a statement, COMMIT) below which no store can go that
+    claims a key before the view and completes it after, in the view's
+    transaction, one statement each. ``SELECT 1`` costs the server next to
+    nothing, so what this shows is the round trips' own cost.
+    """
+
+    @transaction.atomic
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+        response = create_order(request)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+        return response
+
+
+_FLOOR_REDIS_KEY = f"{settings.REDIS_PREFIX}:floor"
+
+
+class FloorRedisOrderView(APIView):
+    """No idempotency handling: the view, plus two trivial Redis round trips.
+
+    A reference point, not a store: a GET of a key that does not exist before
+    and after the view, through the same django-redis client as the Redis
+    store (the ``idempotency`` cache). Any store that claims a key before the
+    view and stores the response after makes at least these two round trips.
+    """
+
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        from django_redis import get_redis_connection
+
+        client = get_redis_connection(settings.IDEMPOTENCY_CACHE, write=True)
+        client.get(_FLOOR_REDIS_KEY)
+        response = create_order(request)
+        client.get(_FLOOR_REDIS_KEY)
+        return response
+
+
+class TokenPlainOrderView(PlainOrderView):
+    """The baseline, authenticated by DRF's TokenAuthentication (one SELECT per request)."""
+
+    authentication_classes = [TokenAuthentication]
+
+
+class TokenIdempotentOrderView(IdempotentOrderView):
+    """``@idempotent``, authenticated by DRF's TokenAuthentication."""
+
+    authentication_classes = [TokenAuthentication]
 
 
 def _idempotencykey_view() -> Any:
