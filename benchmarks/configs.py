@@ -58,6 +58,12 @@ CONFIGS = [
         "db", "/floor-db/", "first", reference=True,
     ),
     Config(
+        "floor-db-writes",
+        "undecorated view in a transaction + the store's INSERT and UPDATE as plain SQL "
+        "(reference: floor of a store that keeps its record in the view's transaction)",
+        "db", "/floor-db-writes/", "first", reference=True,
+    ),
+    Config(
         "floor-redis",
         "undecorated view + 2 trivial Redis round trips "
         "(reference: round-trip floor of a Redis store)",

@@ -6,10 +6,13 @@ one row, answer 201 with the row. Only the idempotency mechanism differs.
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.utils import timezone
 from rest_framework import status
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.request import Request
@@ -74,6 +77,49 @@ class FloorDatabaseOrderView(APIView):
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
             cursor.fetchone()
+        return response
+
+
+_RECORDS = "django_idempotency_idempotencyrecord"
+_FLOOR_BODY = b'{"id": 1, "sku": "abc-123", "quantity": 2, "note": "benchmark order"}'
+
+
+class FloorDatabaseWritesOrderView(APIView):
+    """No idempotency handling: the view in a transaction, plus the database
+    store's two writes as plain SQL.
+
+    A reference point, not a store: an INSERT of a record into the store's own
+    table (same columns, same indexes) before the view and an UPDATE of it by
+    primary key after, in the view's transaction, with none of the store's
+    lookup, lock, fingerprint or Python. Any store that keeps a durable record
+    per request in the view's transaction writes at least this much.
+    """
+
+    @transaction.atomic
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        now = timezone.now()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {_RECORDS} (scope, key, fingerprint, method, path, state, "
+                "response_headers, created_at, expires_at) "
+                "VALUES (%s, %s, %s, 'POST', %s, 'in_flight', '[]', %s, %s) RETURNING id",
+                [
+                    f"floor:{request.user.pk}",
+                    uuid.uuid4().hex,  # a new record every time, whatever the client sends
+                    "f" * 64,
+                    request.path,
+                    now,
+                    now + timedelta(minutes=10),
+                ],
+            )
+            pk = cursor.fetchone()[0]
+        response = create_order(request)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {_RECORDS} SET state = 'completed', response_status = %s, "
+                "response_headers = %s, response_body = %s WHERE id = %s",
+                [201, '[["Content-Type", "application/json"]]', _FLOOR_BODY, pk],
+            )
         return response
 
 
