@@ -35,6 +35,9 @@ RATIO_TARGETS = [
 STATEMENT_TARGETS = [("ours-db-first", 2), ("ours-db-replay", 1)]
 # A ratio target and the reference configuration that makes the same round
 # trips with no store behind them: what a missed target is compared to.
+# "Faster than a peer" needs a lead of at least this much in the ratio's median.
+TIE = 0.02
+
 # Each missed target is compared with its floors, cheapest floor first:
 # (floor, what it is, which stores it bounds).
 FLOORS = {
@@ -156,8 +159,11 @@ def check_targets(http: Any, queries: Any, purge: Any) -> list[dict[str, Any]]:
                 peer = results.get(config.name)
                 label = f"{ours}-{mode} faster than {config.name}"
                 if mine and peer:
-                    add(label, f"{mine['ratio']:.2f} vs {peer['ratio']:.2f}",
-                        mine["ratio"] > peer["ratio"])
+                    # Medians closer than TIE apart are within what moves from round to
+                    # round: neither is faster.
+                    lead = mine["ratio"] - peer["ratio"]
+                    add(label, f"{mine['ratio']:.2f} vs {peer['ratio']:.2f}", lead >= TIE,
+                        f"a tie: the medians are less than {TIE} apart" if abs(lead) < TIE else "")
                 else:
                     add(label, None, None, "not measured")
     if purge:
