@@ -1,8 +1,11 @@
-"""The ``IDEMPOTENCY_*`` settings, their defaults, read live in one place.
+"""The ``IDEMPOTENCY_*`` settings, their defaults, read in one place.
 
-Every value is read from ``django.conf.settings`` on each access, so
-``override_settings`` works in tests without reload hooks. Values are checked
-at start-up by the system checks in :mod:`django_idempotency.checks`.
+A value is read from ``django.conf.settings`` on first use and then kept, until
+Django's ``setting_changed`` signal says an ``IDEMPOTENCY_*`` setting changed
+(``override_settings``, pytest-django's ``settings`` fixture). Reading an unset
+setting through ``django.conf.settings`` raises and catches an AttributeError
+each time, and a request reads about ten of them. Values are checked at
+start-up by the system checks in :mod:`django_idempotency.checks`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 DEFAULT_STORE = "django_idempotency.stores.database.DatabaseStore"
@@ -67,11 +72,22 @@ def _as_seconds(value: Any) -> float:
 
 
 class Settings:
-    """Typed, live access to the ``IDEMPOTENCY_*`` settings."""
+    """Typed access to the ``IDEMPOTENCY_*`` settings."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}
 
     def raw(self, name: str) -> Any:
         """The setting ``name`` as configured, or its default, unconverted."""
-        return getattr(django_settings, name, DEFAULTS[name])
+        try:
+            return self._values[name]
+        except KeyError:
+            value = self._values[name] = getattr(django_settings, name, DEFAULTS[name])
+            return value
+
+    def reload(self) -> None:
+        """Forget the values read so far: the next access reads settings again."""
+        self._values.clear()
 
     @property
     def IDEMPOTENCY_HEADER(self) -> str:
@@ -146,3 +162,9 @@ def _import_cached(path: str) -> Any:
 
 
 conf = Settings()
+
+
+@receiver(setting_changed)
+def _setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in DEFAULTS:
+        conf.reload()
