@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib.util import find_spec
@@ -78,6 +78,17 @@ def atomic_requests(request: pytest.FixtureRequest) -> Iterator[bool]:
     connection.settings_dict["ATOMIC_REQUESTS"] = request.param
     yield request.param
     connection.settings_dict["ATOMIC_REQUESTS"] = saved
+
+
+def poll(condition: Callable[[], Any], seconds: float, interval: float = 0.05) -> Any:
+    """``condition()``'s first truthy value, asked every ``interval`` seconds for up
+    to ``seconds``; its last (falsy) value if it never came."""
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+    return value
 
 
 def post(client: APIClient, path: str, data: object = None, key: str | None = "k1", **extra: str):

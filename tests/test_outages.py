@@ -27,7 +27,7 @@ from django.db import IntegrityError, InterfaceError, InternalError, Operational
 from rest_framework.authentication import BasicAuthentication
 from rest_framework.test import APIClient
 
-from tests.conftest import CACHE_STORE
+from tests.conftest import CACHE_STORE, poll
 from tests.servers import (
     Cluster,
     Reply,
@@ -190,19 +190,20 @@ def run_outage(server: Server, outage: Outage, send: Callable[[str], Reply]) -> 
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(clients.run) for _ in range(4)]
         try:
-            assert wait_until(lambda: clients.successes() >= 8), "no service before the outage"
+            assert poll(lambda: clients.successes() >= 8, 60), "no service before the outage"
             for _ in range(cycles()):
                 outage.stop()
                 before = len(clients.replies)
                 try:
-                    assert wait_until(
+                    assert poll(
                         lambda before=before: sum(
-                            r.status != 201 for r in clients.replies[before:]) >= 8)
+                            r.status != 201 for r in clients.replies[before:]) >= 8, 60)
                 finally:
                     outage.start()
                 restarted = clients.successes()
-                assert wait_until(lambda restarted=restarted: clients.successes() >= restarted + 8), (
-                    "service did not resume")
+                assert poll(
+                    lambda restarted=restarted: clients.successes() >= restarted + 8, 60
+                ), "service did not resume"
         except BaseException:
             clients.abort.set()
             raise
@@ -218,15 +219,6 @@ def run_outage(server: Server, outage: Outage, send: Callable[[str], Reply]) -> 
 def cycles() -> int:
     """Outages per test: one, or a few in the soak (SOAK_ROUNDS)."""
     return max(1, int(os.environ.get("SOAK_ROUNDS") or 0) // 5)
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 60) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])

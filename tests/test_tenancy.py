@@ -8,7 +8,6 @@ the scoped key handed to the view. Run on both stores.
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,7 +20,7 @@ from rest_framework.test import APIClient
 from django_idempotency.keys import scoped_key
 from django_idempotency.stores.base import RequestRecord
 from django_idempotency.stores.database import _lock_id
-from tests.conftest import StoreUnderTest, post
+from tests.conftest import StoreUnderTest, poll, post
 from tests.testapp import views
 from tests.testapp.models import Widget
 
@@ -98,15 +97,6 @@ def claims_held(store: StoreUnderTest) -> int:
         return int(cursor.fetchone()[0])
 
 
-def wait_for(condition: Any, seconds: float = 10) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_key_in_flight_for_one_user_does_not_block_another(
     alice: User, bob: User, store: StoreUnderTest
@@ -131,7 +121,7 @@ def test_a_key_in_flight_for_one_user_does_not_block_another(
             # Bob's claim goes through while Alice's is held: two claims at once.
             # (SQLite serialises writers, so there Bob waits for Alice's commit,
             # and then runs.)
-            assert wait_for(lambda: claims_held(store) == 2), "Bob was blocked by Alice's key"
+            assert poll(lambda: claims_held(store) == 2, 10), "Bob was blocked by Alice's key"
         views.hold.set()
         a, b = alices.result(timeout=30), bobs.result(timeout=30)
     assert a.status_code == b.status_code == 201, (a.content, b.content)
