@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from tests.conftest import CACHE_STORE
+from tests.conftest import CACHE_STORE, poll
 from tests.servers import Demo, Reply, Server, demo_on, redis_server, worker_of_connection
 
 COST = 10 * 50
@@ -226,10 +226,8 @@ WHERE datname = current_database() AND state = 'idle in transaction' AND query L
 
 
 def wait_until(condition: Callable[[], Any], seconds: float = 30) -> Any:
-    deadline = time.monotonic() + seconds
-    while not (value := condition()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+    value = poll(condition, seconds, interval=0.02)
+    assert value, "timed out"
     return value
 
 
@@ -244,6 +242,20 @@ def job_being_created(api: Api) -> tuple[int, int]:
 
 def session_gone(api: Api, pid: int) -> bool:
     return not api.demo.sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s", pid)
+
+
+def kill_after_commit(api: Api, key: str) -> None:
+    """POST ``key`` and SIGKILL its worker once the job has committed, while the
+    demo pauses in its on_commit hook (before the client gets an answer)."""
+    with ThreadPoolExecutor(1) as pool:
+        doomed = pool.submit(api.post, key, after_commit=30)
+        wait_until(lambda: api.jobs(key) == 1)
+        ((_, port),) = wait_until(lambda: api.demo.sql(AFTER_COMMIT))
+        worker = worker_of_connection(api.server, port)
+        assert worker is not None
+        os.kill(worker, signal.SIGKILL)
+        with pytest.raises(DROPPED):
+            doomed.result(timeout=30)
 
 
 def answered(api: Api, key: str) -> Reply:
@@ -307,15 +319,7 @@ def test_a_worker_killed_after_commit_before_answering_is_replayed_not_rerun(
     n = rounds(2)
     for round_ in range(n):
         key = f"late-crash-{round_}"
-        with ThreadPoolExecutor(1) as pool:
-            doomed = pool.submit(api.post, key, after_commit=30)
-            wait_until(lambda key=key: api.jobs(key) == 1)
-            ((_, port),) = wait_until(lambda: api.demo.sql(AFTER_COMMIT))
-            worker = worker_of_connection(api.server, port)
-            assert worker is not None
-            os.kill(worker, signal.SIGKILL)
-            with pytest.raises(DROPPED):
-                doomed.result(timeout=30)
+        kill_after_commit(api, key)
         retry = answered(api, key)
         assert retry.status == 201 and retry.headers["Idempotent-Replayed"] == "true"
         ((job_id,),) = api.demo.sql("SELECT id FROM api_job WHERE description = %s", key)
@@ -456,17 +460,9 @@ def test_redis_crash_window_is_the_lease(api: Api, books: Books) -> None:
     use" until the lease lapses; then a retry runs the view a second time."""
     only_on(api, "redis")
     key = "redis-window"
-    with ThreadPoolExecutor(1) as pool:
-        # Without ATOMIC_REQUESTS the demo's on_commit pause runs in the view,
-        # after its transaction committed and before the store keeps the response.
-        doomed = pool.submit(api.post, key, after_commit=30)
-        wait_until(lambda: api.jobs(key) == 1)
-        ((_, port),) = wait_until(lambda: api.demo.sql(AFTER_COMMIT))
-        worker = worker_of_connection(api.server, port)
-        assert worker is not None
-        os.kill(worker, signal.SIGKILL)
-        with pytest.raises(DROPPED):
-            doomed.result(timeout=30)
+    # Without ATOMIC_REQUESTS the demo's on_commit pause runs in the view,
+    # after its transaction committed and before the store keeps the response.
+    kill_after_commit(api, key)
     busy = api.post(key)
     assert busy.status == 409 and error_type(busy) == "idempotency_key_in_use"
     retry = answered(api, key)  # "in use" until the lease lapses
