@@ -48,6 +48,7 @@ from configs import (  # noqa: E402
     authorization,
     credentials,
     replay_key,
+    write_json,
 )
 
 BASE_PORT = int(os.environ.get("BENCH_PORT", "18400"))
@@ -381,12 +382,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     data = run(args)
-    text = json.dumps(data, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    else:
-        print(text)
+    write_json(data, args.out)
 
 
 if __name__ == "__main__":

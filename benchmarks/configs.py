@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -155,3 +158,13 @@ def replay_key(run_id: str, thread: int) -> str:
 def first_key(run_id: str, thread: int, counter: int) -> str:
     """What bench.lua sends as the counter-th new key of a thread (the same format)."""
     return f"{run_id}-{thread:04x}-4000-8000-{counter:012x}"
+
+
+def write_json(data: Any, out: Path | None) -> None:
+    """A part's result: to ``out`` (for report.py), or to standard output."""
+    text = json.dumps(data, indent=2)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    else:
+        print(text)

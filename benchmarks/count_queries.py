@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from configs import BODY, BY_NAME, CONFIGS, USERS, authorization  # noqa: E402
+from configs import BODY, BY_NAME, CONFIGS, USERS, authorization, write_json  # noqa: E402
 
 STORE_TABLES = re.compile(
     r"django_idempotency_|drf_idempotency_|drf_idempotencykey_", re.IGNORECASE
@@ -178,12 +178,7 @@ def main() -> None:
             continue
         results.update(json.loads(done.stdout.strip().splitlines()[-1]))
     ordered = {c.name: results[c.name] for c in CONFIGS if c.name in results}
-    text = json.dumps(ordered, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    else:
-        print(text)
+    write_json(ordered, args.out)
 
 
 if __name__ == "__main__":
