@@ -223,3 +223,60 @@ def test_a_request_in_flight_survives_a_purge(alice: User) -> None:
     expected = 20 if connection.vendor == "postgresql" else 0
     assert out == f"Deleted {expected} expired idempotency record(s).\n"
     assert IdempotencyRecord.objects.get().state == "completed"
+
+
+class OwnPurgeStore(SelfExpiringStore):
+    """A third-party store that keeps records and purges them its own way."""
+
+    needs_purge = True
+    calls: list[dict] = []
+
+    def purge_expired(self, **options):
+        self.calls.append(options)
+        if options.get("dry_run"):
+            return 7
+        for deleted in (3, 4):
+            options["on_batch"](deleted)
+        return 7
+
+
+@pytest.mark.django_db
+def test_the_command_leaves_the_purge_to_the_store() -> None:
+    make_record("e", **EXPIRED)
+    OwnPurgeStore.calls.clear()
+    with override_settings(IDEMPOTENCY_STORE=f"{__name__}.OwnPurgeStore"):
+        assert purge("--dry-run") == "Would delete 7 expired idempotency record(s).\n"
+        assert purge("--batch-size", "3", "--older-than", "2d", verbosity=2).splitlines() == [
+            "Batch 1: deleted 3 (3 so far).",
+            "Batch 2: deleted 4 (7 so far).",
+            "Deleted 7 expired idempotency record(s).",
+        ]
+    assert keys() == {"e"}  # the command itself deleted nothing
+    dry, real = OwnPurgeStore.calls
+    assert dry["dry_run"] is True
+    assert real["batch_size"] == 3
+    assert real["now"] - real["created_before"] == timedelta(days=2)
+
+
+@pytest.mark.django_db
+def test_a_store_that_keeps_records_must_say_how_to_purge_them() -> None:
+    class Forgetful(OwnPurgeStore):
+        purge_expired = Store.purge_expired
+
+    with pytest.raises(NotImplementedError, match="Forgetful keeps expired records"):
+        Forgetful().purge_expired(now=timezone.now())
+
+
+@pytest.mark.django_db
+def test_the_database_store_purges_through_its_own_method() -> None:
+    from django_idempotency.stores.database import DatabaseStore
+
+    for i in range(3):
+        make_record(f"e{i}", **EXPIRED)
+    make_record("valid")
+    store, now = DatabaseStore(), timezone.now()
+    assert store.purge_expired(now=now, dry_run=True) == 3
+    batches: list[int] = []
+    assert store.purge_expired(now=now, batch_size=2, on_batch=batches.append) == 3
+    assert batches == [2, 1]
+    assert keys() == {"valid"}

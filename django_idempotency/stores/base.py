@@ -10,14 +10,23 @@ A request goes through a store in three steps::
 ``begin`` must be atomic in the store: of any number of concurrent requests
 with one (scope, key), exactly one gets a :class:`Claim`. Each claim ends in
 exactly one ``finish`` or ``release``.
+
+A store also owns what is particular to it, as Django's session backends own
+``clear_expired``: :meth:`Store.check` gives its system checks (the app's
+checks call it for the configured class), and :meth:`Store.purge_expired`
+deletes expired records (``manage.py purge_idempotency_keys`` calls it). A
+third-party store brings its own; nothing else has to learn about it.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from django.core.checks import CheckMessage
 
 
 class StoreError(Exception):
@@ -80,6 +89,40 @@ class Store(abc.ABC):
     #: Whether records must be deleted by ``purge_idempotency_keys``; a store
     #: whose backend expires them by itself says False.
     needs_purge: bool = True
+
+    @classmethod
+    def check(cls) -> list[CheckMessage]:
+        """System check messages about this store's own settings and backend.
+
+        Called for the class that ``IDEMPOTENCY_STORE`` names, by ``manage.py
+        check`` and on the first request; the default has nothing to say.
+        """
+        return []
+
+    def purge_expired(
+        self,
+        *,
+        now: datetime,
+        created_before: datetime | None = None,
+        batch_size: int = 5000,
+        dry_run: bool = False,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> int:
+        """Delete the records that expired by ``now``; the number deleted.
+
+        ``created_before`` also requires a record to be created before then (to
+        keep expired records longer); a record that has not expired never goes.
+        Rows go ``batch_size`` at a time, and ``on_batch`` is told each batch's
+        count. ``dry_run`` deletes nothing and returns how many would go.
+
+        A store whose backend expires records by itself (``needs_purge =
+        False``) has nothing to do; any other store must implement this.
+        """
+        if not self.needs_purge:
+            return 0
+        raise NotImplementedError(
+            f"{type(self).__name__} keeps expired records: it must implement purge_expired()."
+        )
 
     @abc.abstractmethod
     def begin(self, record: RequestRecord) -> Outcome:

@@ -37,6 +37,44 @@ The portable path reads, then inserts in a savepoint and relies on the unique
 constraint (IntegrityError means someone else won). SQLite serialises writers,
 so there a duplicate waits on the database lock (its ``timeout`` option) and then
 sees the finished record; a claim that cannot get the lock in time answers "in use".
+
+Why each claim path is kept
+---------------------------
+* The PL/pgSQL function (``_PG_CALL``): the common production case, and the
+  one that a measured cost (planning the CTE on every request) decided.
+* The CTE (``_PG_SQL``): the same steps, for a PostgreSQL database that has the
+  table but not the function. Test databases made with ``--nomigrations``
+  (pytest-django, a common setup) are built from the models and never run
+  migration 0003; without the CTE every guarded request there would fail.
+* SQLite (``_SQLITE_SQL``): SQLite must write first so that a duplicate waits
+  for the write lock under the busy timeout (a read first fails at once), so
+  the portable read-then-insert does not serve it. SQLite older than 3.35
+  (Debian 11, Ubuntu 20.04; Django 4.2 supports 3.21 and later) has no
+  ``RETURNING``: there ``_SQLITE_OLD_SQL`` deletes an expired record and then
+  runs ``INSERT OR IGNORE`` (both writes), taking the claim's id from the cursor.
+  It is chosen by Django's feature flag, ``can_return_columns_from_insert``.
+* The portable path: MySQL, Oracle and third-party backends.
+
+Purging
+-------
+:meth:`DatabaseStore.purge_expired` (``manage.py purge_idempotency_keys``)
+fixes its cut-off when it starts, then deletes rows in batches of primary
+keys, each batch one short statement in its own transaction (autocommit), so
+no lock is held for long and no row is loaded into Python. On PostgreSQL a
+batch is::
+
+    WITH batch AS MATERIALIZED (
+        SELECT id FROM t WHERE expires_at <= %s ORDER BY expires_at LIMIT %s
+        FOR UPDATE SKIP LOCKED)
+    DELETE FROM t USING batch WHERE t.id = batch.id AND expires_at <= %s
+
+``SKIP LOCKED`` lets several purges (cron on several hosts) run at once without
+waiting on each other or deleting a row twice, and never waits on a request
+that is taking over an expired key in place. Each purge counts the rows that
+its own statements deleted (the cursor's rowcount), so the counts add up.
+Elsewhere (SQLite, MySQL...) a batch selects primary keys through the ORM, then
+deletes them in one statement that checks the expiry again; a row that another
+purge deleted meanwhile is simply not counted.
 """
 
 from __future__ import annotations
@@ -44,9 +82,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
+from django.conf import settings
+from django.core import checks
 from django.db import (
     DatabaseError,
     IntegrityError,
@@ -70,7 +112,7 @@ from .base import (
     outcome_of,
 )
 
-logger = logging.getLogger("django_idempotency")
+logger = logging.getLogger(__name__)
 
 #: The claim function of migration 0003 (PostgreSQL only).
 CLAIM_FUNCTION = "django_idempotency_claim_v1"
@@ -143,6 +185,39 @@ class DatabaseStore(Store):
     def alias(self) -> str:
         return conf.IDEMPOTENCY_DATABASE
 
+    @classmethod
+    def check(cls) -> list[checks.CheckMessage]:
+        alias = conf.raw("IDEMPOTENCY_DATABASE")
+        if not isinstance(alias, str) or alias not in settings.DATABASES:
+            return [
+                checks.Error(
+                    f"IDEMPOTENCY_DATABASE {alias!r} is not a database alias in DATABASES.",
+                    hint=f"Use one of {sorted(settings.DATABASES)}; the database store keeps "
+                    "its records there, in the same transaction as the view's writes.",
+                    id="django_idempotency.E011",
+                )
+            ]
+        return []
+
+    def purge_expired(
+        self,
+        *,
+        now: datetime,
+        created_before: datetime | None = None,
+        batch_size: int = 5000,
+        dry_run: bool = False,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> int:
+        purge = _Purge(self.alias, now, created_before)
+        if dry_run:
+            return purge.count()
+        total = 0
+        while (deleted := purge.batch(batch_size)) is not None:
+            total += deleted
+            if on_batch is not None:
+                on_batch(deleted)
+        return total
+
     def begin(self, record: RequestRecord) -> Outcome:
         alias = self.alias
         connection = connections[alias]
@@ -158,7 +233,10 @@ class DatabaseStore(Store):
                 if connection.vendor == "postgresql":
                     outcome = self._begin_postgresql(connection, record)
                 elif connection.vendor == "sqlite":
-                    outcome = self._begin_sqlite(connection, record)
+                    if connection.features.can_return_columns_from_insert:
+                        outcome = self._begin_sqlite(connection, record)
+                    else:
+                        outcome = self._begin_old_sqlite(connection, record)
                 else:
                     outcome = self._begin_portable(alias, record)
             except BaseException as exc:
@@ -331,6 +409,44 @@ RETURNING id
             return pk
         return self._fetch(connection.alias, record) or InUse()
 
+    # SQLite before 3.35 (no RETURNING): still write first. The DELETE takes
+    # the write lock (under the busy timeout) and frees the key of an expired
+    # record; INSERT OR IGNORE then claims, or meets the live record.
+
+    _SQLITE_OLD_SQL = (
+        "DELETE FROM {table} WHERE scope = %s AND key = %s AND expires_at <= %s",
+        """INSERT OR IGNORE INTO {table} (scope, key, fingerprint, method, path, state,
+                     response_headers, created_at, expires_at)
+VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
+    )
+
+    def _begin_old_sqlite(
+        self, connection: BaseDatabaseWrapper, record: RequestRecord
+    ) -> Outcome | int:
+        table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
+        delete, insert = (sql.format(table=table) for sql in self._SQLITE_OLD_SQL)
+        adapt = connection.ops.adapt_datetimefield_value
+        created, expires = adapt(record.created_at), adapt(record.expires_at)
+        with connection.cursor() as cursor:
+            cursor.execute(delete, [record.scope, record.key, created])
+            cursor.execute(
+                insert,
+                [
+                    record.scope,
+                    record.key,
+                    record.fingerprint,
+                    record.method,
+                    record.path,
+                    _IN_FLIGHT,
+                    created,
+                    expires,
+                ],
+            )
+            if cursor.rowcount == 1:
+                pk: int = cursor.lastrowid
+                return pk
+        return self._fetch(connection.alias, record) or InUse()
+
     # Any other database: read, then insert under the unique constraint.
 
     def _begin_portable(self, alias: str, record: RequestRecord) -> Outcome | int:
@@ -386,3 +502,57 @@ RETURNING id
                 body=bytes(body) if body is not None else b"",
             )
         return outcome_of(record, fingerprint, response)
+
+
+class _Purge:
+    """Deletes the records of one database that expired by ``now``, a batch at a time."""
+
+    def __init__(self, alias: str, now: datetime, created_before: datetime | None) -> None:
+        self.alias = alias
+        self.now = now
+        self.created_before = created_before
+
+    def queryset(self) -> Any:
+        qs = IdempotencyRecord.objects.using(self.alias).filter(expires_at__lte=self.now)
+        if self.created_before is not None:
+            qs = qs.filter(created_at__lt=self.created_before)
+        return qs
+
+    def count(self) -> int:
+        count: int = self.queryset().count()
+        return count
+
+    def batch(self, size: int) -> int | None:
+        """Delete up to ``size`` rows; the number deleted, or None when none are left."""
+        connection = connections[self.alias]
+        if connection.vendor == "postgresql":
+            return self._batch_postgresql(connection, size)
+        pks = list(self.queryset().order_by("expires_at").values_list("pk", flat=True)[:size])
+        if not pks:
+            return None
+        # Checks the expiry again: the ORM delete is a separate statement.
+        deleted: int = self.queryset().filter(pk__in=pks)._raw_delete(self.alias)
+        return deleted
+
+    def _batch_postgresql(self, connection: Any, size: int) -> int | None:
+        table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
+        condition = "expires_at <= %(now)s"
+        if self.created_before is not None:
+            condition += " AND created_at < %(created_before)s"
+        # MATERIALIZED: the batch is chosen once. As a plain IN (subquery) the
+        # planner may rescan it inside a nested loop, and with ties in
+        # expires_at each rescan can pick other rows: more than a batch goes.
+        sql = (
+            f"WITH batch AS MATERIALIZED ("
+            f" SELECT id FROM {table} WHERE {condition}"
+            "  ORDER BY expires_at LIMIT %(size)s FOR UPDATE SKIP LOCKED"
+            f") DELETE FROM {table} USING batch"
+            f" WHERE {table}.id = batch.id AND {condition}"
+        )
+        params = {"now": self.now, "created_before": self.created_before, "size": size}
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            deleted: int = cursor.rowcount
+        # Zero rows: none left, or every one left is locked by another purge,
+        # which deletes it.
+        return deleted or None

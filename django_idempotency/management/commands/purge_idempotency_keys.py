@@ -13,37 +13,23 @@ shorter time, lower ``IDEMPOTENCY_TTL``.
 
 How
 ---
-The cut-off is fixed when the command starts, then rows go in batches of
-``--batch-size`` primary keys, each batch one short statement in its own
-transaction (autocommit), so no lock is held for long and no row is loaded
-into Python. On PostgreSQL a batch is::
-
-    WITH batch AS MATERIALIZED (
-        SELECT id FROM t WHERE expires_at <= %s ORDER BY expires_at LIMIT %s
-        FOR UPDATE SKIP LOCKED)
-    DELETE FROM t USING batch WHERE t.id = batch.id AND expires_at <= %s
-
-``SKIP LOCKED`` lets several purges (cron on several hosts) run at once without
-waiting on each other or deleting a row twice, and never waits on a request
-that is taking over an expired key in place. Each purge counts the rows that
-its own statements deleted (the cursor's rowcount), so the counts add up.
-Elsewhere (SQLite, MySQL...) a batch selects primary keys through the ORM, then
-deletes them in one statement that checks the expiry again; a row that another
-purge deleted meanwhile is simply not counted.
+The store does the work (``Store.purge_expired``), as Django's
+``clearsessions`` leaves it to the session backend: the database store
+deletes in short batches that several hosts can run at once (see
+:mod:`django_idempotency.stores.database`); a store whose backend expires
+keys by itself has nothing to purge; a third-party store brings its own.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connections
 from django.utils import timezone
 
 from ...conf import conf
-from ...models import IdempotencyRecord
 from ...stores import get_store
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -127,76 +113,25 @@ class Command(BaseCommand):
                 )
             )
 
-        purge = Purge(conf.IDEMPOTENCY_DATABASE, now, created_before)
         if options["dry_run"]:
-            count = purge.count()
+            count = store.purge_expired(
+                now=now, created_before=created_before, batch_size=batch_size, dry_run=True
+            )
             if verbosity >= 1:
                 self.stdout.write(f"Would delete {count} expired idempotency record(s).")
             return
 
-        total = 0
-        batch = 0
-        while True:
-            deleted = purge.batch(batch_size)
-            if deleted is None:
-                break
-            batch += 1
-            total += deleted
+        batches: list[int] = []
+
+        def on_batch(deleted: int) -> None:
+            batches.append(deleted)
             if verbosity >= 2:
-                self.stdout.write(f"Batch {batch}: deleted {deleted} ({total} so far).")
+                self.stdout.write(
+                    f"Batch {len(batches)}: deleted {deleted} ({sum(batches)} so far)."
+                )
+
+        total = store.purge_expired(
+            now=now, created_before=created_before, batch_size=batch_size, on_batch=on_batch
+        )
         if verbosity >= 1:
             self.stdout.write(self.style.SUCCESS(f"Deleted {total} expired idempotency record(s)."))
-
-
-class Purge:
-    """Deletes the records of one database that expired by ``now``, a batch at a time."""
-
-    def __init__(self, alias: str, now: datetime, created_before: datetime | None) -> None:
-        self.alias = alias
-        self.now = now
-        self.created_before = created_before
-
-    def queryset(self) -> Any:
-        qs = IdempotencyRecord.objects.using(self.alias).filter(expires_at__lte=self.now)
-        if self.created_before is not None:
-            qs = qs.filter(created_at__lt=self.created_before)
-        return qs
-
-    def count(self) -> int:
-        count: int = self.queryset().count()
-        return count
-
-    def batch(self, size: int) -> int | None:
-        """Delete up to ``size`` rows; the number deleted, or None when none are left."""
-        connection = connections[self.alias]
-        if connection.vendor == "postgresql":
-            return self._batch_postgresql(connection, size)
-        pks = list(self.queryset().order_by("expires_at").values_list("pk", flat=True)[:size])
-        if not pks:
-            return None
-        # Checks the expiry again: the ORM delete is a separate statement.
-        deleted: int = self.queryset().filter(pk__in=pks)._raw_delete(self.alias)
-        return deleted
-
-    def _batch_postgresql(self, connection: Any, size: int) -> int | None:
-        table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
-        condition = "expires_at <= %(now)s"
-        if self.created_before is not None:
-            condition += " AND created_at < %(created_before)s"
-        # MATERIALIZED: the batch is chosen once. As a plain IN (subquery) the
-        # planner may rescan it inside a nested loop, and with ties in
-        # expires_at each rescan can pick other rows: more than a batch goes.
-        sql = (
-            f"WITH batch AS MATERIALIZED ("
-            f" SELECT id FROM {table} WHERE {condition}"
-            "  ORDER BY expires_at LIMIT %(size)s FOR UPDATE SKIP LOCKED"
-            f") DELETE FROM {table} USING batch"
-            f" WHERE {table}.id = batch.id AND {condition}"
-        )
-        params = {"now": self.now, "created_before": self.created_before, "size": size}
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            deleted: int = cursor.rowcount
-        # Zero rows: none left, or every one left is locked by another purge,
-        # which deletes it.
-        return deleted or None
