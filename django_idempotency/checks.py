@@ -3,10 +3,19 @@
 Each check reads the setting as configured (``conf.raw``), so that a bad value
 is reported at start-up with a hint instead of failing in the first request.
 Ids are stable. E010, E012 and E013 are the Redis store's (``_check_cache_store``).
+A store brings its own checks (``Store.check``): E011 is the database store's.
+
+Django runs system checks only from ``manage.py`` (``runserver``, ``migrate``,
+``check``). Under gunicorn or uvicorn nothing runs them, so the decorator calls
+:func:`ensure_checked` on its first request: a bad setting is then a clear
+``ImproperlyConfigured`` naming each problem, not a 500 deep inside a request
+or, worse, a silent change of guarantee.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
 import re
 from collections.abc import Collection, Sequence
@@ -15,11 +24,14 @@ from typing import Any
 
 from django.conf import settings
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from .conf import conf
+from .conf import MIN_LEASE, conf, ttl_problem
 
 Messages = list[checks.CheckMessage]
+
+logger = logging.getLogger(__name__)
 
 # RFC 9110 section 5.1: a field name is a token.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -31,14 +43,41 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> M
     return [
         *_check_store(),
         *_check_ttl(),
+        *_check_fail_open(),
         *_check_scope(),
         *_check_released_statuses(),
         *_check_header(),
         *_check_retry_after(),
-        *_check_database(),
         *_check_admin_masked_fields(),
         *_check_cache_store(),
     ]
+
+
+def ensure_checked() -> None:
+    """Run this app's checks once per process (again after a setting changes).
+
+    Raises ImproperlyConfigured listing every error that is not silenced by
+    ``SILENCED_SYSTEM_CHECKS`` (logged once, at ERROR, since under gunicorn
+    with ``DEBUG = False`` Django's own logging shows nothing); warnings do not
+    stop requests.
+    """
+    if conf.checked is True:
+        return
+    if conf.checked is False:
+        errors = [
+            message
+            for message in check_settings()
+            if message.is_serious() and not message.is_silenced()
+        ]
+        if not errors:
+            conf.checked = True
+            return
+        conf.checked = (
+            "django-idempotency's settings are invalid (found by its system checks, which "
+            "`manage.py check` runs):\n" + "\n".join(str(message) for message in errors)
+        )
+        logger.error("%s", conf.checked)
+    raise ImproperlyConfigured(conf.checked)
 
 
 def _error(id_: int, msg: str, hint: str) -> checks.Error:
@@ -79,34 +118,49 @@ def _check_store() -> Messages:
                 "Subclass django_idempotency.stores.base.Store.",
             )
         ]
-    return []
+    if inspect.isabstract(store_class):
+        missing = ", ".join(sorted(getattr(store_class, "__abstractmethods__", ())))
+        return [
+            _error(
+                2,
+                f"IDEMPOTENCY_STORE {path!r} is abstract: it does not implement {missing}.",
+                "Name a concrete Store subclass, one that implements begin, finish and "
+                "release.",
+            )
+        ]
+    # The store's own checks: its settings, its backend.
+    return list(store_class.check())
 
 
 def _check_ttl() -> Messages:
     ttl = conf.raw("IDEMPOTENCY_TTL")
-    if isinstance(ttl, timedelta):
-        seconds = ttl.total_seconds()
-    elif isinstance(ttl, int | float) and not isinstance(ttl, bool):
-        seconds = float(ttl)
-    else:
-        seconds = math.nan
-    if not math.isfinite(seconds):
-        return [
-            _error(
-                3,
-                f"IDEMPOTENCY_TTL must be a timedelta or a number of seconds, not {ttl!r}.",
-                "For example: IDEMPOTENCY_TTL = timedelta(hours=24).",
-            )
-        ]
-    if seconds <= 0:
-        return [
-            _error(
-                4,
-                f"IDEMPOTENCY_TTL must be positive, not {ttl!r}.",
-                "A key is remembered for this long; 24 hours is the usual choice.",
-            )
-        ]
-    return []
+    problem = ttl_problem(ttl)
+    if problem is None:
+        return []
+    kind, text = problem
+    if kind == "type":
+        return [_error(3, f"IDEMPOTENCY_TTL {text}.", "For example: timedelta(hours=24).")]
+    return [
+        _error(
+            4,
+            f"IDEMPOTENCY_TTL {text}.",
+            "A key is remembered for this long; 24 hours is the usual choice.",
+        )
+    ]
+
+
+def _check_fail_open() -> Messages:
+    value = conf.raw("IDEMPOTENCY_FAIL_OPEN")
+    if isinstance(value, bool):
+        return []
+    return [
+        _error(
+            20,
+            f"IDEMPOTENCY_FAIL_OPEN must be True or False, not {value!r}.",
+            "A string such as 'false' (read from an environment variable) is not a "
+            "boolean; convert it, e.g. os.environ.get('IDEMPOTENCY_FAIL_OPEN') == 'true'.",
+        )
+    ]
 
 
 def _check_scope() -> Messages:
@@ -124,15 +178,31 @@ def _check_scope() -> Messages:
                     "a string, or None to refuse the request.",
                 )
             ]
+    hint = (
+        "Give a function that takes the request and returns a string, or None to refuse "
+        "the request."
+    )
     if not callable(scope):
         return [
             _error(
                 6,
                 f"IDEMPOTENCY_SCOPE must be a callable or the dotted path of one, not {scope!r}.",
-                "Give a function that takes the request and returns a string, or None to "
-                "refuse the request.",
+                hint,
             )
         ]
+    try:
+        inspect.signature(scope).bind(None)
+    except TypeError:
+        return [
+            _error(
+                6,
+                f"IDEMPOTENCY_SCOPE {scope!r} cannot be called with the request as its one "
+                "argument.",
+                hint,
+            )
+        ]
+    except ValueError:  # no signature to inspect (some built-ins): trust it
+        pass
     return []
 
 
@@ -214,25 +284,6 @@ def _check_retry_after() -> Messages:
     return []
 
 
-def _check_database() -> Messages:
-    from .stores.database import DatabaseStore
-
-    store_class, _ = _import_store()
-    if not (isinstance(store_class, type) and issubclass(store_class, DatabaseStore)):
-        return []
-    alias = conf.raw("IDEMPOTENCY_DATABASE")
-    if not isinstance(alias, str) or alias not in settings.DATABASES:
-        return [
-            _error(
-                11,
-                f"IDEMPOTENCY_DATABASE {alias!r} is not a database alias in DATABASES.",
-                f"Use one of {sorted(settings.DATABASES)}; the database store keeps its "
-                "records there, in the same transaction as the view's writes.",
-            )
-        ]
-    return []
-
-
 def _check_admin_masked_fields() -> Messages:
     fields = conf.raw("IDEMPOTENCY_ADMIN_MASKED_FIELDS")
     if (
@@ -251,6 +302,8 @@ def _check_admin_masked_fields() -> Messages:
             )
         ]
     return []
+
+
 def _check_cache_store() -> Messages:
     """The Redis store needs a django-redis cache that every process shares."""
     store_class, _ = _import_store()
@@ -295,13 +348,13 @@ def _check_cache_store() -> Messages:
         isinstance(lease, bool)
         or not isinstance(lease, (int, float))
         or not math.isfinite(lease)
-        or lease <= 0
+        or lease < MIN_LEASE.total_seconds()
     ):
         messages.append(
             _error(
                 13,
-                f"IDEMPOTENCY_LEASE {conf.raw('IDEMPOTENCY_LEASE')!r} is not a positive "
-                "duration.",
+                f"IDEMPOTENCY_LEASE {conf.raw('IDEMPOTENCY_LEASE')!r} is not a duration of "
+                f"{MIN_LEASE.total_seconds():g} second or more.",
                 "Use seconds (e.g. 30) or a datetime.timedelta; the lease is renewed while "
                 "the view runs and bounds how long a dead worker's key stays in use.",
             )

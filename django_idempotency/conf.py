@@ -10,6 +10,7 @@ start-up by the system checks in :mod:`django_idempotency.checks`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection
 from datetime import timedelta
 from typing import Any
@@ -46,6 +47,13 @@ DEFAULT_ADMIN_MASKED_FIELDS = (
 # The Redis store's claim lease. It is renewed while the view runs, so it only
 # bounds how long a key stays "in use" after a worker dies.
 DEFAULT_LEASE = timedelta(seconds=30)
+# A lease shorter than this cannot be renewed in time (every third of it) on
+# a loaded server, so a claim would lapse while its view still runs.
+MIN_LEASE = timedelta(seconds=1)
+# The longest TTL accepted, for IDEMPOTENCY_TTL and @idempotent(ttl=...). A key
+# is kept for a day or so; years are a mistake, and an expiry past the year
+# 9999 would overflow datetime in every request.
+MAX_TTL = timedelta(days=3650)
 
 
 # Every setting and its default. The system checks validate what
@@ -65,6 +73,33 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def ttl_problem(value: Any, *, numbers: bool = True) -> tuple[str, str] | None:
+    """Why ``value`` cannot be a TTL, or None if it can.
+
+    The answer is ``("type", message)`` for something that is not a duration
+    at all and ``("range", message)`` for one out of range. The system checks
+    (``IDEMPOTENCY_TTL``, which may also be a number of seconds) and
+    ``@idempotent(ttl=...)`` (a timedelta only) share this.
+    """
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif numbers and isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            seconds = math.inf
+    else:
+        kinds = "a timedelta or a number of seconds" if numbers else "a datetime.timedelta"
+        return "type", f"must be {kinds}, not {value!r}"
+    if math.isnan(seconds) or (math.isinf(seconds) and not isinstance(value, int)):
+        return "type", f"must be a finite duration, not {value!r}"
+    if seconds <= 0:
+        return "range", f"must be positive, not {value!r}"
+    if seconds > MAX_TTL.total_seconds():
+        return "range", f"must be at most {MAX_TTL.days} days, not {value!r}"
+    return None
+
+
 def _as_seconds(value: Any) -> float:
     if isinstance(value, timedelta):
         return value.total_seconds()
@@ -76,6 +111,9 @@ class Settings:
 
     def __init__(self) -> None:
         self._values: dict[str, Any] = {}
+        #: For checks.ensure_checked(): False until the checks ran for the values
+        #: now configured, then True, or the message of the errors they found.
+        self.checked: bool | str = False
 
     def raw(self, name: str) -> Any:
         """The setting ``name`` as configured, or its default, unconverted."""
@@ -88,6 +126,7 @@ class Settings:
     def reload(self) -> None:
         """Forget the values read so far: the next access reads settings again."""
         self._values.clear()
+        self.checked = False
 
     @property
     def IDEMPOTENCY_HEADER(self) -> str:
@@ -120,7 +159,9 @@ class Settings:
 
     @property
     def IDEMPOTENCY_FAIL_OPEN(self) -> bool:
-        return bool(self.raw("IDEMPOTENCY_FAIL_OPEN"))
+        # Only a real True opens: "false" from an environment variable must
+        # not remove the fails-closed guarantee (the checks report it, E020).
+        return self.raw("IDEMPOTENCY_FAIL_OPEN") is True
 
     @property
     def IDEMPOTENCY_SCOPE(self) -> str | Callable[..., Any]:

@@ -15,7 +15,8 @@ from django.utils import timezone
 from rest_framework.response import Response
 
 from . import errors
-from .conf import conf
+from .checks import ensure_checked
+from .conf import conf, ttl_problem
 from .keys import (
     InvalidBody,
     InvalidKey,
@@ -94,6 +95,7 @@ def idempotent(
     ``ttl`` overrides ``IDEMPOTENCY_TTL`` for this view. Methods other than POST
     pass through untouched.
     """
+    _check_options(required, ttl)
     if view is None:
         return functools.partial(idempotent, required=required, ttl=ttl)
     _check_decorated(view)
@@ -177,6 +179,20 @@ def _is_drf_request(value: Any) -> bool:
     return hasattr(value, "_request") and isinstance(value._request, HttpRequest)
 
 
+def _check_options(required: Any, ttl: Any) -> None:
+    """Refuse, at import time, options that would fail or weaken every request."""
+    if not isinstance(required, bool):
+        raise ImproperlyConfigured(
+            f"@idempotent(required=...) must be True or False, not {required!r}."
+        )
+    problem = None if ttl is None else ttl_problem(ttl, numbers=False)
+    if problem is not None:
+        raise ImproperlyConfigured(
+            f"@idempotent(ttl=...) {problem[1]}. Write for example "
+            "@idempotent(ttl=timedelta(hours=24)), or leave it out for IDEMPOTENCY_TTL."
+        )
+
+
 def _check_decorated(view: Any) -> None:
     """Refuse, at import time, the uses that cannot work."""
     if isinstance(view, type):
@@ -205,6 +221,7 @@ def _start(
     """Claim the request's key: the store and the claim if the view may run, the
     response to send instead if not, or None to run it unguarded (no key sent to
     a view where it is optional)."""
+    ensure_checked()  # once per process: manage.py's checks do not run under gunicorn
     http_request: HttpRequest = getattr(request, "_request", request)
     raw_key = http_request.META.get(header_meta_name(conf.IDEMPOTENCY_HEADER))
     if raw_key is None:

@@ -85,8 +85,11 @@ def gunicorn(
     app: str = "tests.wsgi",
     settings: str = "tests.settings",
     database: str | None = None,
+    output: Any = None,
 ) -> Iterator[Server]:
-    """gunicorn serving ``app`` on a free port; ``database`` defaults to the test database."""
+    """gunicorn serving ``app`` on a free port; ``database`` defaults to the test database.
+
+    ``output``, a file, receives the server's stdout and stderr (else inherited)."""
     port = free_port()
     environ = dict(os.environ)
     environ.update({"DATABASE_URL": database or database_url(), "DJANGO_SETTINGS_MODULE": settings,
@@ -96,7 +99,7 @@ def gunicorn(
         [sys.executable, "-m", "gunicorn", app, "--workers", str(workers),
          "--threads", "4", "--bind", f"127.0.0.1:{port}", "--timeout", "120",
          "--graceful-timeout", "1", "--log-level", "warning"],
-        cwd=ROOT, env=environ,
+        cwd=ROOT, env=environ, stdout=output, stderr=output,
     )
     server = Server(process, f"http://127.0.0.1:{port}")
     try:

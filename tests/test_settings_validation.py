@@ -1,0 +1,265 @@
+"""Every setting and @idempotent option is validated where it is given (issue 12).
+
+Each bad value here was accepted on main: it either failed every request (a
+500) or silently changed a guarantee. Now it is a system check error, an
+ImproperlyConfigured when the decorator is applied, or, when the checks never
+ran (gunicorn), an ImproperlyConfigured on first use that names the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
+from rest_framework.test import APIClient
+
+from django_idempotency import idempotent
+from django_idempotency.checks import check_settings
+from django_idempotency.conf import conf
+from django_idempotency.stores.base import Store
+from tests.conftest import post
+from tests.servers import gunicorn
+
+
+def ids(**settings: Any) -> list[str]:
+    with override_settings(**settings):
+        messages = check_settings()
+    for message in messages:
+        assert message.hint, f"{message.id} has no hint"
+    return [message.id for message in messages]
+
+
+# IDEMPOTENCY_FAIL_OPEN: a boolean, not anything truthy.
+
+
+@pytest.mark.parametrize("value", ["false", "False", "true", "0", "", 1, 0, None])
+def test_e020_fail_open_must_be_a_real_boolean(value: object) -> None:
+    assert ids(IDEMPOTENCY_FAIL_OPEN=value) == ["django_idempotency.E020"]
+
+
+@pytest.mark.parametrize("value", ["false", "true", 1, "yes"])
+def test_a_fail_open_that_is_not_true_fails_closed(value: object) -> None:
+    # Were the check silenced, the store still never opens on a string.
+    with override_settings(IDEMPOTENCY_FAIL_OPEN=value):
+        assert conf.IDEMPOTENCY_FAIL_OPEN is False
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_fail_open_booleans_pass(value: bool) -> None:
+    assert ids(IDEMPOTENCY_FAIL_OPEN=value) == []
+    with override_settings(IDEMPOTENCY_FAIL_OPEN=value):
+        assert conf.IDEMPOTENCY_FAIL_OPEN is value
+
+
+# IDEMPOTENCY_TTL: positive, and not so long that an expiry overflows.
+
+
+@pytest.mark.parametrize(
+    "ttl", [10**12, 10**400, 1e300, timedelta(days=3651), timedelta.max, 86400 * 3651]
+)
+def test_e004_ttl_too_long(ttl: object) -> None:
+    assert ids(IDEMPOTENCY_TTL=ttl) == ["django_idempotency.E004"]
+
+
+@pytest.mark.parametrize("ttl", [timedelta(days=3650), 86400 * 3650, timedelta(days=30)])
+def test_long_but_sane_ttls_pass(ttl: object) -> None:
+    assert ids(IDEMPOTENCY_TTL=ttl) == []
+
+
+@pytest.mark.django_db
+def test_a_ttl_that_overflowed_every_request_is_now_refused_with_its_reason(
+    client_alice: APIClient,
+) -> None:
+    # On main: IDEMPOTENCY_TTL = 10**12 passed the checks and every POST was a 500
+    # (OverflowError adding it to now()).
+    refused = pytest.raises(ImproperlyConfigured, match=r"E004.*IDEMPOTENCY_TTL must be at most")
+    with override_settings(IDEMPOTENCY_TTL=10**12), refused:
+        post(client_alice, "/t/widgets", {"name": "w"}, key="k")
+
+
+# IDEMPOTENCY_LEASE (the Redis store's): a duration it can renew in time.
+
+
+@pytest.mark.parametrize("lease", [0.0001, 0.5, timedelta(milliseconds=10), 0, -1, "30"])
+def test_e013_lease_too_short_or_not_a_duration(lease: object) -> None:
+    pytest.importorskip("django_redis")
+    found = ids(
+        IDEMPOTENCY_STORE="django_idempotency.stores.cache.CacheStore",
+        IDEMPOTENCY_CACHE="r",
+        CACHES={"r": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://x"}},
+        IDEMPOTENCY_LEASE=lease,
+    )
+    assert found == ["django_idempotency.E013"]
+
+
+@pytest.mark.parametrize("lease", [1, 30, timedelta(minutes=2)])
+def test_good_leases_pass(lease: object) -> None:
+    pytest.importorskip("django_redis")
+    found = ids(
+        IDEMPOTENCY_STORE="django_idempotency.stores.cache.CacheStore",
+        IDEMPOTENCY_CACHE="r",
+        CACHES={"r": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://x"}},
+        IDEMPOTENCY_LEASE=lease,
+    )
+    assert found == []
+
+
+# IDEMPOTENCY_STORE: a concrete Store, which brings its own checks.
+
+
+class AbstractStore(Store):
+    """Implements begin only: Store's other abstract methods are missing."""
+
+    def begin(self, record: Any) -> Any:
+        raise NotImplementedError
+
+
+def test_e002_an_abstract_store_is_refused() -> None:
+    with override_settings(IDEMPOTENCY_STORE=f"{__name__}.AbstractStore"):
+        (message,) = check_settings()
+    assert message.id == "django_idempotency.E002"
+    assert "finish, release" in message.msg
+
+
+class ConcreteStore(AbstractStore):
+    def finish(self, claim: Any, response: Any) -> None:
+        raise NotImplementedError
+
+    def release(self, claim: Any, exc: BaseException | None = None) -> None:
+        raise NotImplementedError
+
+
+class StoreWithItsOwnChecks(ConcreteStore):
+    @classmethod
+    def check(cls) -> list[checks.CheckMessage]:
+        return [checks.Error("no backend", hint="configure one", id="thirdparty.E001")]
+
+
+def test_a_third_party_store_brings_its_own_checks() -> None:
+    assert ids(IDEMPOTENCY_STORE=f"{__name__}.StoreWithItsOwnChecks") == ["thirdparty.E001"]
+    assert ids(IDEMPOTENCY_STORE=f"{__name__}.ConcreteStore") == []
+
+
+def test_the_database_store_checks_its_own_alias() -> None:
+    from django_idempotency.stores.database import DatabaseStore
+
+    with override_settings(IDEMPOTENCY_DATABASE="nowhere"):
+        assert [m.id for m in DatabaseStore.check()] == ["django_idempotency.E011"]
+    assert DatabaseStore.check() == []
+
+
+# IDEMPOTENCY_SCOPE: something that can be called with the request.
+
+
+def _two_arguments(request: Any, other: Any) -> str:
+    return "x"
+
+
+@pytest.mark.parametrize(
+    "scope", [lambda: "everyone", _two_arguments, f"{__name__}._two_arguments"]
+)
+def test_e006_scope_cannot_take_the_request(scope: object) -> None:
+    assert ids(IDEMPOTENCY_SCOPE=scope) == ["django_idempotency.E006"]
+
+
+@pytest.mark.parametrize(
+    "scope", [lambda request, *rest: "x", lambda request, extra=None: "x", str]
+)
+def test_scopes_that_take_the_request_pass(scope: object) -> None:
+    assert ids(IDEMPOTENCY_SCOPE=scope) == []
+
+
+# @idempotent options: refused when the decorator is applied (at import time).
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"ttl": 3600}, r"ttl=\.\.\.\) must be a datetime.timedelta, not 3600"),
+        ({"ttl": 3600.0}, "must be a datetime.timedelta"),
+        ({"ttl": "24h"}, "must be a datetime.timedelta"),
+        ({"ttl": timedelta(0)}, "must be positive"),
+        ({"ttl": timedelta(hours=-1)}, "must be positive"),
+        ({"ttl": timedelta(days=10**6)}, "must be at most 3650 days"),
+        ({"ttl": timedelta.max}, "must be at most 3650 days"),
+        ({"required": "false"}, r"required=\.\.\.\) must be True or False"),
+        ({"required": 0}, "must be True or False"),
+    ],
+)
+def test_bad_decorator_options_fail_at_import_time(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match=message):
+
+        @idempotent(**options)
+        def view(request: Any) -> Any:  # pragma: no cover - never defined
+            raise AssertionError
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"ttl": None}, {"ttl": timedelta(minutes=5)}, {"required": False}]
+)
+def test_good_decorator_options_pass(options: dict[str, Any]) -> None:
+    @idempotent(**options)
+    def view(request: Any) -> Any:  # pragma: no cover - never called
+        raise AssertionError
+
+    assert view._idempotent  # type: ignore[attr-defined]
+
+
+# Checks on first use: where manage.py never ran them.
+
+
+@pytest.mark.django_db
+def test_first_request_with_a_bad_setting_names_every_problem(client_alice: APIClient) -> None:
+    bad = {"IDEMPOTENCY_SCOPE": "myapp.nowhere.scope", "IDEMPOTENCY_FAIL_OPEN": "false"}
+    with override_settings(**bad):
+        for _ in range(2):  # the second request fails the same way, without re-running
+            with pytest.raises(ImproperlyConfigured) as raised:
+                post(client_alice, "/t/widgets", {"name": "w"}, key="k")
+            assert "django_idempotency.E005" in str(raised.value)
+            assert "django_idempotency.E020" in str(raised.value)
+    # Restored settings: requests work again.
+    assert post(client_alice, "/t/widgets", {"name": "w"}, key="k").status_code == 201
+
+
+@pytest.mark.django_db
+def test_silenced_errors_and_warnings_do_not_stop_requests(client_alice: APIClient) -> None:
+    with override_settings(
+        IDEMPOTENCY_FAIL_OPEN="false",
+        SILENCED_SYSTEM_CHECKS=["django_idempotency.E020"],
+        IDEMPOTENCY_RELEASED_STATUSES={201},  # W001
+    ):
+        assert post(client_alice, "/t/widgets", {"name": "w"}, key="k").status_code == 201
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_under_gunicorn_a_bad_scope_is_a_clear_error_on_first_use(tmp_path: Path) -> None:
+    """gunicorn runs no system checks. On main, a bad IDEMPOTENCY_SCOPE started
+    fine and every POST was a 500 that, with DEBUG off, logged nothing useful."""
+    if not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
+        pytest.skip("runs in the PostgreSQL pass of scripts/test")
+    User.objects.create_user("alice", password="alice-pw")
+    log = tmp_path / "gunicorn.log"
+    overrides = {"IDEMPOTENCY_SCOPE": "myapp.nowhere.scope"}
+    with log.open("wb") as output, gunicorn(
+        workers=1,
+        env={"TEST_SETTINGS_OVERRIDES": json.dumps(overrides)},
+        settings="tests.settings_overrides",
+        output=output,
+    ) as server:
+        reply = server.request("/t/widgets", b'{"name": "g"}', headers={"Idempotency-Key": "g1"})
+        assert reply.status == 500
+        again = server.request("/t/widgets", b'{"name": "g"}', headers={"Idempotency-Key": "g2"})
+        assert again.status == 500
+    text = log.read_text()
+    assert "django-idempotency's settings are invalid" in text, text
+    assert "(django_idempotency.E005) IDEMPOTENCY_SCOPE 'myapp.nowhere.scope'" in text, text
+    assert text.count("settings are invalid") == 1, text  # logged once per process
