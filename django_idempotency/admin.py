@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
 from django.db import connections
@@ -170,8 +171,8 @@ class DrillDownQuerySet(QuerySet):  # type: ignore[type-arg]
         bounds = self.aggregate(first=Min(field_name), last=Max(field_name))
         if bounds["first"] is None:
             return []
-        first = _truncate(timezone.localtime(bounds["first"]), kind)
-        last = timezone.localtime(bounds["last"])
+        first = _truncate(_local(bounds["first"]), kind)
+        last = _local(bounds["last"])
         periods = []
         while first <= last:
             periods.append(first)
@@ -180,12 +181,20 @@ class DrillDownQuerySet(QuerySet):  # type: ignore[type-arg]
         return periods
 
 
+def _local(moment: datetime) -> datetime:
+    # With USE_TZ = False the database gives naive local times, as Django's
+    # own datetimes() does then; localtime() refuses them.
+    return timezone.localtime(moment) if settings.USE_TZ else moment
+
+
 def _truncate(moment: datetime, kind: str) -> datetime:
     moment = moment.replace(hour=0, minute=0, second=0, microsecond=0)
     if kind in ("month", "year"):
         moment = moment.replace(day=1)
     if kind == "year":
         moment = moment.replace(month=1)
+    if not settings.USE_TZ:
+        return moment
     return timezone.make_aware(moment.replace(tzinfo=None))
 
 

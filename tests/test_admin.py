@@ -289,3 +289,32 @@ def test_large_unfiltered_list_uses_the_estimate(
 
 def test_no_missing_migrations() -> None:
     call_command("makemigrations", "django_idempotency", "--check", "--dry-run", verbosity=0)
+
+
+# USE_TZ = False: the database gives naive datetimes (a 500 on main).
+
+
+@pytest.mark.parametrize("kind", ["day", "month", "year"])
+def test_drill_down_periods_without_time_zones(kind: str) -> None:
+    with override_settings(USE_TZ=False):
+        for hours in range(0, 84, 12):
+            make_record(f"k{hours}", age=timedelta(hours=hours))
+        expected = list(IdempotencyRecord.objects.datetimes("created_at", kind))
+        drill_down = record_admin.DrillDownQuerySet(IdempotencyRecord)
+        assert drill_down.datetimes("created_at", kind) == expected
+        assert all(moment.tzinfo is None for moment in expected)
+
+
+def test_list_drill_down_and_detail_without_time_zones(admin_client: Client) -> None:
+    with override_settings(USE_TZ=False):
+        old = make_record("k-old", age=timedelta(hours=30), expires_in=timedelta(hours=-6))
+        make_record("k-new")
+        response = admin_client.get(LIST)
+        assert response.status_code == 200
+        assert listed(response) == ["k-new", "k-old"]
+        day = f"created_at__year={old.created_at.year}&created_at__month={old.created_at.month}"
+        assert admin_client.get(f"{LIST}?{day}").status_code == 200
+        assert admin_client.get(f"{LIST}?expired=yes").status_code == 200
+        detail_page = admin_client.get(detail(old))
+        assert detail_page.status_code == 200
+        assert b"k-old" in detail_page.content
