@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar, overload
@@ -14,7 +15,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, RawPostData
 from django.utils import timezone
 from rest_framework.response import Response
 
-from . import errors
+from . import errors, signals
 from .checks import ensure_checked
 from .conf import conf, ttl_problem
 from .keys import (
@@ -39,6 +40,8 @@ from .stores import (
 )
 
 ViewFunc = TypeVar("ViewFunc", bound=Callable[..., Any])
+
+logger = logging.getLogger(__name__)
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 GUARDED_METHODS = frozenset({"POST"})
@@ -128,7 +131,7 @@ def _sync_wrapper(
         try:
             response = view(*args, **kwargs)
         except BaseException as exc:
-            store.release(claim, exc)
+            _release(store, claim, request, exc)
             raise
         return _finish(store, claim, response, request, view_self, args, kwargs)
 
@@ -161,7 +164,7 @@ def _async_wrapper(
             response = await _drained(await view(*args, **kwargs))
         except BaseException as exc:
             # Also on cancellation (the client went away): the claim is released.
-            await sync_to_async(store.release, thread_sensitive=True)(claim, exc)
+            await sync_to_async(_release, thread_sensitive=True)(store, claim, request, exc)
             raise
         return await finish(store, claim, response, request, view_self, args, kwargs)
 
@@ -267,16 +270,21 @@ def _start(
     store = get_store()
     try:
         outcome = store.begin(record)
-    except StoreError:
+    except StoreError as exc:
+        _notify(signals.store_unavailable, store, request, record, exception=exc)
         return errors.error_response(request, errors.STORE_UNAVAILABLE)
     if isinstance(outcome, Replay):
+        _notify(signals.replayed, store, request, record, status=outcome.response.status)
         return _replay(request, outcome.response)
     if isinstance(outcome, Conflict):
+        _notify(signals.conflict, store, request, record)
         return errors.error_response(request, errors.CONFLICT)
     if isinstance(outcome, InUse):
+        _notify(signals.in_use, store, request, record)
         return errors.error_response(
             request, errors.IN_USE, headers={"Retry-After": str(conf.IDEMPOTENCY_RETRY_AFTER)}
         )
+    _notify(signals.claimed, store, request, record)
     return store, outcome
 
 
@@ -295,21 +303,84 @@ def _finish(
         kept = _keeps(rendered.status_code)
         stored = _to_stored(rendered) if kept else None
     except BaseException as exc:
-        store.release(claim, exc)
+        _release(store, claim, request, exc)
         raise
     if stored is None:
-        store.release(claim)
+        _release(store, claim, request, status=rendered.status_code)
     else:
         try:
             store.finish(claim, stored)
-        except StoreError:
+        except StoreError as exc:
             # The outcome could not be kept. A store raises this only when the
             # view's effects were undone with it (the database store rolls the
             # whole transaction back), so "not processed" is the truth.
+            _notify(signals.store_unavailable, store, request, claim.record, exception=exc)
             return errors.error_response(request, errors.STORE_UNAVAILABLE)
+        _notify(signals.stored, store, request, claim.record, status=stored.status)
     if errors.REQUEST_ID_HEADER not in rendered:
         rendered[errors.REQUEST_ID_HEADER] = errors.get_request_id(request)
     return rendered
+
+
+def _release(
+    store: Store,
+    claim: Claim,
+    request: Any,
+    exc: BaseException | None = None,
+    status: int | None = None,
+) -> None:
+    store.release(claim, exc)
+    _notify(signals.released, store, request, claim.record, status=status, exception=exc)
+
+
+def _notify(
+    outcome: signals.Outcome, store: Store, request: Any, record: RequestRecord, **info: Any
+) -> None:
+    """Send ``outcome``'s signal and log it: a store failure at ERROR with its
+    cause, anything else at DEBUG. Nearly free when nobody listens: one check of
+    the receivers (as Signal.send itself starts) and one of the log level."""
+    if outcome.receivers:
+        results = outcome.send_robust(
+            type(store),
+            request=request,
+            scope=record.scope,
+            key=record.key,
+            method=record.method,
+            path=record.path,
+            **info,
+        )
+        for receiver, result in results:
+            if isinstance(result, Exception):
+                logger.error(
+                    "A receiver of django_idempotency.signals.%s failed: %r",
+                    outcome.name,
+                    receiver,
+                    exc_info=result,
+                )
+    if outcome is signals.store_unavailable:
+        logger.error(
+            "The idempotency store %s failed (%s); answered 503 to %s %s, key %r, scope %r.",
+            type(store).__name__,
+            info["exception"],
+            record.method,
+            record.path,
+            record.key,
+            record.scope,
+            exc_info=info["exception"],
+        )
+    elif logger.isEnabledFor(logging.DEBUG):
+        details = "".join(
+            f", {name} {value!r}" for name, value in info.items() if value is not None
+        )
+        logger.debug(
+            "Idempotency-Key %s: %s %s, key %r, scope %r%s",
+            outcome.name,
+            record.method,
+            record.path,
+            record.key,
+            record.scope,
+            details,
+        )
 
 
 def _body(request: Any, http_request: HttpRequest) -> bytes:
