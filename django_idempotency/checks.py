@@ -27,7 +27,7 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from .conf import MIN_LEASE, conf, ttl_problem
+from .conf import MIN_LEASE, SHORT_LEASE, conf, ttl_problem
 
 Messages = list[checks.CheckMessage]
 
@@ -354,9 +354,20 @@ def _check_cache_store() -> Messages:
             _error(
                 13,
                 f"IDEMPOTENCY_LEASE {conf.raw('IDEMPOTENCY_LEASE')!r} is not a duration of "
-                f"{MIN_LEASE.total_seconds():g} second or more.",
+                f"{MIN_LEASE.total_seconds():g} seconds or more.",
                 "Use seconds (e.g. 30) or a datetime.timedelta; the lease is renewed while "
                 "the view runs and bounds how long a dead worker's key stays in use.",
+            )
+        )
+    elif lease < SHORT_LEASE.total_seconds():
+        messages.append(
+            _warning(
+                20,
+                f"IDEMPOTENCY_LEASE {conf.raw('IDEMPOTENCY_LEASE')!r} is under "
+                f"{SHORT_LEASE.total_seconds():g} second: on a loaded server a renewal "
+                "(every third of the lease) can come too late, and a duplicate then runs.",
+                "The default, 30 seconds, only bounds how long a dead worker's key stays "
+                "in use; it does not limit how long a view may run.",
             )
         )
     return messages

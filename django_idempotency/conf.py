@@ -47,9 +47,12 @@ DEFAULT_ADMIN_MASKED_FIELDS = (
 # The Redis store's claim lease. It is renewed while the view runs, so it only
 # bounds how long a key stays "in use" after a worker dies.
 DEFAULT_LEASE = timedelta(seconds=30)
-# A lease shorter than this cannot be renewed in time (every third of it) on
-# a loaded server, so a claim would lapse while its view still runs.
-MIN_LEASE = timedelta(seconds=1)
+# A lease is renewed every third of it. Under MIN_LEASE that cannot keep up
+# with a Redis round trip and the renewer's wake-ups (an error); under
+# SHORT_LEASE a loaded server may miss a renewal (a warning: tests of the
+# lease itself use such leases to see it lapse quickly).
+MIN_LEASE = timedelta(milliseconds=100)
+SHORT_LEASE = timedelta(seconds=1)
 # The longest TTL accepted, for IDEMPOTENCY_TTL and @idempotent(ttl=...). A key
 # is kept for a day or so; years are a mistake, and an expiry past the year
 # 9999 would overflow datetime in every request.

@@ -88,28 +88,31 @@ def test_a_ttl_that_overflowed_every_request_is_now_refused_with_its_reason(
 # IDEMPOTENCY_LEASE (the Redis store's): a duration it can renew in time.
 
 
-@pytest.mark.parametrize("lease", [0.0001, 0.5, timedelta(milliseconds=10), 0, -1, "30"])
-def test_e013_lease_too_short_or_not_a_duration(lease: object) -> None:
+def lease_ids(lease: object) -> list[str]:
     pytest.importorskip("django_redis")
-    found = ids(
+    return ids(
         IDEMPOTENCY_STORE="django_idempotency.stores.cache.CacheStore",
         IDEMPOTENCY_CACHE="r",
         CACHES={"r": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://x"}},
         IDEMPOTENCY_LEASE=lease,
     )
-    assert found == ["django_idempotency.E013"]
+
+
+@pytest.mark.parametrize(
+    "lease", [0.0001, 0.003, 0.099, timedelta(milliseconds=10), 0, -1, "30", float("nan")]
+)
+def test_e013_lease_too_short_or_not_a_duration(lease: object) -> None:
+    assert lease_ids(lease) == ["django_idempotency.E013"]
+
+
+@pytest.mark.parametrize("lease", [0.1, 0.5, timedelta(milliseconds=999)])
+def test_w020_a_short_lease_is_a_warning(lease: object) -> None:
+    assert lease_ids(lease) == ["django_idempotency.W020"]
 
 
 @pytest.mark.parametrize("lease", [1, 30, timedelta(minutes=2)])
 def test_good_leases_pass(lease: object) -> None:
-    pytest.importorskip("django_redis")
-    found = ids(
-        IDEMPOTENCY_STORE="django_idempotency.stores.cache.CacheStore",
-        IDEMPOTENCY_CACHE="r",
-        CACHES={"r": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://x"}},
-        IDEMPOTENCY_LEASE=lease,
-    )
-    assert found == []
+    assert lease_ids(lease) == []
 
 
 # IDEMPOTENCY_STORE: a concrete Store, which brings its own checks.
