@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.test import override_settings
+from django.test import AsyncClient, override_settings
 from rest_framework.test import APIClient
 
 from django_idempotency import signals
@@ -21,6 +21,7 @@ from django_idempotency.models import IdempotencyRecord
 from django_idempotency.stores.base import StoreError
 from django_idempotency.stores.database import DatabaseStore
 from tests.conftest import post
+from tests.test_async import apost
 
 pytestmark = pytest.mark.django_db
 
@@ -234,3 +235,12 @@ def test_structured_log_recipe(
         }
         for outcome, status in [("claimed", None), ("stored", 201)]
     ]
+
+
+def test_an_async_view_sends_the_same_signals(alice: User, sent: list[dict[str, Any]]) -> None:
+    client = AsyncClient()
+    client.force_login(alice)
+    assert apost(client, "/t/async", {"name": "a"}, key="a1").status_code == 201
+    assert apost(client, "/t/async", {"name": "a"}, key="a1").status_code == 201
+    assert names(sent) == ["claimed", "stored", "replayed"]
+    assert {event["path"] for event in sent} == {"/t/async"}
