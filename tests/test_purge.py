@@ -280,3 +280,5 @@ def test_the_database_store_purges_through_its_own_method() -> None:
     assert store.purge_expired(now=now, batch_size=2, on_batch=batches.append) == 3
     assert batches == [2, 1]
     assert keys() == {"valid"}
+    make_record("e", **EXPIRED)
+    assert store.purge_expired() == 1  # now, by default

@@ -102,13 +102,13 @@ class Store(abc.ABC):
     def purge_expired(
         self,
         *,
-        now: datetime,
+        now: datetime | None = None,
         created_before: datetime | None = None,
         batch_size: int = 5000,
         dry_run: bool = False,
         on_batch: Callable[[int], None] | None = None,
     ) -> int:
-        """Delete the records that expired by ``now``; the number deleted.
+        """Delete the records that expired by ``now`` (default: now); the number deleted.
 
         ``created_before`` also requires a record to be created before then (to
         keep expired records longer); a record that has not expired never goes.

@@ -98,6 +98,7 @@ from django.db import (
     transaction,
 )
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.utils import timezone
 
 from ..conf import conf
 from ..models import IdempotencyRecord
@@ -202,13 +203,13 @@ class DatabaseStore(Store):
     def purge_expired(
         self,
         *,
-        now: datetime,
+        now: datetime | None = None,
         created_before: datetime | None = None,
         batch_size: int = 5000,
         dry_run: bool = False,
         on_batch: Callable[[int], None] | None = None,
     ) -> int:
-        purge = _Purge(self.alias, now, created_before)
+        purge = _Purge(self.alias, now or timezone.now(), created_before)
         if dry_run:
             return purge.count()
         total = 0
