@@ -17,6 +17,7 @@ and exactly one side effect: one job, its credits reserved once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -31,7 +32,12 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from django_idempotency.client import IdempotentClient, IdempotentSession, RetryPolicy
+from django_idempotency.client import (
+    AsyncIdempotentClient,
+    IdempotentClient,
+    IdempotentSession,
+    RetryPolicy,
+)
 from tests.servers import Demo, Server, demo_on
 
 pytestmark = pytest.mark.slow
@@ -215,7 +221,27 @@ def with_httpx(api: Api, description: str, headers: dict[str, str]) -> Outcome:
     )
 
 
-CLIENTS = {"increase": with_increase, "requests": with_requests, "httpx": with_httpx}
+def with_httpx_async(api: Api, description: str, headers: dict[str, str]) -> Outcome:
+    async def run() -> httpx.Response:
+        async with AsyncIdempotentClient(retry=POLICY, timeout=CLIENT_TIMEOUT) as client:
+            return await client.post(
+                api.proxy.base + "/v1/jobs",
+                json=job(description),
+                headers={"Authorization": f"Bearer {api.secret}", **headers},
+            )
+
+    response = asyncio.run(run())
+    return Outcome(
+        response.status_code, response.json(), response.headers.get("Idempotent-Replayed") == "true"
+    )
+
+
+CLIENTS = {
+    "increase": with_increase,
+    "requests": with_requests,
+    "httpx": with_httpx,
+    "httpx-async": with_httpx_async,
+}
 
 
 def test_versions_for_the_record() -> None:
@@ -249,3 +275,13 @@ def test_a_timeout_while_the_view_runs_ends_in_the_original_response_and_one_job
     assert outcome.body["description"] == description
     assert api.jobs(description) == 1
     assert before - api.balance() == COST
+
+
+def test_the_demos_client_example_creates_a_job(api: Api) -> None:
+    from testproject.client_example import create_job
+
+    before = api.balance()
+    created = create_job(api.server.base, api.secret)
+    assert created["status"] == "open"
+    assert api.jobs("Photo of storefront") == 1
+    assert before - api.balance() == 5 * 40
