@@ -12,7 +12,8 @@ client:
   idempotency_key_in_use``, which says ``X-Should-Retry: true``.
 
 Each must end, through the client's own retries, with the original 201 (replayed)
-and exactly one side effect: one job, its credits reserved once.
+and exactly one side effect: one job, its credits reserved once. On the database
+store (PostgreSQL) and on the Redis store.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -38,7 +40,8 @@ from django_idempotency.client import (
     IdempotentSession,
     RetryPolicy,
 )
-from tests.servers import Demo, Server, demo_on
+from tests.conftest import CACHE_STORE
+from tests.servers import Demo, Server, demo_on, redis_server
 
 pytestmark = pytest.mark.slow
 
@@ -138,14 +141,14 @@ class Api:
 
 
 @contextmanager
-def scratch_database() -> Iterator[str]:
+def scratch_database(suffix: str) -> Iterator[str]:
     import psycopg
 
     base = os.environ.get("DATABASE_URL", "")
     if not base.startswith(("postgres://", "postgresql://")):
         pytest.skip("runs in the PostgreSQL pass of scripts/test")
     parts = urlsplit(base)
-    name = parts.path.lstrip("/") + "_sdk"
+    name = parts.path.lstrip("/") + "_sdk_" + suffix
     admin = urlunsplit(parts._replace(path="/postgres"))
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -157,13 +160,22 @@ def scratch_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="module")
-def api() -> Iterator[Api]:
-    """The demo under gunicorn (2 workers, 4 threads each), behind a lossy proxy."""
+@pytest.fixture(scope="module", params=["database", pytest.param("redis", marks=pytest.mark.redis)])
+def api(request: pytest.FixtureRequest) -> Iterator[Api]:
+    """The demo under gunicorn (2 workers, 4 threads each) on each store (the Redis
+    one on a redis-server of its own), behind a lossy proxy."""
     with ExitStack() as stack:
-        demo = demo_on(stack.enter_context(scratch_database()))
+        demo = demo_on(stack.enter_context(scratch_database(request.param)))
+        env = {}
+        if request.param == "redis":
+            if shutil.which("redis-server") is None:
+                if os.environ.get("CI") or os.environ.get("REQUIRE_SERVICES"):
+                    pytest.fail("redis-server is not installed")
+                pytest.skip("needs redis-server")
+            redis = stack.enter_context(redis_server())
+            env = {"REDIS_URL": redis.url, "IDEMPOTENCY_STORE": CACHE_STORE}
         secret = demo.api_key("sdk", CREDITS)
-        server = stack.enter_context(demo.server(workers=2))
+        server = stack.enter_context(demo.server(workers=2, env=env))
         address = urlsplit(server.base)
         proxy = LossyProxy((address.hostname or "127.0.0.1", address.port or 80))
         stack.callback(proxy.close)
