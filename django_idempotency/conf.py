@@ -70,6 +70,9 @@ DEFAULTS: dict[str, Any] = {
     "IDEMPOTENCY_SCOPE": DEFAULT_SCOPE,
     "IDEMPOTENCY_RELEASED_STATUSES": DEFAULT_RELEASED_STATUSES,
     "IDEMPOTENCY_RETRY_AFTER": 1,
+    # The retry-hint headers on every error: x-should-retry is read by
+    # Stainless-generated SDKs; add "Stripe-Should-Retry" for Stripe's.
+    "IDEMPOTENCY_SHOULD_RETRY_HEADERS": ("X-Should-Retry",),
     "IDEMPOTENCY_ADMIN_MASKED_FIELDS": DEFAULT_ADMIN_MASKED_FIELDS,
     "IDEMPOTENCY_LEASE": DEFAULT_LEASE,
     "IDEMPOTENCY_FAIL_OPEN": False,
@@ -187,6 +190,11 @@ class Settings:
     @property
     def IDEMPOTENCY_RETRY_AFTER(self) -> int:
         return int(self.raw("IDEMPOTENCY_RETRY_AFTER"))
+
+    @property
+    def IDEMPOTENCY_SHOULD_RETRY_HEADERS(self) -> Collection[str]:
+        value: Collection[str] = self.raw("IDEMPOTENCY_SHOULD_RETRY_HEADERS")
+        return value
 
     @property
     def IDEMPOTENCY_ADMIN_MASKED_FIELDS(self) -> Collection[str]:

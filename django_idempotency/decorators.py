@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, RawPostData
 from django.utils import timezone
 from rest_framework.response import Response
 
-from . import errors, signals
+from . import errors, exceptions, signals
 from .checks import ensure_checked
 from .conf import conf, ttl_problem
 from .keys import (
@@ -132,7 +132,13 @@ def _sync_wrapper(
             response = view(*args, **kwargs)
         except BaseException as exc:
             _release(store, claim, request, exc)
-            raise
+            drf_view = _drf_view(request) if isinstance(exc, Exception) else None
+            if drf_view is None:
+                raise
+            # What DRF's dispatch() would do next, done here so that the
+            # answer carries the request id whatever EXCEPTION_HANDLER made it.
+            answer: HttpResponseBase = drf_view.handle_exception(exc)
+            return _with_hints(answer, request, {})
         return _finish(store, claim, response, request, view_self, args, kwargs)
 
     return wrapper
@@ -229,19 +235,19 @@ def _start(
     raw_key = http_request.META.get(header_meta_name(conf.IDEMPOTENCY_HEADER))
     if raw_key is None:
         if required:
-            return errors.error_response(request, errors.KEY_MISSING)
+            return _refuse(request, errors.KEY_MISSING)
         return None
     try:
         key = parse_key(raw_key)
     except InvalidKey:
-        return errors.error_response(request, errors.KEY_INVALID)
+        return _refuse(request, errors.KEY_INVALID)
     scope = conf.scope_function(request)
     if scope is None:
-        return errors.error_response(request, errors.SCOPE_UNAVAILABLE)
+        return _refuse(request, errors.SCOPE_UNAVAILABLE)
     try:
         body = _body(request, http_request)
     except RequestDataTooBig:
-        return errors.error_response(request, errors.REQUEST_TOO_LARGE)
+        return _refuse(request, errors.REQUEST_TOO_LARGE)
 
     method = http_request.method or "POST"
     try:
@@ -253,7 +259,7 @@ def _start(
             body,
         )
     except InvalidBody:
-        return errors.error_response(request, errors.BODY_INVALID)
+        return _refuse(request, errors.BODY_INVALID)
 
     now = timezone.now()
     record = RequestRecord(
@@ -272,20 +278,48 @@ def _start(
         outcome = store.begin(record)
     except StoreError as exc:
         _notify(signals.store_unavailable, store, request, record, exception=exc)
-        return errors.error_response(request, errors.STORE_UNAVAILABLE)
+        return _refuse(request, errors.STORE_UNAVAILABLE)
     if isinstance(outcome, Replay):
         _notify(signals.replayed, store, request, record, status=outcome.response.status)
         return _replay(request, outcome.response)
     if isinstance(outcome, Conflict):
         _notify(signals.conflict, store, request, record)
-        return errors.error_response(request, errors.CONFLICT)
+        return _refuse(request, errors.CONFLICT)
     if isinstance(outcome, InUse):
         _notify(signals.in_use, store, request, record)
-        return errors.error_response(
-            request, errors.IN_USE, headers={"Retry-After": str(conf.IDEMPOTENCY_RETRY_AFTER)}
-        )
+        return _refuse(request, errors.IN_USE)
     _notify(signals.claimed, store, request, record)
     return store, outcome
+
+
+def _refuse(request: Any, error: errors.ErrorType) -> HttpResponseBase:
+    """The answer to a request that the decorator refuses.
+
+    In a DRF view, DRF's way: the error's exception goes through the view's
+    ``handle_exception()`` and so the project's ``EXCEPTION_HANDLER``, as DRF's
+    own ``Throttled`` does. The retry hints and the request id go on whatever
+    that handler made of it. Elsewhere, the package's envelope.
+    """
+    drf_view = _drf_view(request)
+    if drf_view is None:
+        return errors.error_response(request, error)
+    response: HttpResponseBase = drf_view.handle_exception(exceptions.exception_for(error))
+    return _with_hints(response, request, errors.retry_headers(error.retryable))
+
+
+def _drf_view(request: Any) -> Any:
+    if not _is_drf_request(request):
+        return None
+    return (getattr(request, "parser_context", None) or {}).get("view")
+
+
+def _with_hints(
+    response: HttpResponseBase, request: Any, headers: dict[str, str]
+) -> HttpResponseBase:
+    for name, value in headers.items():
+        response[name] = value
+    response[errors.REQUEST_ID_HEADER] = errors.get_request_id(request)
+    return response
 
 
 def _finish(
@@ -315,7 +349,7 @@ def _finish(
             # view's effects were undone with it (the database store rolls the
             # whole transaction back), so "not processed" is the truth.
             _notify(signals.store_unavailable, store, request, claim.record, exception=exc)
-            return errors.error_response(request, errors.STORE_UNAVAILABLE)
+            return _refuse(request, errors.STORE_UNAVAILABLE)
         _notify(signals.stored, store, request, claim.record, status=stored.status)
     if errors.REQUEST_ID_HEADER not in rendered:
         rendered[errors.REQUEST_ID_HEADER] = errors.get_request_id(request)

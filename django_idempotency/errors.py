@@ -6,6 +6,11 @@ Every error this app answers with has the same shape::
 
 and the request id also goes out in the ``Request-Id`` response header, so
 support can find the request from either.
+
+Every error also says whether sending the same request again, with the same
+key, can succeed: ``X-Should-Retry: true`` or ``false`` (the header that
+Stainless-generated SDKs read; ``IDEMPOTENCY_SHOULD_RETRY_HEADERS`` adds others,
+such as Stripe's ``Stripe-Should-Retry``), and ``Retry-After`` when it can.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.http import HttpResponse
+
+from .conf import conf
 
 REQUEST_ID_HEADER = "Request-Id"
 _REQUEST_ID_ATTR = "_idempotency_request_id"
@@ -48,11 +55,16 @@ def get_request_id(request: Any) -> str:
 
 @dataclass(frozen=True)
 class ErrorType:
-    """One kind of error: its HTTP status, its ``type`` and its message."""
+    """One kind of error: its HTTP status, its ``type`` and its message.
+
+    ``retryable`` says whether the same request, with the same key, can succeed
+    if sent again later (the answer goes out in the retry-hint headers).
+    """
 
     status: int
     type: str
     message: str
+    retryable: bool = False
 
 
 KEY_MISSING = ErrorType(
@@ -83,27 +95,54 @@ IN_USE = ErrorType(
     409,
     "idempotency_key_in_use",
     "A request with this idempotency key is still being processed; retry later",
+    retryable=True,
 )
 STORE_UNAVAILABLE = ErrorType(
     503,
     "idempotency_store_unavailable",
     "The idempotency store is unavailable; the request was not processed",
+    retryable=True,
 )
+
+
+def envelope(request: Any, type: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The envelope's body: ``{"error": {"type", "message", "request_id", **extra}}``."""
+    return {
+        "error": {"type": type, "message": message, "request_id": get_request_id(request), **extra}
+    }
+
+
+def should_retry(status: int) -> bool:
+    """Whether an error of this status is worth sending again unchanged, for an
+    error that does not say so itself: a timeout, a rate limit, a server error."""
+    return status in (408, 429) or status >= 500
+
+
+def retry_headers(retryable: bool) -> dict[str, str]:
+    """The retry hints: each of ``IDEMPOTENCY_SHOULD_RETRY_HEADERS`` set to
+    ``true`` or ``false``, and ``Retry-After`` (``IDEMPOTENCY_RETRY_AFTER``
+    seconds) when a retry can succeed."""
+    value = "true" if retryable else "false"
+    headers = {name: value for name in conf.IDEMPOTENCY_SHOULD_RETRY_HEADERS}
+    if retryable:
+        headers["Retry-After"] = str(conf.IDEMPOTENCY_RETRY_AFTER)
+    return headers
 
 
 def error_response(
     request: Any, error: ErrorType, *, headers: dict[str, str] | None = None
 ) -> HttpResponse:
-    """Render ``error`` in the envelope, with the request id in body and header."""
+    """Render ``error`` in the envelope, with the request id in body and header,
+    and the retry hints."""
     request_id = get_request_id(request)
-    body = {"error": {"type": error.type, "message": error.message, "request_id": request_id}}
+    body = envelope(request, error.type, error.message)
     response = HttpResponse(
         json.dumps(body, separators=(",", ":")).encode(),
         status=error.status,
         content_type="application/json",
     )
     response[REQUEST_ID_HEADER] = request_id
-    for name, value in (headers or {}).items():
+    for name, value in {**retry_headers(error.retryable), **(headers or {})}.items():
         response[name] = value
     return response
 
@@ -119,7 +158,10 @@ __all__ = [
     "SCOPE_UNAVAILABLE",
     "STORE_UNAVAILABLE",
     "ErrorType",
+    "envelope",
     "error_response",
     "get_request_id",
     "new_ulid",
+    "retry_headers",
+    "should_retry",
 ]

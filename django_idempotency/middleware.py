@@ -26,12 +26,14 @@ from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from . import errors
-from .conf import conf
 
 # Defined here, not in errors.py: the decorator never answers it (errors.py holds
 # the decorator's own errors, which the OpenAPI extension documents).
 SERVICE_UNAVAILABLE = errors.ErrorType(
-    503, "service_unavailable", "The database is unavailable; retry the request later"
+    503,
+    "service_unavailable",
+    "The database is unavailable; retry the request later",
+    retryable=True,
 )
 
 
@@ -55,11 +57,7 @@ class DatabaseUnavailableMiddleware:
         if isinstance(exception, (OperationalError, InterfaceError)) or (
             isinstance(exception, DatabaseError) and _session_ended(exception)
         ):
-            return errors.error_response(
-                request,
-                SERVICE_UNAVAILABLE,
-                headers={"Retry-After": str(conf.IDEMPOTENCY_RETRY_AFTER)},
-            )
+            return errors.error_response(request, SERVICE_UNAVAILABLE)
         return None
 
 

@@ -163,8 +163,14 @@ _REQUEST_ID_HEADER_OBJECT = {
     "schema": {"type": "string", "example": "req_01JDZ8Q9X6V7Y2T3R4S5A6B7C8"},
 }
 _RETRY_AFTER_HEADER_OBJECT = {
-    "description": "With `idempotency_key_in_use`: seconds to wait before retrying.",
+    "description": "With `idempotency_key_in_use` and `idempotency_store_unavailable`: "
+    "seconds to wait before retrying.",
     "schema": {"type": "integer", "minimum": 0},
+}
+_SHOULD_RETRY_HEADER_OBJECT = {
+    "description": "Whether the same request, with the same key, can succeed if sent again: "
+    "`true` for `idempotency_key_in_use` and `idempotency_store_unavailable`, else `false`.",
+    "schema": {"type": "string", "enum": ["true", "false"]},
 }
 
 
@@ -236,7 +242,9 @@ def _add_error_response(
     }
     description = "; ".join(f"`{error.type}`: {error.message}" for error in types)
     headers: dict[str, Any] = {errors.REQUEST_ID_HEADER: _REQUEST_ID_HEADER_OBJECT}
-    if errors.IN_USE in types:
+    for name in conf.IDEMPOTENCY_SHOULD_RETRY_HEADERS:
+        headers[name] = _SHOULD_RETRY_HEADER_OBJECT
+    if any(error.retryable for error in types):
         headers["Retry-After"] = _RETRY_AFTER_HEADER_OBJECT
     existing = responses.get(str(status))
     if existing is None:

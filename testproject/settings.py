@@ -105,7 +105,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": ["testproject.api.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "EXCEPTION_HANDLER": "testproject.api.exceptions.exception_handler",
+    "EXCEPTION_HANDLER": "django_idempotency.exception_handler",
 }
 
 if find_spec("drf_spectacular") is not None:

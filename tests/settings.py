@@ -99,17 +99,17 @@ if os.environ.get("TEST_IDEMPOTENCY_LEASE"):
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        # The demo's bearer keys first, so an unauthenticated call gets its 401.
-        "testproject.api.authentication.ApiKeyAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        # Basic first, so an unauthenticated call gets its 401. (The demo's
+        # views, mounted here for its tests, declare their own API keys.)
         "rest_framework.authentication.BasicAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "UNAUTHENTICATED_USER": None,
-    "EXCEPTION_HANDLER": "testproject.api.exceptions.exception_handler",
-    # DRF's defaults, with the demo's JSON parser (a 400, not a 500, for deep JSON).
+    "EXCEPTION_HANDLER": "django_idempotency.exception_handler",
+    # DRF's defaults, with a JSON parser that answers 400, not 500, to deep JSON.
     "DEFAULT_PARSER_CLASSES": [
-        "testproject.api.parsers.JSONParser",
+        "tests.testapp.parsers.JSONParser",
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],

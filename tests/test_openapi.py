@@ -88,6 +88,10 @@ def test_guarded_post_documents_headers_and_errors(
         assert "Request-Id" in responses[code]["headers"]
     assert error_types(responses["409"]) == {"idempotency_conflict", "idempotency_key_in_use"}
     assert "Retry-After" in responses["409"]["headers"]
+    assert "Retry-After" in responses["503"]["headers"]
+    assert "Retry-After" not in responses["400"]["headers"]
+    for code in ("400", "403", "409", "413", "503"):
+        assert responses[code]["headers"]["X-Should-Retry"]["schema"]["enum"] == ["true", "false"]
     expected_400 = {"idempotency_key_invalid", "request_body_invalid"} | (
         {"idempotency_key_missing"} if required else set()
     )

@@ -26,6 +26,7 @@ from rest_framework.views import APIView
 
 from django_idempotency import idempotent
 
+from .authentication import ApiKeyAuthentication
 from .exceptions import InsufficientCredits, JobNotOpen, error_response
 from .models import Account, ApiKey, Job, Purchase, Rating
 from .serializers import (
@@ -69,10 +70,16 @@ def _demo_delay(request: Request, header: str = "X-Demo-Delay") -> float:
     return min(delay, MAX_DEMO_DELAY)
 
 
+# Declared, not left to DEFAULT_AUTHENTICATION_CLASSES, so that the demo's API keys
+# work wherever the app is mounted (the test suite mounts it beside its own app).
+DEMO_AUTHENTICATION = [ApiKeyAuthentication]
+
+
 class JobViewSet(
     mixins.RetrieveModelMixin,
     viewsets.GenericViewSet,  # type: ignore[type-arg]
 ):
+    authentication_classes = DEMO_AUTHENTICATION
     serializer_class = JobSerializer
 
     def get_serializer_class(self) -> Any:
@@ -205,6 +212,7 @@ class JobViewSet(
 
 
 class ApiKeyViewSet(viewsets.GenericViewSet):  # type: ignore[type-arg]
+    authentication_classes = DEMO_AUTHENTICATION
     serializer_class = ApiKeySerializer
 
     @idempotent
@@ -219,6 +227,7 @@ class ApiKeyViewSet(viewsets.GenericViewSet):  # type: ignore[type-arg]
 
 
 class WebhookEndpointViewSet(viewsets.GenericViewSet):  # type: ignore[type-arg]
+    authentication_classes = DEMO_AUTHENTICATION
     serializer_class = WebhookEndpointSerializer
 
     @idempotent
@@ -232,6 +241,7 @@ class WebhookEndpointViewSet(viewsets.GenericViewSet):  # type: ignore[type-arg]
 
 
 class BillingViewSet(viewsets.GenericViewSet):  # type: ignore[type-arg]
+    authentication_classes = DEMO_AUTHENTICATION
     serializer_class = PurchaseSerializer
 
     @idempotent
@@ -258,6 +268,7 @@ class BillingViewSet(viewsets.GenericViewSet):  # type: ignore[type-arg]
 
 
 class AccountView(APIView):
+    authentication_classes = DEMO_AUTHENTICATION
     serializer_class = AccountSerializer  # read by the OpenAPI schema only
 
     def get(self, request: Request) -> Response:

@@ -1,0 +1,272 @@
+"""One envelope, one request id, and retry hints on every error answer.
+
+The docs' statements about errors (docs/errors.rst, docs/clients.rst), each a test:
+the package's errors reach the project's own DRF ``EXCEPTION_HANDLER``; the
+package's handler renders every DRF error in the envelope; every response of a
+guarded view carries ``Request-Id``; every error says whether a retry with the
+same key can succeed (``X-Should-Retry``, and ``Retry-After`` when it can).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import override_settings
+from rest_framework.exceptions import APIException
+from rest_framework.response import Response
+from rest_framework.test import APIClient
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from django_idempotency import exceptions
+from django_idempotency.stores.base import InUse, StoreError
+from django_idempotency.stores.database import DatabaseStore
+from tests.conftest import post
+from tests.testapp.models import Widget
+
+pytestmark = pytest.mark.django_db
+
+REQUEST_ID = re.compile(r"^req_[0-9A-HJKMNP-TV-Z]{26}$")
+# Every guarded shape of view: a viewset's create, an APIView.post, an
+# @api_view function (DRF), and a plain Django view.
+DRF_PATHS = ["/t/widgets", "/t/apiview", "/t/function"]
+ALL_PATHS = [*DRF_PATHS, "/t/plain"]
+
+
+@pytest.fixture
+def client_alice(client_alice: APIClient, alice: User) -> APIClient:
+    """Alice, for DRF views and (by her session) for plain Django views."""
+    client_alice.force_login(alice)
+    return client_alice
+
+
+def error_of(response: Any) -> dict[str, Any]:
+    """The envelope's error, checked for shape and for its request id."""
+    body = json.loads(response.content)
+    assert set(body) == {"error"}, body
+    error: dict[str, Any] = body["error"]
+    assert {"type", "message", "request_id"} <= set(error)
+    assert REQUEST_ID.match(error["request_id"])
+    assert response["Request-Id"] == error["request_id"]
+    assert response["Content-Type"] == "application/json"
+    return error
+
+
+def hints(response: Any) -> tuple[str | None, str | None]:
+    return response.get("X-Should-Retry"), response.get("Retry-After")
+
+
+def in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(DatabaseStore, "begin", lambda self, record: InUse())
+
+
+def store_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    def begin(self: DatabaseStore, record: Any) -> Any:
+        raise StoreError("down")
+
+    monkeypatch.setattr(DatabaseStore, "begin", begin)
+
+
+# -- retry hints -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_in_use_and_store_unavailable_say_retry_with_retry_after(
+    client_alice: APIClient, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    in_use(monkeypatch)
+    busy = post(client_alice, path, {"name": "a"})
+    assert busy.status_code == 409
+    assert error_of(busy)["type"] == "idempotency_key_in_use"
+    assert hints(busy) == ("true", "1")
+
+    store_down(monkeypatch)
+    down = post(client_alice, path, {"name": "a"})
+    assert down.status_code == 503
+    assert error_of(down)["type"] == "idempotency_store_unavailable"
+    assert hints(down) == ("true", "1")
+    assert Widget.objects.count() == 0
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_refusals_that_a_retry_cannot_change_say_do_not_retry(
+    client_alice: APIClient, path: str
+) -> None:
+    assert post(client_alice, path, {"name": "a"}, key="k").status_code in (200, 201)
+    answers = {
+        "idempotency_conflict": post(client_alice, path, {"name": "b"}, key="k"),
+        "idempotency_key_missing": post(client_alice, path, {"name": "a"}, key=None)
+        if path != "/t/apiview"  # its key is optional
+        else None,
+        "idempotency_key_invalid": post(client_alice, path, {"name": "a"}, key=""),
+        "idempotency_scope_unavailable": post(APIClient(), path, {"name": "a"}, key="k")
+        if path == "/t/plain"  # DRF's IsAuthenticated refuses anonymous callers first
+        else None,
+    }
+    for type_, response in answers.items():
+        if response is None:
+            continue
+        assert error_of(response)["type"] == type_
+        assert hints(response) == ("false", None), type_
+
+
+@override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=100)
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_too_large_says_do_not_retry(client_alice: APIClient, path: str) -> None:
+    response = post(client_alice, path, {"name": "x" * 200})
+    assert response.status_code == 413
+    assert error_of(response)["type"] == "request_too_large"
+    assert hints(response) == ("false", None)
+
+
+@override_settings(IDEMPOTENCY_SHOULD_RETRY_HEADERS=["X-Should-Retry", "Stripe-Should-Retry"])
+def test_the_hint_headers_are_a_setting(
+    client_alice: APIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    post(client_alice, "/t/widgets", {"name": "a"})
+    conflict = post(client_alice, "/t/widgets", {"name": "b"})
+    assert conflict["Stripe-Should-Retry"] == conflict["X-Should-Retry"] == "false"
+    in_use(monkeypatch)
+    busy = post(client_alice, "/t/plain", {})
+    assert busy["Stripe-Should-Retry"] == busy["X-Should-Retry"] == "true"
+
+
+# -- every error in one envelope, through the package's exception handler ------
+
+
+def test_every_drf_error_of_a_guarded_view_uses_the_envelope(client_alice: APIClient) -> None:
+    invalid = post(client_alice, "/t/widgets", {})
+    assert invalid.status_code == 400
+    error = error_of(invalid)
+    assert error["type"] == "invalid_request"
+    assert error["message"] == "name: This field is required."
+    assert error["fields"] == {"name": ["This field is required."]}
+    assert hints(invalid) == ("false", None)
+
+    missing = post(client_alice, "/t/widgets/999999/rename", {"name": "b"}, key="nf")
+    assert missing.status_code == 404
+    assert error_of(missing)["type"] == "not_found"
+
+    raised = post(client_alice, "/t/apiview", {"outcome": "invalid"}, key="invalid")
+    assert raised.status_code == 400
+    assert error_of(raised)["fields"] == {"name": ["bad"]}
+
+
+def test_authentication_errors_use_the_envelope(db: None) -> None:
+    anonymous = post(APIClient(), "/t/widgets", {"name": "a"})
+    assert anonymous.status_code == 401
+    assert error_of(anonymous)["type"] == "authentication_required"
+    User.objects.create_user("carol", password="right")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Basic Y2Fyb2w6d3Jvbmc=")  # carol:wrong
+    wrong = post(client, "/t/widgets", {"name": "a"})
+    assert wrong.status_code == 401
+    assert error_of(wrong)["type"] == "authentication_required"
+
+
+def test_an_api_exception_of_a_project_is_typed_by_its_code(db: None) -> None:
+    class InsufficientCredits(APIException):
+        status_code = 402
+        default_code = "insufficient_credits"
+        default_detail = "Not enough credits"
+
+    request = APIClient().get("/t/widgets").wsgi_request
+    response = exceptions.exception_handler(InsufficientCredits(), {"request": request})
+    assert response is not None
+    assert response.status_code == 402
+    assert response.data["error"]["type"] == "insufficient_credits"
+    assert response.data["error"]["message"] == "Not enough credits"
+    assert response["X-Should-Retry"] == "false"
+
+
+@pytest.mark.usefixtures("own_handler")
+def test_plain_django_views_keep_the_built_in_envelope(client_alice: APIClient) -> None:
+    response = post(client_alice, "/t/plain", {}, key="")
+    assert error_of(response)["type"] == "idempotency_key_invalid"
+    assert seen == []
+
+
+def test_unrouted_urls_use_the_envelope(client_alice: APIClient) -> None:
+    response = client_alice.get("/no/such/page")
+    assert response.status_code == 404
+    assert error_of(response)["type"] == "not_found"
+
+
+# -- a project's own EXCEPTION_HANDLER -----------------------------------------
+
+seen: list[type[Exception]] = []
+
+
+def project_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """A project's own error format, which builds a new Response (so nothing of
+    DRF's headers survives unless the package adds them afterwards)."""
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    seen.append(type(exc))
+    code = exc.get_codes() if isinstance(exc, APIException) else "error"
+    return Response({"failure": {"code": code}}, status=response.status_code)
+
+
+@pytest.fixture
+def own_handler() -> Any:
+    seen.clear()
+    with override_settings(REST_FRAMEWORK={"EXCEPTION_HANDLER": f"{__name__}.project_handler"}):
+        yield
+    seen.clear()
+
+
+@pytest.mark.usefixtures("own_handler")
+@pytest.mark.parametrize("path", DRF_PATHS)
+def test_the_package_errors_reach_the_projects_exception_handler(
+    client_alice: APIClient, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    assert post(client_alice, path, {"name": "a"}, key="k").status_code == 201
+    conflict = post(client_alice, path, {"name": "b"}, key="k")
+    assert conflict.status_code == 409
+    assert json.loads(conflict.content) == {"failure": {"code": "idempotency_conflict"}}
+    assert hints(conflict) == ("false", None)
+    assert REQUEST_ID.match(conflict["Request-Id"])
+
+    invalid = post(client_alice, path, {"name": "a"}, key="")
+    assert json.loads(invalid.content) == {"failure": {"code": "idempotency_key_invalid"}}
+
+    in_use(monkeypatch)
+    busy = post(client_alice, path, {"name": "a"}, key="k2")
+    assert busy.status_code == 409
+    assert json.loads(busy.content) == {"failure": {"code": "idempotency_key_in_use"}}
+    assert hints(busy) == ("true", "1")
+    assert REQUEST_ID.match(busy["Request-Id"])
+
+    store_down(monkeypatch)
+    down = post(client_alice, path, {"name": "a"}, key="k3")
+    assert down.status_code == 503
+    assert hints(down) == ("true", "1")
+    assert seen == [
+        exceptions.IdempotencyConflict,
+        exceptions.IdempotencyKeyInvalid,
+        exceptions.IdempotencyKeyInUse,
+        exceptions.IdempotencyStoreUnavailable,
+    ]
+
+
+@pytest.mark.usefixtures("own_handler")
+def test_every_response_of_a_guarded_view_carries_request_id_whatever_the_handler(
+    client_alice: APIClient,
+) -> None:
+    responses = [
+        post(client_alice, "/t/widgets", {"name": "a"}),  # created
+        post(client_alice, "/t/widgets", {"name": "a"}),  # replayed
+        post(client_alice, "/t/widgets", {}, key="bad-body"),  # ValidationError in the view
+        post(client_alice, "/t/widgets/999999/rename", {"name": "b"}, key="nf"),  # NotFound
+        post(client_alice, "/t/apiview", {"outcome": "invalid"}, key="invalid"),
+        post(client_alice, "/t/apiview", {"outcome": "404"}, key="404"),  # answered, not raised
+        post(client_alice, "/t/function", {}, key=None),  # refused by the decorator
+    ]
+    assert [r.status_code for r in responses] == [201, 201, 400, 404, 400, 404, 400]
+    for response in responses:
+        assert REQUEST_ID.match(response["Request-Id"]), response.content
+    assert json.loads(responses[2].content) == {"failure": {"code": {"name": ["required"]}}}
