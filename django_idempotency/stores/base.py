@@ -81,6 +81,12 @@ class Store(abc.ABC):
     #: whose backend expires them by itself says False.
     needs_purge: bool = True
 
+    #: Whether releasing a claim undoes the view's database writes (the
+    #: database store's claim and the view share one transaction). Where it
+    #: does not, an ``async def`` view whose client leaves runs to its end and
+    #: its response is kept, instead of being cancelled halfway.
+    rolls_back_view_writes: bool = False
+
     @abc.abstractmethod
     def begin(self, record: RequestRecord) -> Outcome:
         """Claim the key for ``record``, or say why the view must not run."""
