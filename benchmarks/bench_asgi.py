@@ -179,6 +179,7 @@ def main() -> None:
 
     import django
 
+    load_at_start = os.getloadavg()[0]
     ensure_database()
     prepare()
     pools = [False, True] if django.VERSION >= (5, 1) else [False]
@@ -228,7 +229,9 @@ def main() -> None:
         "uvicorn": __import__("uvicorn").__version__,
         "clients": args.clients,
         "duration": args.duration,
+        "loadavg_at_start": load_at_start,
         "loadavg_at_end": os.getloadavg()[0],
+        "cpus": os.cpu_count(),
     }
     print(f"{'configuration':<28} {'req/s':>8} {'sessions/req':>13}")
     for label, result in results.items():
