@@ -102,9 +102,7 @@ def sessions_opened() -> int:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
-        )
+        cursor.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
         return int(cursor.fetchone()[0])
 
 
@@ -197,8 +195,7 @@ def main() -> None:
                     load(server.port, VIEWS[name], 1, args.clients)  # warm up
                     empty_tables()
                     sessions, started = sessions_opened(), time.monotonic()
-                    answered, statuses = load(server.port, VIEWS[name], args.duration,
-                                              args.clients)
+                    answered, statuses = load(server.port, VIEWS[name], args.duration, args.clients)
                     elapsed = time.monotonic() - started
                     opened = sessions_opened() - sessions
                     assert set(statuses) == {201}, f"{name}: answers {statuses}"
@@ -209,8 +206,10 @@ def main() -> None:
                     runs.setdefault(label, []).append(
                         {"rate": rate, "sessions_per_request": opened / answered}
                     )
-                    log(f"round {round_ + 1}: {label}: {rate:.0f} req/s, "
-                        f"{opened / answered:.2f} sessions per request")
+                    log(
+                        f"round {round_ + 1}: {label}: {rate:.0f} req/s, "
+                        f"{opened / answered:.2f} sessions per request"
+                    )
             finally:
                 server.stop()
 
@@ -235,8 +234,9 @@ def main() -> None:
     }
     print(f"{'configuration':<28} {'req/s':>8} {'sessions/req':>13}")
     for label, result in results.items():
-        print(f"{label:<28} {result['requests_per_second']:>8} "
-              f"{result['sessions_per_request']:>13}")
+        print(
+            f"{label:<28} {result['requests_per_second']:>8} {result['sessions_per_request']:>13}"
+        )
     write_json({"meta": meta, "results": results}, args.out)
 
 

@@ -198,7 +198,6 @@ def _release(store: Store, claim: Claim, exc: BaseException | None) -> None:
     store.release(claim, exc)
 
 
-
 async def _to_the_end(
     awaitable: Awaitable[T],
 ) -> tuple[T, asyncio.CancelledError | None]:

@@ -58,10 +58,14 @@ def servers(django_db_setup: None, django_db_blocker: Any) -> Iterator[dict[str,
         "TEST_IDEMPOTENCY_SCOPE": "tests.testapp.async_views.slow_scope",
     }
     with django_db_blocker.unblock(), redis_server() as redis:
-        store_env = {"database": {"TEST_IDEMPOTENCY_STORE": DATABASE_STORE},
-                     "redis": {"TEST_IDEMPOTENCY_STORE": CACHE_STORE, "REDIS_URL": redis.url}}
-        with uvicorn({**env, **store_env["database"]}, workers=2) as on_database, \
-                uvicorn({**env, **store_env["redis"]}, workers=2) as on_redis:
+        store_env = {
+            "database": {"TEST_IDEMPOTENCY_STORE": DATABASE_STORE},
+            "redis": {"TEST_IDEMPOTENCY_STORE": CACHE_STORE, "REDIS_URL": redis.url},
+        }
+        with (
+            uvicorn({**env, **store_env["database"]}, workers=2) as on_database,
+            uvicorn({**env, **store_env["redis"]}, workers=2) as on_redis,
+        ):
             yield {"database": on_database, "redis": on_redis, "redis_url": redis.url}
 
 
@@ -72,8 +76,15 @@ def cookie(alice: User) -> str:
     return f"{settings.SESSION_COOKIE_NAME}={login.cookies[settings.SESSION_COOKIE_NAME].value}"
 
 
-def send(server: Server, cookie: str, key: str, *, timeout: float = 60,
-         claim_delay: float = 0, view_delay: float = 0) -> Reply | None:
+def send(
+    server: Server,
+    cookie: str,
+    key: str,
+    *,
+    timeout: float = 60,
+    claim_delay: float = 0,
+    view_delay: float = 0,
+) -> Reply | None:
     """POST /t/async once; None if the client gave up waiting (timed out)."""
     headers = {"Cookie": cookie, "Idempotency-Key": key}
     if claim_delay:
@@ -143,8 +154,9 @@ def test_client_leaving_during_the_claim_never_wedges_the_key(
     assert Widget.objects.count() == 1
 
 
-def send_and_leave(server: Server, cookie: str, key: str, view_delay: float,
-                   leave_when: Callable[[], bool]) -> None:
+def send_and_leave(
+    server: Server, cookie: str, key: str, view_delay: float, leave_when: Callable[[], bool]
+) -> None:
     """POST /t/async over a connection of our own, and close it (the client
     gives up) as soon as ``leave_when()`` is true."""
     body = b'{"name": "order"}'
