@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar, overload
 
@@ -40,6 +41,7 @@ from .stores import (
 )
 
 ViewFunc = TypeVar("ViewFunc", bound=Callable[..., Any])
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -154,27 +156,72 @@ def _async_wrapper(
     # database store's transaction, so they commit or roll back with the claim.
     start = sync_to_async(_start, thread_sensitive=True)
     finish = sync_to_async(_finish, thread_sensitive=True)
+    release = sync_to_async(_release, thread_sensitive=True)
 
     @functools.wraps(view)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         request, view_self = _split(args)
         if request.method not in GUARDED_METHODS:
             return await view(*args, **kwargs)
-        started = await start(request, required, ttl)
+        # A cancellation (Django 5.0+ cancels the view when its client
+        # disconnects) does not stop the sync thread that makes the claim: it
+        # goes on and claims the key. So wait for the claim, and release it.
+        started, cancelled = await _to_the_end(start(request, required, ttl))
+        if cancelled is not None:
+            if isinstance(started, tuple):
+                await _to_the_end(release(*started, request, cancelled))
+            raise cancelled
         if started is None:
             return await view(*args, **kwargs)
         if isinstance(started, HttpResponseBase):
             return started
         store, claim = started
         try:
-            response = await _drained(await view(*args, **kwargs))
+            if store.rolls_back_view_writes:
+                # Cancelled, the view's writes roll back with the released
+                # claim, and a retry runs it cleanly.
+                response = await _drained(await view(*args, **kwargs))
+            else:
+                # Released, the claim would leave the writes the view already
+                # made, and a retry would make them again. So a view that has
+                # started runs to its end, as a sync view does, and its
+                # response is kept for the retry to replay.
+                response, cancelled = await _to_the_end(_run(view, args, kwargs))
         except BaseException as exc:
-            # Also on cancellation (the client went away): the claim is released.
-            await sync_to_async(_release, thread_sensitive=True)(store, claim, request, exc)
+            await _to_the_end(release(store, claim, request, exc))
             raise
-        return await finish(store, claim, response, request, view_self, args, kwargs)
+        answer, late = await _to_the_end(
+            finish(store, claim, response, request, view_self, args, kwargs)
+        )
+        cancelled = cancelled or late
+        if cancelled is not None:
+            raise cancelled
+        return answer
 
     return wrapper
+
+
+async def _run(view: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return await _drained(await view(*args, **kwargs))
+
+
+async def _to_the_end(
+    awaitable: Awaitable[T],
+) -> tuple[T, asyncio.CancelledError | None]:
+    """Await ``awaitable`` to its end even if this task is cancelled meanwhile:
+    its result, and the cancellation for the caller to raise once it has
+    cleaned up (None if there was none). Its exceptions propagate."""
+    task = asyncio.ensure_future(awaitable)
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            return await asyncio.shield(task), cancelled
+        except asyncio.CancelledError as exc:
+            if task.cancelled():  # the awaited work itself was cancelled
+                raise
+            cancelled = exc
+            if task.done():  # it ended just as the cancellation came
+                return task.result(), cancelled
 
 
 def _split(args: tuple[Any, ...]) -> tuple[Any, Any]:

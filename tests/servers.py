@@ -122,6 +122,48 @@ def gunicorn(
             process.wait()
 
 
+@contextmanager
+def uvicorn(
+    env: dict[str, str] | None = None,
+    *,
+    app: str = "tests.asgi:application",
+    settings: str = "tests.settings",
+    database: str | None = None,
+    workers: int = 1,
+) -> Iterator[Server]:
+    """uvicorn (a real ASGI server) serving ``app`` on a free port; ``database``
+    defaults to the test database."""
+    port = free_port()
+    environ = dict(os.environ)
+    environ.update({"DATABASE_URL": database or database_url(), "DJANGO_SETTINGS_MODULE": settings,
+                    "PYTHONPATH": str(ROOT), "DEBUG": "0"})
+    environ.update(env or {})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+         "--workers", str(workers), "--timeout-graceful-shutdown", "5", "--log-level", "warning"],
+        cwd=ROOT, env=environ,
+    )
+    server = Server(process, f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("uvicorn did not start") from None
+                time.sleep(0.1)
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def worker_of_connection(server: Server, local_port: int) -> int | None:
     """The gunicorn worker that owns the TCP connection from ``local_port`` (Linux /proc)."""
     inodes = set()

@@ -22,6 +22,7 @@ from django.db import connection, connections
 from django.test import AsyncClient, AsyncRequestFactory, Client
 
 from django_idempotency.models import IdempotencyRecord
+from tests.conftest import StoreUnderTest
 from tests.testapp import async_views
 from tests.testapp.models import Widget
 
@@ -274,3 +275,69 @@ def test_concurrent_async_requests_with_one_key_run_the_view_once(alice: User) -
             assert status == 409
             assert json.loads(body)["error"]["type"] == "idempotency_key_in_use"
             assert reply_headers[b"retry-after"] == b"1"
+
+
+# Cancellation at every step, in process: what Django 5.0+ does when a client
+# disconnects (tests/test_asgi_server.py shows it under uvicorn).
+
+
+def abandon(request: Any, reached: Any, delay_header: str) -> None:
+    """Run async_widget for ``request`` and cancel it once ``reached`` is set."""
+    reached.clear()
+
+    async def run() -> None:
+        task = asyncio.ensure_future(async_views.async_widget(request))
+        for _ in range(1000):
+            if reached.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert reached.is_set(), f"never got as far as {delay_header}"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    async_to_sync(run)()
+
+
+def abandoned_request(alice: User, key: str, **headers: str) -> Any:
+    request = AsyncRequestFactory().post(
+        "/t/async", b'{"name": "gone"}', content_type="application/json",
+        headers={"Idempotency-Key": key, **headers},
+    )
+    request.user = alice
+    return request
+
+
+def test_cancelled_during_the_claim_releases_it(
+    store: StoreUnderTest, alice: User, aclient: AsyncClient, settings: Any
+) -> None:
+    # The scope function is slow: the cancellation comes while the sync thread
+    # makes the claim, and that thread goes on to claim the key.
+    settings.IDEMPOTENCY_SCOPE = "tests.testapp.async_views.slow_scope"
+    request = abandoned_request(alice, "claiming", **{"X-Test-Claim-Delay": "0.5"})
+    abandon(request, async_views.claiming, "the claim")
+    assert not connection.in_atomic_block, "the claim's transaction was left open"
+    assert store.records() == [], "the claim was left behind"
+    assert elsewhere(Widget.objects.count) == 0
+    retry = apost(aclient, "/t/async", {"name": "gone"}, key="claiming")
+    assert retry.status_code == 201
+    assert "Idempotent-Replayed" not in retry
+    assert elsewhere(Widget.objects.count) == 1
+
+
+def test_cancelled_view_is_undone_or_finished_by_what_the_store_can_do(
+    store: StoreUnderTest, alice: User, aclient: AsyncClient
+) -> None:
+    request = abandoned_request(alice, "leaving", **{"X-Test-Delay": "0.5"})
+    abandon(request, async_views.started, "the view")
+    assert not connection.in_atomic_block
+    retry = apost(aclient, "/t/async", {"name": "gone"}, key="leaving")
+    assert retry.status_code == 201
+    assert elsewhere(Widget.objects.count) == 1, "the operation ran twice, or never"
+    if store.rolls_back_view_writes:
+        # Cancelled: its writes rolled back with the claim; the retry ran it.
+        assert "Idempotent-Replayed" not in retry
+    else:
+        # The Redis store cannot undo the view's writes: the view ran to its
+        # end, its response was kept, and the retry replays it.
+        assert retry["Idempotent-Replayed"] == "true"

@@ -94,6 +94,18 @@ IDEMPOTENCY_CACHE = "idempotency"
 if SERVER == "redis":
     IDEMPOTENCY_STORE = "django_idempotency.stores.cache.CacheStore"
 
+# bench_asgi.py: plain Django views under uvicorn. Django's persistent
+# connections do not work under ASGI (each request runs its sync code in a
+# thread of its own), so every request connects anew, unless BENCH_DB_POOL=1
+# turns on Django 5.1+'s psycopg connection pool.
+if SERVER == "asgi":
+    IDEMPOTENCY_SCOPE = "benchproject.async_views.bearer_scope"
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    if os.environ.get("BENCH_DB_POOL") == "1":
+        DATABASES["default"]["OPTIONS"] = {
+            "pool": {"min_size": 4, "max_size": int(os.environ.get("BENCH_POOL_SIZE", "16"))}
+        }
+
 # drf-idempotency: configured only where its middleware runs.
 if SERVER.startswith("drfi-"):
     MIDDLEWARE.append("drf_idempotency.middleware.IdempotencyMiddleware")

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import async_views, views
 
 urlpatterns = [
     path("baseline/", views.PlainOrderView.as_view()),
@@ -11,6 +11,10 @@ urlpatterns = [
     path("floor-redis/", views.FloorRedisOrderView.as_view()),
     path("baseline-token/", views.TokenPlainOrderView.as_view()),
     path("ours-token/", views.TokenIdempotentOrderView.as_view()),
+    # bench_asgi.py: plain Django views under uvicorn.
+    path("asgi/async-plain/", async_views.async_plain),
+    path("asgi/async-ours/", async_views.async_guarded),
+    path("asgi/sync-ours/", async_views.sync_guarded),
 ]
 
 _peer_view = views._idempotencykey_view()

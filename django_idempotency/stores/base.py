@@ -90,6 +90,12 @@ class Store(abc.ABC):
     #: whose backend expires them by itself says False.
     needs_purge: bool = True
 
+    #: Whether releasing a claim undoes the view's database writes (the
+    #: database store's claim and the view share one transaction). Where it
+    #: does not, an ``async def`` view whose client leaves runs to its end and
+    #: its response is kept, instead of being cancelled halfway.
+    rolls_back_view_writes: bool = False
+
     @classmethod
     def check(cls) -> list[CheckMessage]:
         """System check messages about this store's own settings and backend.

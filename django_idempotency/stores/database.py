@@ -182,6 +182,8 @@ def _claim_function_missing(connection: BaseDatabaseWrapper, exc: BaseException)
 class DatabaseStore(Store):
     """Stores records with the Django ORM, in the view's own transaction."""
 
+    rolls_back_view_writes = True
+
     @property
     def alias(self) -> str:
         return conf.IDEMPOTENCY_DATABASE

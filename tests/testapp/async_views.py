@@ -12,17 +12,31 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views import View
 
 from django_idempotency import idempotent
+from django_idempotency.keys import user_scope
 
 from .models import Widget
 
 # Set once a view body has made its row, so a test can act while it runs.
 started = threading.Event()
+# Set once slow_scope has been asked for a scope, so a test can act while the
+# claim is being made.
+claiming = threading.Event()
+
+
+def slow_scope(request: Any) -> str | None:
+    """The default scope, after the pause that ``X-Test-Claim-Delay`` asks for:
+    a slow claim (as a scope function that queries a slow service makes it)."""
+    claiming.set()
+    time.sleep(float(request.headers.get("X-Test-Claim-Delay", "0")))
+    return user_scope(request)
 
 
 @idempotent
