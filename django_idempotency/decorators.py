@@ -25,6 +25,7 @@ from .keys import (
     scoped_key,
     stored_scope,
 )
+from .routers import guarded
 from .stores import (
     Claim,
     Conflict,
@@ -123,12 +124,13 @@ def _sync_wrapper(
         if isinstance(started, HttpResponseBase):
             return started
         store, claim = started
-        try:
-            response = view(*args, **kwargs)
-        except BaseException as exc:
-            store.release(claim, exc)
-            raise
-        return _finish(store, claim, response, request, view_self, args, kwargs)
+        with guarded():  # reads go to the primary (routers.GuardedReadsRouter)
+            try:
+                response = view(*args, **kwargs)
+            except BaseException as exc:
+                store.release(claim, exc)
+                raise
+            return _finish(store, claim, response, request, view_self, args, kwargs)
 
     return wrapper
 
@@ -155,13 +157,14 @@ def _async_wrapper(
         if isinstance(started, HttpResponseBase):
             return started
         store, claim = started
-        try:
-            response = await _drained(await view(*args, **kwargs))
-        except BaseException as exc:
-            # Also on cancellation (the client went away): the claim is released.
-            await sync_to_async(store.release, thread_sensitive=True)(claim, exc)
-            raise
-        return await finish(store, claim, response, request, view_self, args, kwargs)
+        with guarded():  # reads go to the primary (routers.GuardedReadsRouter)
+            try:
+                response = await _drained(await view(*args, **kwargs))
+            except BaseException as exc:
+                # Also on cancellation (the client went away): the claim is released.
+                await sync_to_async(store.release, thread_sensitive=True)(claim, exc)
+                raise
+            return await finish(store, claim, response, request, view_self, args, kwargs)
 
     return wrapper
 
