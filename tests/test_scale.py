@@ -1,6 +1,6 @@
 """At scale, on real servers that the test starts on free ports (docs/scaling.rst):
 
-* PgBouncer 1.18+ in transaction mode, with fewer server connections than
+* PgBouncer 1.18+ in transaction mode (and session mode), with fewer server connections than
   concurrent requests, in front of a PostgreSQL: the test app under gunicorn,
   raced with duplicates of every key, runs each operation exactly once, with
   the claim function and without it;
@@ -119,15 +119,17 @@ def assert_exactly_once(replies: list[Reply], url: str, prefix: str) -> None:
 # PgBouncer, transaction mode.
 
 
-def test_exactly_once_behind_pgbouncer_in_transaction_mode(primary: Cluster) -> None:
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_exactly_once_behind_pgbouncer(primary: Cluster, mode: str) -> None:
     strict = os.environ.get("REQUIRE_SERVICES", os.environ.get("CI", "")) not in ("", "0", "false")
     if not (shutil.which("pgbouncer") or os.path.exists("/usr/sbin/pgbouncer")) and not strict:
         pytest.skip("needs pgbouncer (scripts/test installs it)")
-    url = app_database(primary, "bounced")
+    name = f"bounced_{mode}"
+    url = app_database(primary, name)
     # 4 server connections for up to 8 requests at once (2 workers x 4 threads):
     # each guarded request holds one for its whole view, the rest queue.
-    with pgbouncer(primary, pool_mode="transaction", pool_size=4) as bouncer, \
-            gunicorn(workers=2, database=bouncer.url("bounced")) as server:
+    with pgbouncer(primary, pool_mode=mode, pool_size=4) as bouncer, \
+            gunicorn(workers=2, database=bouncer.url(name)) as server:
         assert_exactly_once(race(server, "with-function"), url, "with-function")
 
         # Without the claim function every request falls back to the CTE by
