@@ -213,3 +213,18 @@ def test_a_missing_table_is_not_taken_for_a_missing_function(client_alice: APICl
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "idempotency_store_unavailable"
     assert connection.alias not in database._cte_until
+
+
+@postgresql_only
+def test_a_role_without_execute_on_the_function_falls_back_too(client_alice: APIClient) -> None:
+    with connection.cursor() as cursor:  # undone with the test's transaction
+        cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        if cursor.fetchone()[0]:
+            pytest.skip("a superuser may call any function")
+        cursor.execute(f"REVOKE EXECUTE ON FUNCTION {SIGNATURE} FROM PUBLIC, CURRENT_USER")
+    try:
+        assert post(client_alice, "/t/widgets", {"name": "a"}).status_code == 201
+        assert connection.alias in database._cte_until
+        assert Widget.objects.count() == 1
+    finally:
+        database._cte_until.pop(connection.alias, None)
