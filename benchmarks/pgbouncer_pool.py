@@ -31,7 +31,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
-from tests.servers import gunicorn, pgbouncer, postgres_cluster  # noqa: E402
+from tests.servers import Server, gunicorn, pgbouncer, postgres_cluster  # noqa: E402
 
 CLIENTS = 8
 
@@ -47,7 +47,7 @@ def migrate(url: str) -> None:
            "User.objects.create_user('alice', password='alice-pw')")
 
 
-def measure(server: object, duration: float, hold: float) -> dict[str, float]:
+def measure(server: Server, duration: float, hold: float) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -58,7 +58,7 @@ def measure(server: object, duration: float, hold: float) -> dict[str, float]:
         while time.monotonic() < stop:
             key = uuid.uuid4().hex
             started = time.monotonic()
-            reply = server.request(  # type: ignore[attr-defined]
+            reply = server.request(
                 "/t/widgets", json.dumps({"name": key}).encode(),
                 headers={"Idempotency-Key": key, "X-Test-Delay": str(hold)}, timeout=120)
             with lock:

@@ -24,6 +24,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from importlib import import_module
 
 import psycopg
@@ -169,7 +170,7 @@ def _caught_up(primary_url: str, standby_url: str) -> Callable[[], bool]:
     def done() -> bool:
         replayed = sql(standby_url, "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), %s::pg_lsn)",
                        lsn)[0][0]
-        return replayed is not None and float(replayed) >= 0  # type: ignore[arg-type]
+        return replayed is not None and float(str(replayed)) >= 0
 
     return done
 
@@ -186,7 +187,7 @@ def paused(replica: tuple[str, str]) -> Iterator[None]:
         assert poll(_caught_up(primary_url, standby_url), 60)
 
 
-def replica_server(replica: tuple[str, str]) -> object:
+def replica_server(replica: tuple[str, str]) -> AbstractContextManager[Server]:
     primary_url, standby_url = replica
     return gunicorn(workers=2, database=primary_url, env={"TEST_STANDBY_URL": standby_url})
 
@@ -196,7 +197,7 @@ def test_a_lagging_replica_guarded_views_read_the_primary_and_run_once(
     replica: tuple[str, str],
 ) -> None:
     primary_url, _ = replica
-    with replica_server(replica) as server:  # type: ignore[attr-defined]
+    with replica_server(replica) as server:
         (pk,) = sql(primary_url, "INSERT INTO testapp_widget (name, owner) "
                                  "VALUES ('new', '') RETURNING id")[0]
         # Unguarded reads come from the replica, which has not seen the row.
@@ -216,7 +217,7 @@ def test_a_lagging_replica_guarded_views_read_the_primary_and_run_once(
 
 def test_admin_bulk_actions_write_to_the_primary(replica: tuple[str, str]) -> None:
     primary_url, standby_url = replica
-    with replica_server(replica) as server:  # type: ignore[attr-defined]
+    with replica_server(replica) as server:
         for n in range(3):
             reply = server.request("/t/widgets", json.dumps({"name": f"admin-{n}"}).encode(),
                                    headers={"Idempotency-Key": f"admin-{n}"})
