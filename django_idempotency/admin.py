@@ -34,7 +34,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from .conf import conf
+from .conf import conf, store_database
 from .models import IdempotencyRecord
 
 MASK = "********"
@@ -318,10 +318,20 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def body(self, obj: IdempotencyRecord) -> SafeString:
         return render_body(obj)
 
+    # Writes go to the store's database (the routers' write alias), not to the
+    # database the list was read from: under a primary/replica router the
+    # changelist's queryset is pinned to the replica, which refuses writes.
+
+    def delete_queryset(self, request: HttpRequest, queryset: Records) -> None:
+        queryset.using(store_database()).delete()
+
+    def delete_model(self, request: HttpRequest, obj: IdempotencyRecord) -> None:
+        obj.delete(using=store_database())
+
     @admin.action(description=_("Expire selected keys"), permissions=["delete"])
     def expire_selected(self, request: HttpRequest, queryset: Records) -> None:
         now: datetime = timezone.now()
-        count = queryset.filter(expires_at__gt=now).update(expires_at=now)
+        count = queryset.using(store_database()).filter(expires_at__gt=now).update(expires_at=now)
         self.message_user(
             request,
             ngettext(

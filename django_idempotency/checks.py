@@ -371,3 +371,94 @@ def _check_cache_store() -> Messages:
             )
         )
     return messages
+
+
+# The database store's alias and Django's routers (see conf.store_database).
+
+
+def _uses_database_store() -> bool:
+    from .stores.database import DatabaseStore
+
+    store_class, _ = _import_store()
+    return isinstance(store_class, type) and issubclass(store_class, DatabaseStore)
+
+
+@checks.register
+def check_database_routing(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> Messages:
+    """Where the routers and ``IDEMPOTENCY_DATABASE`` disagree, or where migrate
+    would never create the records' table. Asks the routers, not the database."""
+    from django.db import router
+
+    from .conf import store_database
+    from .models import IdempotencyRecord
+
+    if not _uses_database_store() or not _valid_alias(conf.raw("IDEMPOTENCY_DATABASE")):
+        return []
+    alias = store_database()
+    routed = router.db_for_write(IdempotencyRecord)
+    messages: Messages = []
+    if alias != routed:
+        messages.append(
+            _warning(
+                30,
+                f"IDEMPOTENCY_DATABASE is {alias!r}, but DATABASE_ROUTERS send the writes of "
+                f"django_idempotency's records to {routed!r}: the store writes to {alias!r}, "
+                "the admin and the ORM look for the records in the routers' database.",
+                "Leave IDEMPOTENCY_DATABASE unset to follow the routers, or route the "
+                f"django_idempotency app to {alias!r}.",
+            )
+        )
+    if alias in settings.DATABASES and not router.allow_migrate_model(alias, IdempotencyRecord):
+        messages.append(
+            _warning(
+                31,
+                f"The database store keeps its records in {alias!r}, but DATABASE_ROUTERS do "
+                "not allow django_idempotency's migrations there: `migrate` never creates "
+                "the table, and every guarded request would answer 503.",
+                f"Let your router's allow_migrate() return True for app 'django_idempotency' "
+                f"on {alias!r}, or point IDEMPOTENCY_DATABASE at the database that has it.",
+            )
+        )
+    return messages
+
+
+@checks.register(checks.Tags.database)
+def check_database_table(
+    app_configs: Sequence[Any] | None = None,
+    databases: Collection[str] | None = None,
+    **kwargs: Any,
+) -> Messages:
+    """The records' table exists in the store's database. A database check: it
+    runs only when asked for that database (``check --database``, ``migrate``),
+    and says nothing when the database cannot be reached."""
+    from django.db import DatabaseError, connections
+
+    from .conf import store_database
+    from .models import IdempotencyRecord
+
+    if not databases or not _uses_database_store():
+        return []
+    if not _valid_alias(conf.raw("IDEMPOTENCY_DATABASE")):
+        return []
+    alias = store_database()
+    if alias not in databases or alias not in settings.DATABASES:
+        return []
+    try:
+        tables = connections[alias].introspection.table_names()
+    except DatabaseError:
+        return []
+    if not tables or IdempotencyRecord._meta.db_table in tables:
+        # An empty database is one that migrate is about to fill.
+        return []
+    return [
+        _warning(
+            32,
+            f"The database {alias!r} has no table {IdempotencyRecord._meta.db_table!r}: "
+            "every guarded request would answer 503.",
+            f"Run `manage.py migrate django_idempotency --database {alias}`.",
+        )
+    ]
+
+
+def _valid_alias(alias: Any) -> bool:
+    return alias is None or (isinstance(alias, str) and alias in settings.DATABASES)

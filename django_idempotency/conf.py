@@ -65,7 +65,8 @@ DEFAULTS: dict[str, Any] = {
     "IDEMPOTENCY_HEADER": "Idempotency-Key",
     "IDEMPOTENCY_TTL": timedelta(hours=24),
     "IDEMPOTENCY_STORE": DEFAULT_STORE,
-    "IDEMPOTENCY_DATABASE": "default",
+    # None: where Django's routers send the record model's writes (store_database).
+    "IDEMPOTENCY_DATABASE": None,
     "IDEMPOTENCY_CACHE": "default",
     "IDEMPOTENCY_SCOPE": DEFAULT_SCOPE,
     "IDEMPOTENCY_RELEASED_STATUSES": DEFAULT_RELEASED_STATUSES,
@@ -152,7 +153,8 @@ class Settings:
 
     @property
     def IDEMPOTENCY_DATABASE(self) -> str:
-        return str(self.raw("IDEMPOTENCY_DATABASE"))
+        """The database store's alias: the setting if given, else the routers' choice."""
+        return store_database()
 
     @property
     def IDEMPOTENCY_CACHE(self) -> str:
@@ -214,6 +216,20 @@ def _import_cached(path: str) -> Any:
 
 
 conf = Settings()
+
+
+def store_database() -> str:
+    """The database alias of the idempotency records: ``IDEMPOTENCY_DATABASE`` if
+    set, else ``router.db_for_write(IdempotencyRecord)``, as for any app's model
+    (``"default"`` without routers)."""
+    alias = conf.raw("IDEMPOTENCY_DATABASE")
+    if alias is not None:
+        return str(alias)
+    from django.db import router
+
+    from .models import IdempotencyRecord
+
+    return router.db_for_write(IdempotencyRecord)
 
 
 @receiver(setting_changed)

@@ -28,6 +28,7 @@ from .keys import (
     scoped_key,
     stored_scope,
 )
+from .routers import guarded
 from .stores import (
     Claim,
     Conflict,
@@ -130,18 +131,19 @@ def _sync_wrapper(
         if isinstance(started, HttpResponseBase):
             return started
         store, claim = started
-        try:
-            response = view(*args, **kwargs)
-        except BaseException as exc:
-            _release(store, claim, request, exc)
-            drf_view = _drf_view(request) if isinstance(exc, Exception) else None
-            if drf_view is None:
-                raise
-            # What DRF's dispatch() would do next, done here so that the
-            # answer carries the request id whatever EXCEPTION_HANDLER made it.
-            answer: HttpResponseBase = drf_view.handle_exception(exc)
-            return _with_hints(answer, request, {})
-        return _finish(store, claim, response, request, view_self, args, kwargs)
+        with guarded():  # reads go to the primary (routers.GuardedReadsRouter)
+            try:
+                response = view(*args, **kwargs)
+            except BaseException as exc:
+                _release(store, claim, request, exc)
+                drf_view = _drf_view(request) if isinstance(exc, Exception) else None
+                if drf_view is None:
+                    raise
+                # What DRF's dispatch() would do next, done here so that the
+                # answer carries the request id whatever EXCEPTION_HANDLER made it.
+                answer: HttpResponseBase = drf_view.handle_exception(exc)
+                return _with_hints(answer, request, {})
+            return _finish(store, claim, response, request, view_self, args, kwargs)
 
     return wrapper
 
@@ -176,27 +178,28 @@ def _async_wrapper(
         if isinstance(started, HttpResponseBase):
             return started
         store, claim = started
-        try:
-            if store.rolls_back_view_writes:
-                # Cancelled, the view's writes roll back with the released
-                # claim, and a retry runs it cleanly.
-                response = await _drained(await view(*args, **kwargs))
-            else:
-                # Released, the claim would leave the writes the view already
-                # made, and a retry would make them again. So a view that has
-                # started runs to its end, as a sync view does, and its
-                # response is kept for the retry to replay.
-                response, cancelled = await _to_the_end(_run(view, args, kwargs))
-        except BaseException as exc:
-            await _to_the_end(release(store, claim, request, exc))
-            raise
-        answer, late = await _to_the_end(
-            finish(store, claim, response, request, view_self, args, kwargs)
-        )
-        cancelled = cancelled or late
-        if cancelled is not None:
-            raise cancelled
-        return answer
+        with guarded():  # reads go to the primary (routers.GuardedReadsRouter)
+            try:
+                if store.rolls_back_view_writes:
+                    # Cancelled, the view's writes roll back with the released
+                    # claim, and a retry runs it cleanly.
+                    response = await _drained(await view(*args, **kwargs))
+                else:
+                    # Released, the claim would leave the writes the view already
+                    # made, and a retry would make them again. So a view that has
+                    # started runs to its end, as a sync view does, and its
+                    # response is kept for the retry to replay.
+                    response, cancelled = await _to_the_end(_run(view, args, kwargs))
+            except BaseException as exc:
+                await _to_the_end(release(store, claim, request, exc))
+                raise
+            answer, late = await _to_the_end(
+                finish(store, claim, response, request, view_self, args, kwargs)
+            )
+            cancelled = cancelled or late
+            if cancelled is not None:
+                raise cancelled
+            return answer
 
     return wrapper
 

@@ -84,3 +84,12 @@ start_redis() {
     fi
     echo "redis://127.0.0.1:6379/0"
 }
+
+# ensure_pgbouncer: PgBouncer (Debian package) for tests/test_scale.py, which
+# starts its own on a free port; the package's service is left stopped.
+ensure_pgbouncer() {
+    command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] && return 0
+    log "Installing PgBouncer (Debian package)"
+    as_root apt-get update -qq >&2 &&
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >&2 || return 1
+}

@@ -334,3 +334,95 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+# PgBouncer and a streaming replica in front of / behind a cluster of our own.
+
+
+@dataclass
+class Bouncer:
+    port: int
+    process: subprocess.Popen[bytes]
+    directory: Path
+
+    def url(self, name: str) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
+
+    def log(self) -> str:
+        path = self.directory / "pgbouncer.log"
+        return path.read_text() if path.exists() else ""
+
+
+@contextmanager
+def pgbouncer(cluster: Cluster, *, pool_mode: str = "transaction", pool_size: int = 4) -> Iterator[Bouncer]:
+    """PgBouncer (the Debian package) on a free port, in front of every database of ``cluster``."""
+    import shutil
+    import tempfile
+
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not Path(binary).exists():
+        raise RuntimeError("pgbouncer is not installed (scripts/lib.sh: ensure_pgbouncer)")
+    directory = Path(tempfile.mkdtemp(prefix="idempotency-pgbouncer-"))
+    port = free_port()
+    (directory / "userlist.txt").write_text('"postgres" ""\n')
+    (directory / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"* = host=127.0.0.1 port={cluster.port}\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {directory / 'userlist.txt'}\n"
+        f"pool_mode = {pool_mode}\ndefault_pool_size = {pool_size}\nmax_client_conn = 500\n"
+        f"logfile = {directory / 'pgbouncer.log'}\n"
+        "ignore_startup_parameters = extra_float_digits,options\nadmin_users = postgres\n"
+        "log_connections = 0\nlog_disconnections = 0\n"
+    )
+    command = [binary, str(directory / "pgbouncer.ini")]
+    if os.geteuid() == 0:  # PgBouncer refuses to run as root
+        shutil.chown(directory, "postgres", "postgres")
+        for child in directory.iterdir():
+            shutil.chown(child, "postgres", "postgres")
+        command[1:1] = ["-u", "postgres"]
+    # Not a pipe: PgBouncer logs to stderr too, and would stop once a pipe nobody reads is full.
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bouncer = Bouncer(port, process, directory)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"pgbouncer did not start: {bouncer.log()}") from None
+                time.sleep(0.1)
+        yield bouncer
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextmanager
+def streaming_replica(primary: Cluster) -> Iterator[Cluster]:
+    """A hot standby of ``primary`` (``pg_basebackup -R``, streaming), on a free port."""
+    import shutil
+    import tempfile
+
+    data = Path(tempfile.mkdtemp(prefix="idempotency-pg-standby-"))
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+    replica = Cluster(primary.bin, data, free_port())
+    try:
+        replica._as_owner(str(primary.bin / "pg_basebackup"), "-h", "127.0.0.1", "-p",
+                          str(primary.port), "-U", "postgres", "-D", str(data), "-R",
+                          "-X", "stream", "--checkpoint=fast", "--no-sync")
+        replica.start()
+        yield replica
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            replica.stop("immediate")
+        shutil.rmtree(data, ignore_errors=True)

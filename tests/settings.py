@@ -7,6 +7,7 @@ threads in the concurrency tests each get a real connection to one database).
 
 from __future__ import annotations
 
+import copy
 import os
 from importlib.util import find_spec
 from pathlib import Path
@@ -73,6 +74,27 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         # As the README recommends: requests queue for SQLite's one write lock
         # instead of failing when a read transaction tries to upgrade.
         DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
+
+# tests/test_routing.py: "second", a database of its own, where a router may
+# send the records; "standby", a read-only copy of "default" (the test's own
+# replica; TEST_STANDBY_URL makes it a real streaming replica, as
+# tests/test_scale.py does). Django makes their test databases only for the
+# tests that ask for them (databases=[...]).
+DATABASES["second"] = copy.deepcopy(DATABASES["default"])
+if DATABASES["second"]["ENGINE"].endswith("sqlite3"):
+    _second_file = str(Path(_sqlite_file).with_suffix(".second.sqlite3"))
+    DATABASES["second"]["NAME"] = DATABASES["second"]["TEST"]["NAME"] = _second_file
+else:
+    DATABASES["second"]["NAME"] = f"{DATABASES['default']['NAME']}_second"
+if os.environ.get("TEST_STANDBY_URL"):
+    DATABASES["standby"] = dj_database_url.parse(os.environ["TEST_STANDBY_URL"], conn_max_age=0)
+    DATABASE_ROUTERS = [
+        "django_idempotency.routers.GuardedReadsRouter",
+        "tests.routers.PrimaryStandbyRouter",
+    ]
+else:
+    DATABASES["standby"] = copy.deepcopy(DATABASES["default"])
+    DATABASES["standby"]["TEST"] = {"MIRROR": "default"}
 
 CACHES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from importlib import import_module
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
@@ -39,7 +43,7 @@ def without_claim_function() -> Iterator[None]:
     with connection.cursor() as cursor:
         cursor.execute(f"DROP FUNCTION {SIGNATURE}")
     yield
-    database._no_claim_function.discard(connection.alias)
+    database._cte_until.pop(connection.alias, None)
 
 
 @pytest.mark.django_db(transaction=True)  # SQLite's schema editor refuses to run in a transaction
@@ -86,7 +90,7 @@ def test_without_the_function_the_cte_claims_and_a_warning_says_why(
     assert created.status_code == 201
     assert Widget.objects.count() == 1
     assert [r.getMessage() for r in caplog.records if database.CLAIM_FUNCTION in r.getMessage()]
-    assert connection.alias in database._no_claim_function
+    assert connection.alias in database._cte_until
 
     # Every outcome still comes out right on the CTE, and it warns only once.
     caplog.clear()
@@ -120,3 +124,107 @@ def test_without_the_function_under_atomic_requests_the_outer_transaction_surviv
 
 def _is_store(sql: str) -> bool:
     return IdempotencyRecord._meta.db_table in sql or database.CLAIM_FUNCTION in sql
+
+
+# The fallback under concurrency, and back to the function (issue 15).
+
+RACERS = 200
+THREADS = 20
+_migration_0003 = import_module("django_idempotency.migrations.0003_postgresql_claim_function")
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_with_the_function_gone_200_concurrent_requests_all_succeed_and_it_comes_back(
+    alice: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database._cte_until.pop(connection.alias, None)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP FUNCTION {SIGNATURE}")
+    try:
+        # The first THREADS requests call the missing function at the same moment.
+        barrier = threading.Barrier(THREADS)
+        local = threading.local()
+
+        def one(n: int) -> tuple[int, bytes]:
+            if not hasattr(local, "client"):
+                local.client = APIClient()
+                local.client.force_authenticate(alice)
+                barrier.wait(timeout=60)
+            response = post(local.client, "/t/widgets", {"name": f"w{n}"}, key=f"race-{n}")
+            return response.status_code, response.content
+
+        def close_connections() -> None:
+            barrier.wait(timeout=120)
+            connections.close_all()
+
+        with ThreadPoolExecutor(THREADS) as pool:
+            replies = list(pool.map(one, range(RACERS)))
+            # Every thread's connection closed (each pool thread runs one of these).
+            barrier = threading.Barrier(THREADS)
+            list(pool.map(lambda _: close_connections(), range(THREADS)))
+        statuses = [status for status, _ in replies]
+        assert statuses.count(503) == 0, [body for status, body in replies if status != 201][:3]
+        assert statuses == [201] * RACERS
+        assert Widget.objects.count() == RACERS  # each view ran once
+        assert connection.alias in database._cte_until
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(_migration_0003.CREATE)
+
+    # migrate put it back: the next attempt (every CLAIM_FUNCTION_RETRY seconds,
+    # here at once) finds it, and claims use it from then on.
+    monkeypatch.setattr(database, "CLAIM_FUNCTION_RETRY", 0.0)
+    database._cte_until[connection.alias] = 0.0
+    client = APIClient()
+    client.force_authenticate(alice)
+    for n in range(2):
+        with CaptureQueriesContext(connection) as queries:
+            assert post(client, "/t/widgets", {"name": "back"}, key=f"back-{n}").status_code == 201
+        claim = next(q["sql"] for q in queries.captured_queries if _is_store(q["sql"]))
+        assert claim.startswith(f"SELECT * FROM {database.CLAIM_FUNCTION}(")
+        assert connection.alias not in database._cte_until
+
+
+@postgresql_only
+def test_after_a_fallback_the_cte_is_used_until_the_retry_time(
+    client_alice: APIClient, without_claim_function: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert post(client_alice, "/t/widgets", {"name": "a"}, key="k1").status_code == 201
+    # Within CLAIM_FUNCTION_RETRY: straight to the CTE, no failed call first.
+    with CaptureQueriesContext(connection) as queries:
+        assert post(client_alice, "/t/widgets", {"name": "b"}, key="k2").status_code == 201
+    assert not any(database.CLAIM_FUNCTION in q["sql"] for q in queries.captured_queries)
+    # Past it: the function is tried once more, fails, and the CTE claims anyway.
+    database._cte_until[connection.alias] = 0.0
+    with CaptureQueriesContext(connection) as queries:
+        assert post(client_alice, "/t/widgets", {"name": "c"}, key="k3").status_code == 201
+    calls = [q["sql"] for q in queries.captured_queries if database.CLAIM_FUNCTION in q["sql"]]
+    assert len(calls) == 1
+    assert database._cte_until[connection.alias] > 0
+    assert Widget.objects.count() == 3
+
+
+@postgresql_only
+def test_a_missing_table_is_not_taken_for_a_missing_function(client_alice: APIClient) -> None:
+    with connection.cursor() as cursor:  # undone with the test's transaction
+        cursor.execute(f"DROP TABLE {IdempotencyRecord._meta.db_table} CASCADE")
+    response = post(client_alice, "/t/widgets", {"name": "a"})
+    assert response.status_code == 503
+    assert response.json()["error"]["type"] == "idempotency_store_unavailable"
+    assert connection.alias not in database._cte_until
+
+
+@postgresql_only
+def test_a_role_without_execute_on_the_function_falls_back_too(client_alice: APIClient) -> None:
+    with connection.cursor() as cursor:  # undone with the test's transaction
+        cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        if cursor.fetchone()[0]:
+            pytest.skip("a superuser may call any function")
+        cursor.execute(f"REVOKE EXECUTE ON FUNCTION {SIGNATURE} FROM PUBLIC, CURRENT_USER")
+    try:
+        assert post(client_alice, "/t/widgets", {"name": "a"}).status_code == 201
+        assert connection.alias in database._cte_until
+        assert Widget.objects.count() == 1
+    finally:
+        database._cte_until.pop(connection.alias, None)

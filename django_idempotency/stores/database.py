@@ -31,6 +31,15 @@ LOCAL lock_timeout`` would do the same but costs two more statements per
 request (set, then restore for the view) and still makes a duplicate wait.
 Where the function is missing, the same steps go as one CTE (``_PG_SQL``).
 
+When the function is missing is decided per error, by its SQLSTATE (see
+``_FUNCTION_MISSING``): every claim whose call failed that way is retried with
+the CTE at once, whichever thread or coroutine it runs in, so no request fails
+for it. After such an error the alias sends the CTE first, and tries the
+function again every ``CLAIM_FUNCTION_RETRY`` seconds, so a ``migrate`` that
+restores it is noticed without a restart. The state is one number per alias
+(written whole, never read-then-updated), so threads and async tasks need no
+lock for correctness; a lock only keeps the warning to one line per change.
+
 Other databases
 ---------------
 The portable path reads, then inserts in a savepoint and relies on the unique
@@ -82,6 +91,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -117,8 +128,18 @@ logger = logging.getLogger(__name__)
 
 #: The claim function of migration 0003 (PostgreSQL only).
 CLAIM_FUNCTION = "django_idempotency_claim_v1"
-# Aliases whose database lacks CLAIM_FUNCTION: they use the CTE until restart.
-_no_claim_function: set[str] = set()
+#: Seconds between attempts to use the claim function again once it was missing.
+CLAIM_FUNCTION_RETRY = 30.0
+# SQLSTATEs that mean "the claim function cannot be called here" while its
+# table may be fine, so the CTE can claim instead: undefined_function (dropped,
+# never migrated, another signature, or not on the search_path) and
+# insufficient_privilege (a role without EXECUTE on it). Both are checked to
+# name the function: a missing table or a denied table is the CTE's problem too.
+_FUNCTION_MISSING = frozenset({"42883", "42501"})
+# Alias -> time.monotonic() until which claims send the CTE instead of the
+# function. Absent: the function is used.
+_cte_until: dict[str, float] = {}
+_cte_lock = threading.Lock()
 
 State = IdempotencyRecord.State
 # The stored strings. (str(), not .value: mypy with python_version 3.10 types
@@ -158,25 +179,57 @@ def _sqlite_busy(connection: BaseDatabaseWrapper, exc: BaseException) -> bool:
 
 
 def _claim_function_missing(connection: BaseDatabaseWrapper, exc: BaseException) -> bool:
-    """The claim failed because migration 0003's function is not in this
-    database: remember it (so later claims send the CTE) and say so once."""
-    if connection.vendor != "postgresql" or connection.alias in _no_claim_function:
+    """Whether the claim failed only because migration 0003's function cannot be
+    called in this database; then later claims send the CTE for a while.
+
+    Decided by this error alone, never by what another thread saw: every
+    request whose call failed this way retries with the CTE."""
+    if connection.vendor != "postgresql" or not isinstance(exc, DatabaseError):
         return False
     cause = exc.__cause__
     sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
-    if not isinstance(exc, DatabaseError) or sqlstate != "42883":  # undefined_function
+    if sqlstate not in _FUNCTION_MISSING or CLAIM_FUNCTION not in str(exc):
         return False
-    if CLAIM_FUNCTION not in str(exc):
-        return False
-    _no_claim_function.add(connection.alias)
-    logger.warning(
-        "The PostgreSQL function %s is missing from database %r (its tables were made "
-        "without migrations, or `manage.py migrate django_idempotency` has not run): "
-        "claims fall back to a statement that costs more to plan on every request.",
-        CLAIM_FUNCTION,
-        connection.alias,
-    )
+    alias = connection.alias
+    with _cte_lock:
+        warn = alias not in _cte_until
+        _cte_until[alias] = time.monotonic() + CLAIM_FUNCTION_RETRY
+    if warn:
+        logger.warning(
+            "The PostgreSQL function %s cannot be called in database %r (%s; its tables "
+            "were made without migrations, or `manage.py migrate django_idempotency` has "
+            "not run): claims fall back to a statement that costs more to plan on every "
+            "request, and try the function again every %g s.",
+            CLAIM_FUNCTION,
+            alias,
+            str(exc).splitlines()[0],
+            CLAIM_FUNCTION_RETRY,
+        )
     return True
+
+
+def _use_claim_function(alias: str) -> bool:
+    """Whether this claim should call the function (else send the CTE)."""
+    until = _cte_until.get(alias)
+    if until is None:
+        return True
+    if time.monotonic() < until:
+        return False
+    # Time to try the function again. The first claim here pushes the next
+    # attempt out, so a burst sends one or a few calls, not all of them; any
+    # call that fails falls back by itself (_claim_function_missing).
+    _cte_until[alias] = time.monotonic() + CLAIM_FUNCTION_RETRY
+    return True
+
+
+def _claim_function_worked(alias: str) -> None:
+    """The function answered: use it from now on (it was migrated back)."""
+    if _cte_until.pop(alias, None) is not None:
+        logger.info(
+            "The PostgreSQL function %s is back in database %r: claims use it again.",
+            CLAIM_FUNCTION,
+            alias,
+        )
 
 
 class DatabaseStore(Store):
@@ -191,12 +244,15 @@ class DatabaseStore(Store):
     @classmethod
     def check(cls) -> list[checks.CheckMessage]:
         alias = conf.raw("IDEMPOTENCY_DATABASE")
+        if alias is None:  # unset: the routers decide (checks.check_database_routing)
+            return []
         if not isinstance(alias, str) or alias not in settings.DATABASES:
             return [
                 checks.Error(
                     f"IDEMPOTENCY_DATABASE {alias!r} is not a database alias in DATABASES.",
-                    hint=f"Use one of {sorted(settings.DATABASES)}; the database store keeps "
-                    "its records there, in the same transaction as the view's writes.",
+                    hint=f"Use one of {sorted(settings.DATABASES)}, or leave it unset to follow "
+                    "DATABASE_ROUTERS; the database store keeps its records there, in the same "
+                    "transaction as the view's writes.",
                     id="django_idempotency.E011",
                 )
             ]
@@ -224,6 +280,7 @@ class DatabaseStore(Store):
     def begin(self, record: RequestRecord) -> Outcome:
         alias = self.alias
         connection = connections[alias]
+        cte = False
         while True:
             atomic = transaction.atomic(using=alias)
             try:
@@ -234,7 +291,7 @@ class DatabaseStore(Store):
                 raise StoreError(str(exc)) from exc
             try:
                 if connection.vendor == "postgresql":
-                    outcome = self._begin_postgresql(connection, record)
+                    outcome = self._begin_postgresql(connection, record, cte)
                 elif connection.vendor == "sqlite":
                     if connection.features.can_return_columns_from_insert:
                         outcome = self._begin_sqlite(connection, record)
@@ -247,7 +304,8 @@ class DatabaseStore(Store):
                 atomic.__exit__(type(exc), exc, exc.__traceback__)
                 if _sqlite_busy(connection, exc):
                     return InUse()
-                if _claim_function_missing(connection, exc):
+                if not cte and _claim_function_missing(connection, exc):
+                    cte = True
                     continue  # again, with the CTE
                 if isinstance(exc, DatabaseError):
                     raise StoreError(str(exc)) from exc
@@ -341,15 +399,16 @@ SELECT 'locked', NULL, NULL, NULL, NULL, NULL, NULL FROM lock WHERE NOT lock.got
     )
 
     def _begin_postgresql(
-        self, connection: BaseDatabaseWrapper, record: RequestRecord
+        self, connection: BaseDatabaseWrapper, record: RequestRecord, cte: bool = False
     ) -> Outcome | int:
-        if connection.alias in _no_claim_function:
+        use_function = not cte and _use_claim_function(connection.alias)
+        if use_function:
+            sql = self._PG_CALL
+        else:
             table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
             sql = self._PG_SQL.format(
                 table=table, columns=_COLUMNS, upsert=self._UPSERT.format(table=table)
             )
-        else:
-            sql = self._PG_CALL
         params = {
             "scope": record.scope,
             "key": record.key,
@@ -364,6 +423,8 @@ SELECT 'locked', NULL, NULL, NULL, NULL, NULL, NULL FROM lock WHERE NOT lock.got
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             row = cursor.fetchone()
+        if use_function and connection.alias in _cte_until:
+            _claim_function_worked(connection.alias)
         if row is None:
             # A record committed after this statement's snapshot was taken: the
             # INSERT met it but the SELECT could not see it. Read it now.
