@@ -257,10 +257,10 @@ def _check_cache_store() -> Messages:
     if not isinstance(store_class, type):
         return []
     try:
-        from .stores.cache import CacheStore
+        from .stores.redis import RedisStore
     except ImportError:  # redis is not installed: then the store's import failed (E001)
         return []
-    if not issubclass(store_class, CacheStore):
+    if not issubclass(store_class, RedisStore):
         return []
     messages: Messages = []
     alias = conf.raw("IDEMPOTENCY_CACHE")

@@ -3,7 +3,7 @@
 For deployments that already run Redis and want no idempotency traffic on
 their database. Select it with::
 
-    IDEMPOTENCY_STORE = "django_idempotency.stores.cache.CacheStore"
+    IDEMPOTENCY_STORE = "django_idempotency.stores.redis.RedisStore"
     IDEMPOTENCY_CACHE = "default"    # a django_redis.cache.RedisCache alias
 
 How a claim works
@@ -140,7 +140,7 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 
 @dataclass(frozen=True)
 class CachedRecord:
-    """One record as the Redis store keeps it (see :meth:`CacheStore.lookup`)."""
+    """One record as the Redis store keeps it (see :meth:`RedisStore.lookup`)."""
 
     scope: str
     key: str
@@ -157,7 +157,7 @@ def encode(meta: dict[str, Any], body: bytes = b"") -> bytes:
 
 
 def decode(value: bytes) -> CachedRecord:
-    """Read a value written by :class:`CacheStore`."""
+    """Read a value written by :class:`RedisStore`."""
     head, _, body = value.partition(b"\n")
     meta = json.loads(head)
     response = None
@@ -178,7 +178,7 @@ def decode(value: bytes) -> CachedRecord:
 
 @dataclass(eq=False)
 class _Held:
-    """What a CacheStore claim holds. The in-flight value is the ownership token."""
+    """What a RedisStore claim holds. The in-flight value is the ownership token."""
 
     client: Any
     key: str
@@ -266,7 +266,7 @@ class _Renewer:
 _renewer = _Renewer()
 
 
-class CacheStore(Store):
+class RedisStore(Store):
     """Stores records in Redis through django-redis (``IDEMPOTENCY_CACHE``)."""
 
     needs_purge = False
