@@ -2,7 +2,8 @@
 
 Each check reads the setting as configured (``conf.raw``), so that a bad value
 is reported at start-up with a hint instead of failing in the first request.
-Ids are stable. E010, E012 and E013 are the Redis store's (``_check_cache_store``).
+Ids are stable. E010, E012, E013 and E041 to E044 are the Redis store's
+(``RedisStore.check``, ``RedisStore.check_deployment``).
 """
 
 from __future__ import annotations
@@ -252,7 +253,7 @@ def _check_admin_masked_fields() -> Messages:
         ]
     return []
 def _check_cache_store() -> Messages:
-    """The Redis store needs a django-redis cache that every process shares."""
+    """The Redis store's own checks (RedisStore.check), and the deprecated path."""
     store_class, _ = _import_store()
     if not isinstance(store_class, type):
         return []
@@ -262,48 +263,23 @@ def _check_cache_store() -> Messages:
         return []
     if not issubclass(store_class, RedisStore):
         return []
-    messages: Messages = []
-    alias = conf.raw("IDEMPOTENCY_CACHE")
-    caches = getattr(settings, "CACHES", {})
-    if not isinstance(alias, str) or alias not in caches:
+    messages: Messages = list(store_class.check())
+    from .stores.cache import NEW_PATH, OLD_PATH
+
+    if conf.raw("IDEMPOTENCY_STORE") == OLD_PATH:
         messages.append(
-            _error(
-                10,
-                f"IDEMPOTENCY_CACHE {alias!r} is not a cache alias in CACHES.",
-                "Add a django_redis.cache.RedisCache entry to CACHES under that alias, or "
-                "set IDEMPOTENCY_CACHE to the alias of one.",
-            )
-        )
-    else:
-        backend = str(caches[alias].get("BACKEND", ""))
-        client_class = str(caches[alias].get("OPTIONS", {}).get("CLIENT_CLASS", ""))
-        if backend != "django_redis.cache.RedisCache" or client_class.endswith("ShardClient"):
-            messages.append(
-                _error(
-                    12,
-                    f"The cache {alias!r} ({backend}) cannot hold idempotency records: the "
-                    "Redis store needs a django-redis cache that all processes share.",
-                    "Use BACKEND 'django_redis.cache.RedisCache' (not ShardClient). LocMem "
-                    "and Dummy caches are not shared between processes, so a retry that "
-                    "reaches another worker would run the view again.",
-                )
-            )
-    lease = conf.raw("IDEMPOTENCY_LEASE")
-    if isinstance(lease, timedelta):
-        lease = lease.total_seconds()
-    if (
-        isinstance(lease, bool)
-        or not isinstance(lease, (int, float))
-        or not math.isfinite(lease)
-        or lease <= 0
-    ):
-        messages.append(
-            _error(
-                13,
-                f"IDEMPOTENCY_LEASE {conf.raw('IDEMPOTENCY_LEASE')!r} is not a positive "
-                "duration.",
-                "Use seconds (e.g. 30) or a datetime.timedelta; the lease is renewed while "
-                "the view runs and bounds how long a dead worker's key stays in use.",
+            _warning(
+                40,
+                f"IDEMPOTENCY_STORE {OLD_PATH!r} is deprecated.",
+                f"Use {NEW_PATH!r}: the same store under its new name.",
             )
         )
     return messages
+
+
+@checks.register(checks.Tags.caches, deploy=True)
+def check_redis_server(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> Messages:
+    """``check --deploy``: the Redis store's checks that ask the server."""
+    store_class, _ = _import_store()
+    check_deployment = getattr(store_class, "check_deployment", None)
+    return list(check_deployment()) if callable(check_deployment) else []
