@@ -260,20 +260,20 @@ def failover_under_load(tmp_path: Path, settings: Any, user: User, replicas: int
         for thread in clients:
             thread.start()
         try:
-            time.sleep(3)
+            time.sleep(2)
             first = deployment.primary_port()
             deployment.sentinels[0].client().execute_command("SENTINEL", "FAILOVER",
                                                               deployment.service)
             second = deployment.wait_primary(not_port=first)
             wait_in_sync(deployment.node(second), 1)
-            time.sleep(3)
+            time.sleep(2)
             killed = deployment.node(second)
             killed.kill()
             third = deployment.wait_primary(not_port=second)
             time.sleep(1)
             killed.start()  # Sentinel makes the old primary a replica of the new one
             wait_in_sync(deployment.node(third), 1)
-            time.sleep(3)
+            time.sleep(2)
         finally:
             load.stop.set()
             for thread in clients:

@@ -141,6 +141,21 @@ def test_check_refuses_min_replicas_on_the_cluster_client() -> None:
         "django_idempotency.E044"]
 
 
+def test_cluster_redirections_are_logged_as_a_configuration_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from redis.exceptions import MovedError
+
+    from django_idempotency.stores.redis import RedisStore
+
+    with caplog.at_level(logging.ERROR, logger="django_idempotency"):
+        RedisStore._log_failure(MovedError("3999 127.0.0.1:6381"))
+    (record,) = caplog.records
+    assert "Redis Cluster configuration error (MovedError" in record.getMessage()
+    assert CLUSTER_CLIENT in record.getMessage()
+    assert record.exc_info is not None, "with its cause"
+
+
 OLD_PATH = "django_idempotency.stores.cache.CacheStore"
 
 
