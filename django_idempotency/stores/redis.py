@@ -262,15 +262,17 @@ class _Held:
     # renewal can run after their script (a late one would re-claim a released key).
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def next_at(self) -> float:
-        return self.retry_at if self.value is not None else self.renew_at
 
 
 class _Keeper:
-    """One daemon thread per process that extends the lease of every live claim
-    and retries the completions that could not be stored."""
+    """A daemon thread (one per process and job) that extends the lease of the
+    live claims it holds, or retries the completions that could not be stored.
+    Two of them: retries wait on servers that are down, which must not delay
+    the renewal of healthy claims."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, *, retries: bool) -> None:
+        self._name = name
+        self._retries = retries
         self._lock = threading.Lock()
         self._held: set[_Held] = set()
         self._wake = threading.Event()
@@ -286,13 +288,13 @@ class _Keeper:
             if self._thread is None or not self._thread.is_alive():
                 # First claim in this process (threads do not survive a fork).
                 self._thread = threading.Thread(
-                    target=self._run, name="idempotency-lease-renewer", daemon=True
+                    target=self._run, name=self._name, daemon=True
                 )
                 self._thread.start()
             # Wake the thread only if it would sleep past this claim's renewal.
             # With one lease for all it rarely does: a wake-up on every claim
             # cost about 0.1 ms of CPU per request (benchmarks/profile_view.py).
-            wake = held.next_at() < self._next_at
+            wake = self._due(held) < self._next_at
         if wake:
             self._wake.set()
 
@@ -313,19 +315,33 @@ class _Keeper:
             with self._lock:
                 held = list(self._held)
             now = time.monotonic()
+            # Servers that just failed a retry: the other completions waiting
+            # for them wait for their next turn instead of each timing out now.
+            down: set[int] = set()
             for one in held:
-                if one.next_at() <= now:
-                    try:
-                        if one.value is not None:
-                            _complete(one, background=True)
-                        else:
-                            self._renew(one)
-                    except Exception:  # keep renewing the others whatever happens
-                        logger.exception("Keeping idempotency claim %s failed", one.key)
+                if self._due(one) > now:
+                    continue
+                server = id(getattr(one.client, "connection_pool", one.client))
+                try:
+                    if not self._retries:
+                        self._renew(one)
+                    elif server in down:
+                        one.retry_at = now + one.delay
+                    elif not _complete(one, background=True):
+                        down.add(server)
+                except Exception:  # keep the others going whatever happens
+                    logger.exception("Keeping idempotency claim %s failed", one.key)
             with self._lock:
-                next_at = min((h.next_at() for h in self._held), default=now + 60)
+                next_at = min((self._due(h) for h in self._held), default=now + 60)
                 self._next_at = next_at
             self._wake.wait(max(0.0, next_at - time.monotonic()))
+
+    def _due(self, held: _Held) -> float:
+        """When ``held`` next needs this thread (monotonic)."""
+        if self._retries:
+            return held.retry_at
+        # A claim whose completion has started is not renewed; look again later.
+        return held.renew_at if held.value is None else time.monotonic() + 60
 
     def _renew(self, held: _Held) -> None:
         with held.lock:
@@ -348,7 +364,14 @@ class _Keeper:
             )
 
 
-_keeper = _Keeper()
+_keeper = _Keeper("idempotency-lease-renewer", retries=False)
+_retrier = _Keeper("idempotency-completion-retrier", retries=True)
+
+
+def _drop(held: _Held) -> None:
+    """The claim is over (stored, released or given up): nobody keeps it."""
+    _keeper.drop(held)
+    _retrier.forget(held)
 
 
 def _start_completion(held: _Held, value: bytes, ttl_ms: int, give_up_at: float) -> None:
@@ -361,11 +384,12 @@ def _start_completion(held: _Held, value: bytes, ttl_ms: int, give_up_at: float)
     _complete(held)
 
 
-def _complete(held: _Held, *, background: bool = False) -> None:
-    """Store ``held.value`` (owner-checked); on failure, leave it to the keeper."""
+def _complete(held: _Held, *, background: bool = False) -> bool:
+    """Store ``held.value`` (owner-checked); on failure, leave it to the keeper.
+    False if it is to be retried."""
     with held.lock:
         if held.done or held.value is None:
-            return
+            return True
         held.attempts += 1
         replicas = min_replicas()
         problem: str | None = None
@@ -394,7 +418,7 @@ def _complete(held: _Held, *, background: bool = False) -> None:
             held.delay = min(RETRY_LAST, held.delay * 2)
         attempts = held.attempts
     if problem is None:
-        _keeper.drop(held)
+        _drop(held)
         if not stored:
             logger.warning(
                 "Idempotency claim %s had lost its lease; its response was not stored, and "
@@ -405,8 +429,9 @@ def _complete(held: _Held, *, background: bool = False) -> None:
             logger.warning(
                 "Stored the response of idempotency claim %s at attempt %d.", held.key, attempts
             )
-    elif expired:
-        _keeper.drop(held)
+        return True
+    if expired:
+        _drop(held)
         logger.error(
             "Gave up storing the response of idempotency claim %s after %d attempts (%s): "
             "the record has expired, so a retry runs the view again.",
@@ -414,17 +439,19 @@ def _complete(held: _Held, *, background: bool = False) -> None:
             attempts,
             problem,
         )
-    else:
-        if attempts == 1:
-            # Once, not at every attempt: an outage would flood the log.
-            logger.error(
-                "Could not store the response of idempotency claim %s (%s); retrying in the "
-                "background until it is stored. Until then the key answers 'in use'.",
-                held.key,
-                problem,
-            )
-        if not background:
-            _keeper.hold(held)  # wakes the keeper for the retry
+        return True
+    if attempts == 1:
+        # Once, not at every attempt: an outage would flood the log.
+        logger.error(
+            "Could not store the response of idempotency claim %s (%s); retrying in the "
+            "background until it is stored. Until then the key answers 'in use'.",
+            held.key,
+            problem,
+        )
+    if not background:
+        _keeper.forget(held)
+        _retrier.hold(held)
+    return False
 
 
 class _AwaitingCommit:
@@ -666,7 +693,7 @@ class RedisStore(Store):
         held: _Held | None = claim.state
         if held is None:
             return
-        _keeper.drop(held)
+        _drop(held)
         try:
             _RELEASE(held.client, held.key, held.token)
         except RedisError as error:
