@@ -76,11 +76,11 @@ CONFIGS = [
     Config("ours-db-replay", "@idempotent, database, replay", "db", "/ours/", "replay"),
     Config(
         "ours-redis-first", "@idempotent, Redis, first", "redis", "/ours/", "first",
-        needs="django_idempotency.stores.cache",
+        needs="django_idempotency.stores.redis",
     ),
     Config(
         "ours-redis-replay", "@idempotent, Redis, replay", "redis", "/ours/", "replay",
-        needs="django_idempotency.stores.cache",
+        needs="django_idempotency.stores.redis",
     ),
     Config(
         "drfi-db-first", "drf-idempotency middleware, database, first", "drfi-db",
@@ -120,7 +120,7 @@ CONFIGS = [
     ),
     Config(
         "ours-redis-first-token", "@idempotent, Redis, first, TokenAuthentication", "redis",
-        "/ours-token/", "first", needs="django_idempotency.stores.cache",
+        "/ours-token/", "first", needs="django_idempotency.stores.redis",
         baseline="baseline-token", auth="token",
     ),
 ]

@@ -2,8 +2,9 @@
 
 Each check reads the setting as configured (``conf.raw``), so that a bad value
 is reported at start-up with a hint instead of failing in the first request.
-Ids are stable. E010, E012 and E013 are the Redis store's (``_check_cache_store``).
-A store brings its own checks (``Store.check``): E011 is the database store's.
+Ids are stable. E010, E012, E013 and E041 to E044 are the Redis store's
+(``RedisStore.check``, ``RedisStore.check_deployment``); E011 is the database
+store's (``DatabaseStore.check``): a store brings its own checks (``Store.check``).
 
 Django runs system checks only from ``manage.py`` (``runserver``, ``migrate``,
 ``check``). Under gunicorn or uvicorn nothing runs them, so the decorator calls
@@ -305,72 +306,24 @@ def _check_admin_masked_fields() -> Messages:
 
 
 def _check_cache_store() -> Messages:
-    """The Redis store needs a django-redis cache that every process shares."""
+    """The deprecated dotted path of the Redis store. Its own checks are
+    ``RedisStore.check``, called through ``_check_store``."""
     store_class, _ = _import_store()
     if not isinstance(store_class, type):
         return []
     try:
-        from .stores.cache import CacheStore
+        from .stores.cache import NEW_PATH, OLD_PATH
     except ImportError:  # redis is not installed: then the store's import failed (E001)
         return []
-    if not issubclass(store_class, CacheStore):
+    if conf.raw("IDEMPOTENCY_STORE") != OLD_PATH:
         return []
-    messages: Messages = []
-    alias = conf.raw("IDEMPOTENCY_CACHE")
-    caches = getattr(settings, "CACHES", {})
-    if not isinstance(alias, str) or alias not in caches:
-        messages.append(
-            _error(
-                10,
-                f"IDEMPOTENCY_CACHE {alias!r} is not a cache alias in CACHES.",
-                "Add a django_redis.cache.RedisCache entry to CACHES under that alias, or "
-                "set IDEMPOTENCY_CACHE to the alias of one.",
-            )
+    return [
+        _warning(
+            40,
+            f"IDEMPOTENCY_STORE {OLD_PATH!r} is deprecated.",
+            f"Use {NEW_PATH!r}: the same store under its new name.",
         )
-    else:
-        backend = str(caches[alias].get("BACKEND", ""))
-        client_class = str(caches[alias].get("OPTIONS", {}).get("CLIENT_CLASS", ""))
-        if backend != "django_redis.cache.RedisCache" or client_class.endswith("ShardClient"):
-            messages.append(
-                _error(
-                    12,
-                    f"The cache {alias!r} ({backend}) cannot hold idempotency records: the "
-                    "Redis store needs a django-redis cache that all processes share.",
-                    "Use BACKEND 'django_redis.cache.RedisCache' (not ShardClient). LocMem "
-                    "and Dummy caches are not shared between processes, so a retry that "
-                    "reaches another worker would run the view again.",
-                )
-            )
-    lease = conf.raw("IDEMPOTENCY_LEASE")
-    if isinstance(lease, timedelta):
-        lease = lease.total_seconds()
-    if (
-        isinstance(lease, bool)
-        or not isinstance(lease, (int, float))
-        or not math.isfinite(lease)
-        or lease < MIN_LEASE.total_seconds()
-    ):
-        messages.append(
-            _error(
-                13,
-                f"IDEMPOTENCY_LEASE {conf.raw('IDEMPOTENCY_LEASE')!r} is not a duration of "
-                f"{MIN_LEASE.total_seconds():g} seconds or more.",
-                "Use seconds (e.g. 30) or a datetime.timedelta; the lease is renewed while "
-                "the view runs and bounds how long a dead worker's key stays in use.",
-            )
-        )
-    elif lease < SHORT_LEASE.total_seconds():
-        messages.append(
-            _warning(
-                20,
-                f"IDEMPOTENCY_LEASE {conf.raw('IDEMPOTENCY_LEASE')!r} is under "
-                f"{SHORT_LEASE.total_seconds():g} second: on a loaded server a renewal "
-                "(every third of the lease) can come too late, and a duplicate then runs.",
-                "The default, 30 seconds, only bounds how long a dead worker's key stays "
-                "in use; it does not limit how long a view may run.",
-            )
-        )
-    return messages
+    ]
 
 
 # The database store's alias and Django's routers (see conf.store_database).
@@ -462,3 +415,11 @@ def check_database_table(
 
 def _valid_alias(alias: Any) -> bool:
     return alias is None or (isinstance(alias, str) and alias in settings.DATABASES)
+
+
+@checks.register(checks.Tags.caches, deploy=True)
+def check_redis_server(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> Messages:
+    """``check --deploy``: the Redis store's checks that ask the server."""
+    store_class, _ = _import_store()
+    check_deployment = getattr(store_class, "check_deployment", None)
+    return list(check_deployment()) if callable(check_deployment) else []

@@ -77,6 +77,9 @@ DEFAULTS: dict[str, Any] = {
     "IDEMPOTENCY_ADMIN_MASKED_FIELDS": DEFAULT_ADMIN_MASKED_FIELDS,
     "IDEMPOTENCY_LEASE": DEFAULT_LEASE,
     "IDEMPOTENCY_FAIL_OPEN": False,
+    # The Redis store's optional replication guarantee (stores/redis.py).
+    "IDEMPOTENCY_REDIS_MIN_REPLICAS": 0,
+    "IDEMPOTENCY_REDIS_WAIT_TIMEOUT": timedelta(seconds=1),
 }
 
 

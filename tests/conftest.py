@@ -132,7 +132,7 @@ def make_record(
         expires_at=now + expires_in,
     )
 DATABASE_STORE = "django_idempotency.stores.database.DatabaseStore"
-CACHE_STORE = "django_idempotency.stores.cache.CacheStore"
+CACHE_STORE = "django_idempotency.stores.redis.RedisStore"
 
 
 @dataclass
@@ -171,7 +171,7 @@ class StoreUnderTest:
                     r.expires_at - r.created_at)
                 for r in IdempotencyRecord.objects.all()
             ]
-        from django_idempotency.stores.cache import decode
+        from django_idempotency.stores.redis import decode
 
         client = redis_client()
         found = []

@@ -100,7 +100,7 @@ CACHES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
 }
 # The Redis store's cache, used when a test (or the TEST_IDEMPOTENCY_STORE of a
-# gunicorn server it starts) selects CacheStore. The prefix is unique to the
+# gunicorn server it starts) selects RedisStore. The prefix is unique to the
 # test run and inherited by the servers it starts, so tests touch only their
 # own keys on a shared Redis.
 REDIS_URL = os.environ.get("REDIS_URL", "")

@@ -160,7 +160,7 @@ def test_twenty_processes_one_key_run_the_view_once(
 def test_a_killed_worker_leaves_no_claim_and_the_retry_runs_once(
     server_user: User, tmp_path: Path, store: StoreUnderTest
 ) -> None:
-    """The database store; test_cache_store has the Redis store's counterpart."""
+    """The database store; test_redis_store has the Redis store's counterpart."""
     mark = tmp_path / "started"
     body = b'{"name": "crash"}'
     with gunicorn(workers=1, env={"TEST_IDEMPOTENCY_STORE": store.path}) as server:

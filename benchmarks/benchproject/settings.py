@@ -4,7 +4,7 @@
 
 * ``db`` (default): this project's ``@idempotent`` on the database store; also
   serves the undecorated baseline and drf-idempotencykey's mixin view;
-* ``redis``: ``@idempotent`` on the Redis store (``CacheStore``);
+* ``redis``: ``@idempotent`` on the Redis store (``RedisStore``);
 * ``drfi-db`` / ``drfi-redis``: drf-idempotency's middleware with its database or
   Redis backend, around the undecorated view.
 
@@ -92,7 +92,7 @@ REST_FRAMEWORK = {
 IDEMPOTENCY_TTL = 600
 IDEMPOTENCY_CACHE = "idempotency"
 if SERVER == "redis":
-    IDEMPOTENCY_STORE = "django_idempotency.stores.cache.CacheStore"
+    IDEMPOTENCY_STORE = "django_idempotency.stores.redis.RedisStore"
 
 # bench_asgi.py: plain Django views under uvicorn. Django's persistent
 # connections do not work under ASGI (each request runs its sync code in a

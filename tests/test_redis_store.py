@@ -26,13 +26,15 @@ import pytest
 pytest.importorskip("django_redis")
 
 from django.contrib.auth.models import User
-from django.core.checks import Error
+from django.core.checks import Error, Warning
 from django.db import connections
 from django.test import override_settings
+from django_redis.cache import RedisCache
 from rest_framework.test import APIClient
 
 from django_idempotency.checks import check_settings
-from tests.conftest import CACHE_STORE, DATABASE_STORE, StoreUnderTest, post, redis_client
+from django_idempotency.stores.redis import CLUSTER_CLIENT
+from tests.conftest import CACHE_STORE, DATABASE_STORE, StoreUnderTest, poll, post, redis_client
 from tests.servers import free_port, gunicorn
 from tests.testapp import views
 from tests.testapp.models import Widget
@@ -88,6 +90,91 @@ def test_check_accepts_django_redis() -> None:
 def test_check_refuses_a_lease_that_is_not_a_positive_duration(lease: Any) -> None:
     assert errors(IDEMPOTENCY_LEASE=lease, IDEMPOTENCY_CACHE="nowhere") == [
         "django_idempotency.E010", "django_idempotency.E013"]
+
+
+class SubclassedRedisCache(RedisCache):
+    """A project's own subclass of django-redis's cache, as E012 must accept."""
+
+
+def test_check_accepts_a_subclass_of_django_redis() -> None:
+    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+              "idem": {"BACKEND": "tests.test_redis_store.SubclassedRedisCache",
+                       "LOCATION": "redis://127.0.0.1:6379/0"}}
+    assert errors(CACHES=caches, IDEMPOTENCY_CACHE="idem") == []
+
+
+def test_the_hint_for_djangos_own_redis_cache_names_it() -> None:
+    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+              "idem": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                       "LOCATION": "redis://127.0.0.1:6379/0"}}
+    with override_settings(IDEMPOTENCY_STORE=CACHE_STORE, CACHES=caches, IDEMPOTENCY_CACHE="idem"):
+        (error,) = check_settings()
+    assert error.id == "django_idempotency.E012"
+    assert "Django's own RedisCache" in error.hint
+    assert "LocMem" not in error.hint
+
+
+def test_the_checks_are_the_stores_own() -> None:
+    from django_idempotency.stores.redis import RedisStore
+
+    with override_settings(IDEMPOTENCY_CACHE="nowhere"):
+        assert [m.id for m in RedisStore.check()] == ["django_idempotency.E010"]
+
+
+@pytest.mark.parametrize("replicas", [-1, "1", True, 1.5])
+def test_check_refuses_a_min_replicas_that_is_not_a_count(replicas: Any) -> None:
+    assert errors(IDEMPOTENCY_REDIS_MIN_REPLICAS=replicas) == ["django_idempotency.E041"]
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "1s", float("nan")])
+def test_check_refuses_a_wait_timeout_that_is_not_a_positive_duration(timeout: Any) -> None:
+    assert errors(IDEMPOTENCY_REDIS_WAIT_TIMEOUT=timeout) == ["django_idempotency.E042"]
+
+
+def test_check_refuses_min_replicas_on_the_cluster_client() -> None:
+    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+              "idem": {"BACKEND": "django_redis.cache.RedisCache",
+                       "LOCATION": "redis://127.0.0.1:7000/0",
+                       "OPTIONS": {"CLIENT_CLASS": CLUSTER_CLIENT}}}
+    assert errors(CACHES=caches, IDEMPOTENCY_CACHE="idem") == []
+    assert errors(CACHES=caches, IDEMPOTENCY_CACHE="idem", IDEMPOTENCY_REDIS_MIN_REPLICAS=1) == [
+        "django_idempotency.E044"]
+
+
+def test_cluster_redirections_are_logged_as_a_configuration_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from redis.exceptions import MovedError
+
+    from django_idempotency.stores.redis import RedisStore
+
+    with caplog.at_level(logging.ERROR, logger="django_idempotency"):
+        RedisStore._log_failure(MovedError("3999 127.0.0.1:6381"))
+    (record,) = caplog.records
+    assert "Redis Cluster configuration error (MovedError" in record.getMessage()
+    assert CLUSTER_CLIENT in record.getMessage()
+    assert record.exc_info is not None, "with its cause"
+
+
+OLD_PATH = "django_idempotency.stores.cache.CacheStore"
+
+
+def test_the_old_dotted_path_still_works_and_warns() -> None:
+    from django_idempotency.stores import _build
+    from django_idempotency.stores.redis import RedisStore
+
+    _build.cache_clear()
+    with pytest.warns(DeprecationWarning, match="stores.redis.RedisStore"):
+        store = _build(OLD_PATH)
+    _build.cache_clear()
+    assert isinstance(store, RedisStore)
+
+
+def test_check_warns_about_the_old_dotted_path() -> None:
+    with override_settings(IDEMPOTENCY_STORE=OLD_PATH):
+        found = check_settings()
+    assert [(type(m), m.id) for m in found] == [(Warning, "django_idempotency.W040")]
+    assert "django_idempotency.stores.redis.RedisStore" in found[0].hint
 
 
 def test_check_ignores_the_cache_for_the_database_store() -> None:
@@ -227,10 +314,10 @@ def test_a_released_claim_is_never_renewed_back(store: StoreUnderTest, settings:
     from django.utils import timezone
 
     from django_idempotency.stores.base import Claim, RequestRecord
-    from django_idempotency.stores.cache import CacheStore
+    from django_idempotency.stores.redis import RedisStore
 
     settings.IDEMPOTENCY_LEASE = 0.003  # renew every millisecond: races are many
-    cache_store, client, leaked = CacheStore(), redis_client(), 0
+    cache_store, client, leaked = RedisStore(), redis_client(), 0
     for i in range(1000):
         now = timezone.now()
         record = RequestRecord("race", f"k{i}", "fp", "POST", "/x", now, now + timedelta(hours=1))
@@ -405,7 +492,7 @@ def test_redis_down_with_fail_open_runs_the_view_unguarded(
 
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
-def test_redis_stopped_while_the_view_runs_sends_the_view_response(
+def test_redis_stopped_while_the_view_runs_sends_the_view_response_and_stores_it_later(
     own_redis: OwnRedis, client_alice: APIClient, alice: User, caplog: pytest.LogCaptureFixture
 ) -> None:
     views.hold.clear()
@@ -418,13 +505,18 @@ def test_redis_stopped_while_the_view_runs_sends_the_view_response(
         response = running.result(30)
     assert response.status_code == 201, "the view ran: its response goes out, never a 500"
     assert "Could not store the response" in caplog.text
+    assert "retrying in the background" in caplog.text
     own_redis.start()
-    # The restarted Redis is empty (no persistence here), so the claim is gone
-    # and a retry runs again: the documented cost of losing Redis mid-request.
-    assert post(client_alice, "/t/widgets", {"name": "mid"}, key="mid").status_code == 201
+    # The restarted Redis is empty (no persistence here). The completion is
+    # retried in the background until it is stored, so the retry of the
+    # request is a replay, not a second run.
+    stored = poll(lambda: [n for n in redis_client().scan_iter(
+        match=os.environ["REDIS_TEST_PREFIX"] + ":*")], 30)
+    assert stored, "the completion was never retried"
     replay = post(client_alice, "/t/widgets", {"name": "mid"}, key="mid")
     assert replay["Idempotent-Replayed"] == "true"
-    assert Widget.objects.count() == 2
+    assert replay.content == response.content
+    assert Widget.objects.count() == 1, "the view ran once"
 
 
 @redis_only
