@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import re
 from collections.abc import Collection, Sequence
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -28,7 +26,7 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from .conf import MIN_LEASE, SHORT_LEASE, conf, ttl_problem
+from .conf import conf, ttl_problem
 
 Messages = list[checks.CheckMessage]
 

@@ -91,7 +91,7 @@ def test_a_ttl_that_overflowed_every_request_is_now_refused_with_its_reason(
 def lease_ids(lease: object) -> list[str]:
     pytest.importorskip("django_redis")
     return ids(
-        IDEMPOTENCY_STORE="django_idempotency.stores.cache.CacheStore",
+        IDEMPOTENCY_STORE="django_idempotency.stores.redis.RedisStore",
         IDEMPOTENCY_CACHE="r",
         CACHES={"r": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://x"}},
         IDEMPOTENCY_LEASE=lease,
