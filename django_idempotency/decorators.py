@@ -9,18 +9,33 @@ from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
-from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
+from django.conf import settings
+from django.core.exceptions import (
+    BadRequest,
+    ImproperlyConfigured,
+    RequestDataTooBig,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, RawPostDataException
+from django.http.multipartparser import MultiPartParserError
 from django.utils import timezone
 from rest_framework.response import Response
 
 from . import errors
 from .conf import conf
 from .keys import (
+    FormFile,
     InvalidBody,
     InvalidKey,
-    fingerprint,
+    canonical_body,
+    canonical_form,
+    canonical_json,
+    file_sha256,
+    fingerprint_content,
     header_meta_name,
+    is_json,
+    media_type_of,
     parse_key,
     scoped_key,
     stored_scope,
@@ -218,20 +233,18 @@ def _start(
     scope = conf.scope_function(request)
     if scope is None:
         return errors.error_response(request, errors.SCOPE_UNAVAILABLE)
-    try:
-        body = _body(request, http_request)
-    except RequestDataTooBig:
-        return errors.error_response(request, errors.REQUEST_TOO_LARGE)
-
     method = http_request.method or "POST"
     try:
-        request_fingerprint = fingerprint(
+        request_fingerprint = fingerprint_content(
             method,
             http_request.path,
             http_request.META.get("QUERY_STRING", ""),
-            http_request.META.get("CONTENT_TYPE", ""),
-            body,
+            _content(request, http_request),
         )
+    except (RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent):
+        return errors.error_response(request, errors.REQUEST_TOO_LARGE)
+    except (MultiPartParserError, BadRequest):
+        return errors.error_response(request, errors.BODY_MALFORMED)
     except InvalidBody:
         return errors.error_response(request, errors.BODY_INVALID)
 
@@ -295,15 +308,95 @@ def _finish(
     return rendered
 
 
-def _body(request: Any, http_request: HttpRequest) -> bytes:
+FORM_MEDIA_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+def _content(request: Any, http_request: HttpRequest) -> bytes:
+    """The canonical form of the request's body, for its fingerprint.
+
+    Forms are taken from Django's own parse (``request.POST`` and
+    ``request.FILES``), which is also what the view gets, whether that parse
+    happens here or already happened in an authentication class or a CSRF
+    check: one path, so one fingerprint. Files are hashed in chunks from
+    Django's upload handlers (large ones are on disk), never read whole.
+
+    Raises what Django's parse raises: ``RequestDataTooBig``,
+    ``TooManyFieldsSent``, ``TooManyFilesSent`` (too large: 413) and
+    ``MultiPartParserError`` or ``BadRequest`` (malformed: 400).
+    """
+    _check_size(http_request)
+    media_type = media_type_of(http_request.META.get("CONTENT_TYPE", ""))
+    if media_type in FORM_MEDIA_TYPES and _view_parses(request, http_request):
+        return _form_content(http_request)
     try:
-        return http_request.body
+        return canonical_body(http_request.META.get("CONTENT_TYPE", ""), http_request.body)
     except RawPostDataException:
-        # Something (an authentication or permission class) already parsed the
-        # body from the stream, so the bytes are gone: use what it parsed.
-        return json.dumps(
-            getattr(request, "data", None) or http_request.POST, sort_keys=True, default=str
-        ).encode()
+        pass
+    # Something read the body from the stream before the decorator ran (DRF's
+    # SessionAuthentication CSRF check parses it with the view's parsers), so
+    # the bytes are gone: take the content from that parse.
+    if media_type in FORM_MEDIA_TYPES:
+        return _form_content(http_request)
+    if not _is_drf_request(request):
+        raise MultiPartParserError("the request body was read before @idempotent")
+    if is_json(media_type):
+        return canonical_json(request.data)
+    return _parsed_content(media_type, request.data, request.FILES)
+
+
+def _check_size(http_request: HttpRequest) -> None:
+    """Django's limit on bodies held in memory (``HttpRequest.body`` applies it),
+    on every path: also when the body was already read from the stream, which
+    does not apply it. Multipart bodies are streamed, files to disk when
+    large, and Django limits their fields, not their files."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    if limit is None or http_request.content_type == "multipart/form-data":
+        return
+    if int(http_request.META.get("CONTENT_LENGTH") or 0) > limit:
+        raise RequestDataTooBig("Request body exceeded settings.DATA_UPLOAD_MAX_MEMORY_SIZE.")
+
+
+def _view_parses(request: Any, http_request: HttpRequest) -> bool:
+    """Whether the view reads this form, so parsing it here changes nothing for
+    the view: a plain Django view (request.POST), or a DRF view with a parser
+    for the media type. A DRF view without one answers 415 from its own
+    parse, which must find the body unread."""
+    if not _is_drf_request(request) or hasattr(http_request, "_post"):
+        return True
+    return request.negotiator.select_parser(request, request.parsers) is not None
+
+
+def _form_content(http_request: HttpRequest) -> bytes:
+    fields = [(name, http_request.POST.getlist(name)) for name in http_request.POST]
+    files = []
+    for field in http_request.FILES:
+        for upload in http_request.FILES.getlist(field):
+            files.append(_form_file(field, upload))
+    return canonical_form(fields, files)
+
+
+def _form_file(field: str, upload: Any) -> FormFile:
+    digest = file_sha256(upload.chunks())
+    upload.seek(0)  # for the view
+    return FormFile(field, upload.name or "", upload.content_type or "", digest)
+
+
+def _parsed_content(media_type: str, data: Any, files: Any) -> bytes:
+    """Another media type that a DRF parser read from the stream (a file upload
+    parser, say): its parsed fields and files."""
+    if hasattr(data, "lists"):
+        fields = [(str(name), [str(v) for v in values]) for name, values in data.lists()]
+    elif isinstance(data, dict):
+        fields = [(str(name), [json.dumps(value, sort_keys=True, default=str)])
+                  for name, value in data.items()]
+    else:
+        fields = [("", [json.dumps(data, sort_keys=True, default=str)])]
+    uploads = [
+        _form_file(field, upload) for field in files for upload in files.getlist(field)
+    ]
+    return f"parsed {media_type}\n".encode("utf-8", "surrogateescape") + canonical_form(
+        fields, uploads
+    )
 
 
 def _keeps(status: int) -> bool:
