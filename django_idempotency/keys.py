@@ -164,9 +164,10 @@ def canonical_form(fields: Iterable[tuple[str, list[str]]], files: Iterable[Form
     """
     content = {
         "fields": sorted([name, list(values)] for name, values in fields),
+        # sorted() is stable: the files of one field keep their order.
         "files": [
             [f.field, f.name, f.content_type, f.sha256]
-            for f in sorted(files, key=lambda f: f.field)  # stable: a field's files keep their order
+            for f in sorted(files, key=lambda f: f.field)
         ],
     }
     return b"form\n" + _dumps(content)
