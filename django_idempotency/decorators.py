@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar, overload
@@ -53,6 +54,7 @@ from .stores import (
 )
 
 ViewFunc = TypeVar("ViewFunc", bound=Callable[..., Any])
+logger = logging.getLogger("django_idempotency")
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 GUARDED_METHODS = frozenset({"POST"})
@@ -417,7 +419,11 @@ def _materialised(
             drf_view.finalize_response(request, response, *view_args, **kwargs)
         response.render()
     if getattr(response, "streaming", False):
-        return _buffered(response, b"".join(response.streaming_content))
+        try:
+            content = b"".join(response.streaming_content)
+        finally:
+            _close(response)
+        return _buffered(response, content)
     assert isinstance(response, HttpResponseBase), (
         f"An @idempotent view must return an HttpResponse, not {type(response).__name__}"
     )
@@ -428,15 +434,35 @@ async def _drained(response: Any) -> Any:
     """Read an async streaming response here, in the event loop, so that the
     store's sync code can keep its bytes."""
     if getattr(response, "streaming", False) and getattr(response, "is_async", False):
-        return _buffered(response, b"".join([chunk async for chunk in response.streaming_content]))
+        try:
+            content = b"".join([chunk async for chunk in response.streaming_content])
+        finally:
+            _close(response)
+        return _buffered(response, content)
     return response
 
 
 def _buffered(response: HttpResponseBase, content: bytes) -> HttpResponse:
+    """A streaming response, read: the same status, headers and cookies."""
     buffered = HttpResponse(content, status=response.status_code)
     for name, value in response.items():
         buffered[name] = value
+    buffered.cookies = response.cookies
     return buffered
+
+
+def _close(response: HttpResponseBase) -> None:
+    """Run a read streaming response's closers (a FileResponse's file, the
+    iterator's close()): the server would have, but it gets the buffered copy.
+    Not response.close(): that also sends request_finished, which closes the
+    database connection that holds the database store's open claim."""
+    closers = list(response._resource_closers)  # type: ignore[attr-defined]
+    response._resource_closers.clear()  # type: ignore[attr-defined]
+    for closer in closers:
+        try:
+            closer()
+        except Exception:  # as HttpResponseBase.close(): a closer's failure is not the client's
+            logger.warning("Closing a streaming response failed", exc_info=True)
 
 
 def _to_stored(response: HttpResponseBase) -> StoredResponse:
