@@ -38,7 +38,7 @@ from .keys import (
     is_json,
     media_type_of,
     parse_key,
-    scoped_key,
+    record_key,
     stored_scope,
 )
 from .stores import (
@@ -260,8 +260,6 @@ def _start(
         created_at=now,
         expires_at=now + (ttl if ttl is not None else conf.IDEMPOTENCY_TTL),
     )
-    request.idempotency_key = http_request.idempotency_key = scoped_key(record.scope, key)  # type: ignore[attr-defined]
-
     store = get_store()
     try:
         outcome = store.begin(record)
@@ -275,6 +273,9 @@ def _start(
         return errors.error_response(
             request, errors.IN_USE, headers={"Retry-After": str(conf.IDEMPOTENCY_RETRY_AFTER)}
         )
+    request.idempotency_key = http_request.idempotency_key = record_key(  # type: ignore[attr-defined]
+        record.scope, key, outcome.anchor
+    )
     return store, outcome
 
 

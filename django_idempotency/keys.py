@@ -9,6 +9,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 MAX_KEY_LENGTH = 255
@@ -108,8 +109,26 @@ def stored_scope(scope: object) -> str:
 
 
 def scoped_key(scope: str, key: str) -> str:
-    """A stable identifier of (scope, key), safe to pass to other systems' idempotency keys."""
+    """A stable identifier of (scope, key), for naming the key in a store."""
     return hashlib.sha256(f"{scope}\x00{key}".encode()).hexdigest()
+
+
+def record_key(scope: str, key: str, first_claimed_at: datetime) -> str:
+    """``request.idempotency_key``: one value per record of (scope, key), safe to
+    pass on as another system's idempotency key. ``first_claimed_at`` (when the
+    first attempt claimed the key) tells apart the records of a key that was
+    reused after its record expired; every attempt of one record shares it."""
+    return hashlib.sha256(
+        f"{scope}\x00{key}\x00{instant(first_claimed_at)}".encode()
+    ).hexdigest()
+
+
+def instant(moment: datetime) -> str:
+    """A datetime as text that survives a round trip through any store: UTC
+    when aware (USE_TZ), as is when naive, to the microsecond."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment.isoformat(timespec="microseconds")
 
 
 def fingerprint(method: str, path: str, query: str, content_type: str, body: bytes) -> str:

@@ -48,10 +48,21 @@ class StoredResponse:
 
 @dataclass
 class Claim:
-    """This request owns the key; the store keeps what it needs in ``state``."""
+    """This request owns the key; the store keeps what it needs in ``state``.
+
+    ``first_claimed_at`` is when the first attempt of this request claimed the
+    key, if an earlier attempt was released (a store that remembers released
+    attempts sets it); ``request.idempotency_key`` is derived from it.
+    """
 
     record: RequestRecord
     state: Any = field(default=None, repr=False)
+    first_claimed_at: datetime | None = None
+
+    @property
+    def anchor(self) -> datetime:
+        """When this logical request began: its first attempt's claim."""
+        return self.first_claimed_at or self.record.created_at
 
 
 @dataclass(frozen=True)

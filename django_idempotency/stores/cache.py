@@ -56,6 +56,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.core.cache import caches
@@ -64,9 +65,10 @@ from django.utils import timezone
 from redis.exceptions import NoScriptError, RedisError
 
 from ..conf import conf
-from ..keys import scoped_key
+from ..keys import instant, scoped_key
 from .base import (
     Claim,
+    InUse,
     Outcome,
     RequestRecord,
     Store,
@@ -79,6 +81,7 @@ logger = logging.getLogger("django_idempotency")
 
 IN_FLIGHT = "in_flight"
 COMPLETED = "completed"
+RELEASED = "released"
 #: Prepended to the hash of (scope, key) before the cache's ``make_key``.
 KEY_NAMESPACE = "idempotency:"
 
@@ -115,11 +118,22 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
 )
-# ARGV: our in-flight value. Returns 1 if the claim was ours and is gone.
+# ARGV: our in-flight value, the released value, its TTL in ms. Returns 1 if
+# the claim was ours and is released. The released value keeps when the first
+# attempt began, for the next attempt's request.idempotency_key.
 _RELEASE = _Script(
     """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-return redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+)
+# ARGV: the released value found, our in-flight value, lease ms. Returns 1 if claimed.
+_TAKE_OVER = _Script(
+    """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
 """
 )
 # ARGV: our in-flight value, lease ms. Returns 1 if the claim is (again) ours.
@@ -292,22 +306,22 @@ class CacheStore(Store):
 
     def begin(self, record: RequestRecord) -> Outcome:
         client, key = self.client(), self.redis_key(record.scope, record.key)
-        token = encode(
-            {
-                "state": IN_FLIGHT,
-                # The owner: finish, release and renew act only on this exact value.
-                "owner": os.urandom(16).hex(),
-                "scope": record.scope,
-                "key": record.key,
-                "fingerprint": record.fingerprint,
-                "method": record.method,
-                "path": record.path,
-            }
-        )
+        token = self._in_flight(record, record.created_at)
         lease_ms = max(1, round(conf.lease_seconds * 1000))
+        first_claimed_at = None
         try:
             existing = _CLAIM(client, key, token, lease_ms)
             found = decode(existing) if existing is not None else None
+            if found is not None and found.state == RELEASED:
+                # An earlier attempt was released: take its place, keeping when
+                # the request's first attempt began if it is the same request.
+                meta = json.loads(existing.partition(b"\n")[0])
+                if found.fingerprint == record.fingerprint:
+                    first_claimed_at = datetime.fromisoformat(meta["first"])
+                    token = self._in_flight(record, first_claimed_at)
+                if not _TAKE_OVER(client, key, existing, token, lease_ms):
+                    return InUse()  # another attempt took it over first
+                found = None
         except (RedisError, ValueError, KeyError) as exc:
             if conf.IDEMPOTENCY_FAIL_OPEN and isinstance(exc, RedisError):
                 logger.warning(
@@ -320,8 +334,24 @@ class CacheStore(Store):
         if found is None:
             held = _Held(client, key, token, lease_ms)
             _renewer.hold(held)
-            return Claim(record, held)
+            return Claim(record, held, first_claimed_at)
         return outcome_of(record, found.fingerprint, found.response)
+
+    @staticmethod
+    def _in_flight(record: RequestRecord, first_claimed_at: datetime) -> bytes:
+        return encode(
+            {
+                "state": IN_FLIGHT,
+                # The owner: finish, release and renew act only on this exact value.
+                "owner": os.urandom(16).hex(),
+                "scope": record.scope,
+                "key": record.key,
+                "fingerprint": record.fingerprint,
+                "method": record.method,
+                "path": record.path,
+                "first": instant(first_claimed_at),
+            }
+        )
 
     def finish(self, claim: Claim, response: StoredResponse) -> None:
         held: _Held | None = claim.state
@@ -382,8 +412,21 @@ class CacheStore(Store):
         if held is None:
             return
         _renewer.drop(held)
+        record = claim.record
+        released = encode(
+            {
+                "state": RELEASED,
+                "scope": record.scope,
+                "key": record.key,
+                "fingerprint": record.fingerprint,
+                "method": record.method,
+                "path": record.path,
+                "first": instant(claim.anchor),
+            }
+        )
+        ttl_ms = max(1, round((record.expires_at - timezone.now()).total_seconds() * 1000))
         try:
-            _RELEASE(held.client, held.key, held.token)
+            _RELEASE(held.client, held.key, held.token, released, ttl_ms)
         except RedisError as error:
             logger.warning(
                 "Could not release idempotency claim %s (%s); the key stays in use until "
