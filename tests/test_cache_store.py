@@ -230,7 +230,7 @@ def test_a_released_claim_is_never_renewed_back(store: StoreUnderTest, settings:
     from django_idempotency.stores.cache import CacheStore
 
     settings.IDEMPOTENCY_LEASE = 0.003  # renew every millisecond: races are many
-    cache_store, client, leaked = CacheStore(), redis_client(), 0
+    cache_store, leaked = CacheStore(), 0
     for i in range(1000):
         now = timezone.now()
         record = RequestRecord("race", f"k{i}", "fp", "POST", "/x", now, now + timedelta(hours=1))
