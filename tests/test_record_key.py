@@ -26,9 +26,9 @@ def _given() -> Any:
     key_views.given.clear()
 
 
-def charge(client: APIClient, outcome: str = "ok", body: Any = None) -> Any:
+def charge(client: APIClient, outcome: str = "ok", body: Any = None, key: str = "order-1") -> Any:
     client.raise_request_exception = False
-    return post(client, "/t/charge", body or {"amount": 100}, key="order-1",
+    return post(client, "/t/charge", body or {"amount": 100}, key=key,
                 HTTP_X_TEST_OUTCOME=outcome)
 
 
@@ -86,3 +86,18 @@ def test_users_get_different_values_for_one_key(
     b = charge(client_bob).json()["key"]
     assert a != b
     assert Widget.objects.count() == 2
+
+
+@pytest.mark.usefixtures("database_store")
+def test_on_the_database_store_what_atomic_requests_changes(
+    client_alice: APIClient, atomic_requests: bool
+) -> None:
+    """As docs/requests.rst says: the marker of a released attempt is written in
+    the request's transaction, so under ATOMIC_REQUESTS a view that raises
+    takes it with its rollback; an answered 5xx keeps it."""
+    charge(client_alice, "500")
+    charge(client_alice, "500")
+    assert key_views.given[0] == key_views.given[1]
+    charge(client_alice, "raise", key="order-2")
+    charge(client_alice, "ok", key="order-2")
+    assert (key_views.given[2] == key_views.given[3]) is not atomic_requests

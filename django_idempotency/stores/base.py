@@ -64,6 +64,12 @@ class Claim:
         """When this logical request began: its first attempt's claim."""
         return self.first_claimed_at or self.record.created_at
 
+    @property
+    def anchor_expires_at(self) -> datetime:
+        """When this logical request's TTL ends, counted from its first attempt:
+        a store forgets a released attempt then."""
+        return self.anchor + (self.record.expires_at - self.record.created_at)
+
 
 @dataclass(frozen=True)
 class Replay:

@@ -57,6 +57,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.core.cache import caches
@@ -318,6 +319,8 @@ class CacheStore(Store):
                 meta = json.loads(existing.partition(b"\n")[0])
                 if found.fingerprint == record.fingerprint:
                     first_claimed_at = datetime.fromisoformat(meta["first"])
+                    if record.created_at.tzinfo is not None:  # instant() wrote UTC
+                        first_claimed_at = first_claimed_at.replace(tzinfo=dt_timezone.utc)
                     token = self._in_flight(record, first_claimed_at)
                 if not _TAKE_OVER(client, key, existing, token, lease_ms):
                     return InUse()  # another attempt took it over first
@@ -424,7 +427,8 @@ class CacheStore(Store):
                 "first": instant(claim.anchor),
             }
         )
-        ttl_ms = max(1, round((record.expires_at - timezone.now()).total_seconds() * 1000))
+        remaining = (claim.anchor_expires_at - timezone.now()).total_seconds()
+        ttl_ms = max(1, round(remaining * 1000))
         try:
             _RELEASE(held.client, held.key, held.token, released, ttl_ms)
         except RedisError as error:

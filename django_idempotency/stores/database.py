@@ -270,6 +270,8 @@ class DatabaseStore(Store):
             if mine.filter(expires_at__gt=record.created_at).exclude(state=_RELEASED).exists():
                 return
             mine.delete()
+            if claim.anchor_expires_at <= record.created_at:
+                return  # the request's TTL is over: the next attempt is a new one
             manager.create(
                 scope=record.scope,
                 key=record.key,
@@ -278,7 +280,7 @@ class DatabaseStore(Store):
                 path=record.path,
                 state=_RELEASED,
                 created_at=claim.anchor,
-                expires_at=record.expires_at,
+                expires_at=claim.anchor_expires_at,
             )
 
     def _take_over(
