@@ -328,7 +328,8 @@ def _content(request: Any, http_request: HttpRequest) -> bytes:
     ``MultiPartParserError`` or ``BadRequest`` (malformed: 400).
     """
     _check_size(http_request)
-    media_type = media_type_of(http_request.META.get("CONTENT_TYPE", ""))
+    # As Django decides whether request.POST parses the body.
+    media_type = http_request.content_type or ""
     if media_type in FORM_MEDIA_TYPES and _view_parses(request, http_request):
         return _form_content(http_request)
     try:
@@ -342,7 +343,7 @@ def _content(request: Any, http_request: HttpRequest) -> bytes:
         return _form_content(http_request)
     if not _is_drf_request(request):
         raise MultiPartParserError("the request body was read before @idempotent")
-    if is_json(media_type):
+    if is_json(media_type_of(http_request.META.get("CONTENT_TYPE", ""))):
         return canonical_json(request.data)
     return _parsed_content(media_type, request.data, request.FILES)
 
