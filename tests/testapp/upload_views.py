@@ -33,11 +33,18 @@ def _received(data: Any, files: Any, user: Any) -> dict[str, Any]:
         "run": widget.pk,
         "fields": [[name, data.getlist(name)] for name in data],
         "files": [
-            [field, f.name, f.content_type, hashlib.sha256(f.read()).hexdigest()]
+            [field, f.name, f.content_type, _sha256(f)]
             for field in files
             for f in files.getlist(field)
         ],
     }
+
+
+def _sha256(upload: Any) -> str:
+    digest = hashlib.sha256()
+    for chunk in upload.chunks():
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 class UploadView(APIView):
