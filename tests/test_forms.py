@@ -140,3 +140,30 @@ class _Named:
 
     def read(self, *args: Any) -> bytes:
         return self._io.read(*args)
+
+
+def test_json_read_by_drfs_csrf_check_gets_the_fingerprint_of_its_bytes(alice: User) -> None:
+    # Before DRF 3.16 its CSRF check reads a JSON body from the stream, so the
+    # decorator canonicalises what DRF parsed; later DRF keeps the bytes.
+    from rest_framework.authtoken.models import Token
+
+    session = APIClient(enforce_csrf_checks=True)
+    session.login(username="alice", password="alice-pw")
+    session.get("/t/login")
+    first = session.post(
+        "/t/upload", b'{"b": [1, 2], "a": "x"}', content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="json", HTTP_X_CSRFTOKEN=session.cookies["csrftoken"].value,
+    )
+    assert first.status_code == 201, first.content
+    by_token = APIClient()
+    by_token.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=alice).key}")
+    again = by_token.post(
+        "/t/upload", b'{"a":"x","b":[1,2]}', content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="json",
+    )
+    assert again["Idempotent-Replayed"] == "true"
+    other = by_token.post(
+        "/t/upload", b'{"a":"x","b":[2,1]}', content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="json",
+    )
+    assert other.status_code == 409
