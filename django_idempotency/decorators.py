@@ -297,6 +297,9 @@ def _finish(
         store.release(claim, exc)
         raise
     if stored is None:
+        # A 4xx that is released asks the client to fix the request: the view
+        # refused it, so nothing was done under request.idempotency_key.
+        claim.may_have_acted = rendered.status_code >= 500
         store.release(claim)
     else:
         try:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
+from django_idempotency.models import IdempotencyRecord
 from tests.conftest import StoreUnderTest, post
 from tests.testapp import key_views
 from tests.testapp.models import Widget
@@ -86,6 +87,18 @@ def test_users_get_different_values_for_one_key(
     b = charge(client_bob).json()["key"]
     assert a != b
     assert Widget.objects.count() == 2
+
+
+def test_a_refused_attempt_is_not_remembered_but_keeps_an_earlier_one(
+    client_alice: APIClient, store: StoreUnderTest
+) -> None:
+    charge(client_alice, "422")  # refused (a released 4xx): nothing to remember
+    if store.name == "database":
+        assert not IdempotencyRecord.objects.exists()
+    charge(client_alice, "500")
+    charge(client_alice, "422")
+    charge(client_alice)
+    assert key_views.given[1] == key_views.given[2] == key_views.given[3]
 
 
 @pytest.mark.usefixtures("database_store")

@@ -53,11 +53,14 @@ class Claim:
     ``first_claimed_at`` is when the first attempt of this request claimed the
     key, if an earlier attempt was released (a store that remembers released
     attempts sets it); ``request.idempotency_key`` is derived from it.
+    ``may_have_acted`` is False when the view refused the request (a released
+    4xx): a store need not remember such an attempt.
     """
 
     record: RequestRecord
     state: Any = field(default=None, repr=False)
     first_claimed_at: datetime | None = None
+    may_have_acted: bool = True
 
     @property
     def anchor(self) -> datetime:

@@ -238,6 +238,8 @@ class DatabaseStore(Store):
             held.atomic.__exit__(None, None, None)
         else:
             held.atomic.__exit__(type(exc), exc, exc.__traceback__)
+        if not claim.may_have_acted:
+            return  # the rollback restored an earlier attempt's marker, if any
         try:
             self._keep_released(held.alias, claim)
         except DatabaseError:

@@ -23,4 +23,5 @@ def charge(request: Request) -> Response:
     outcome = request.headers.get("X-Test-Outcome", "ok")
     if outcome == "raise":
         raise RuntimeError("the provider was charged, then the view failed")
-    return Response({"key": request.idempotency_key}, status=500 if outcome == "500" else 201)  # type: ignore[attr-defined]
+    status = {"500": 500, "422": 422}.get(outcome, 201)
+    return Response({"key": request.idempotency_key}, status=status)  # type: ignore[attr-defined]
