@@ -11,8 +11,16 @@ from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
-from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
+from django.conf import settings
+from django.core.exceptions import (
+    BadRequest,
+    ImproperlyConfigured,
+    RequestDataTooBig,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, RawPostDataException
+from django.http.multipartparser import MultiPartParserError
 from django.utils import timezone
 from rest_framework.response import Response
 
@@ -20,12 +28,19 @@ from . import errors, exceptions, signals
 from .checks import ensure_checked
 from .conf import conf, ttl_problem
 from .keys import (
+    FormFile,
     InvalidBody,
     InvalidKey,
-    fingerprint,
+    canonical_body,
+    canonical_form,
+    canonical_json,
+    file_sha256,
+    fingerprint_content,
     header_meta_name,
+    is_json,
+    media_type_of,
     parse_key,
-    scoped_key,
+    record_key,
     stored_scope,
 )
 from .routers import guarded
@@ -294,20 +309,18 @@ def _start(
     scope = conf.scope_function(request)
     if scope is None:
         return _refuse(request, errors.SCOPE_UNAVAILABLE)
-    try:
-        body = _body(request, http_request)
-    except RequestDataTooBig:
-        return _refuse(request, errors.REQUEST_TOO_LARGE)
-
     method = http_request.method or "POST"
     try:
-        request_fingerprint = fingerprint(
+        request_fingerprint = fingerprint_content(
             method,
             http_request.path,
             http_request.META.get("QUERY_STRING", ""),
-            http_request.META.get("CONTENT_TYPE", ""),
-            body,
+            _content(request, http_request),
         )
+    except (RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent):
+        return _refuse(request, errors.REQUEST_TOO_LARGE)
+    except (MultiPartParserError, BadRequest):
+        return _refuse(request, errors.BODY_MALFORMED)
     except InvalidBody:
         return _refuse(request, errors.BODY_INVALID)
 
@@ -321,8 +334,6 @@ def _start(
         created_at=now,
         expires_at=now + (ttl if ttl is not None else conf.IDEMPOTENCY_TTL),
     )
-    request.idempotency_key = http_request.idempotency_key = scoped_key(record.scope, key)  # type: ignore[attr-defined]
-
     store = get_store()
     try:
         outcome = store.begin(record)
@@ -338,6 +349,9 @@ def _start(
     if isinstance(outcome, InUse):
         _notify(signals.in_use, store, request, record)
         return _refuse(request, errors.IN_USE)
+    request.idempotency_key = http_request.idempotency_key = record_key(  # type: ignore[attr-defined]
+        record.scope, key, outcome.anchor
+    )
     _notify(signals.claimed, store, request, record)
     return store, outcome
 
@@ -390,6 +404,9 @@ def _finish(
         _release(store, claim, request, exc)
         raise
     if stored is None:
+        # A 4xx that is released asks the client to fix the request: the view
+        # refused it, so nothing was done under request.idempotency_key.
+        claim.may_have_acted = rendered.status_code >= 500
         _release(store, claim, request, status=rendered.status_code)
     else:
         try:
@@ -467,15 +484,96 @@ def _notify(
         )
 
 
-def _body(request: Any, http_request: HttpRequest) -> bytes:
+FORM_MEDIA_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+def _content(request: Any, http_request: HttpRequest) -> bytes:
+    """The canonical form of the request's body, for its fingerprint.
+
+    Forms are taken from Django's own parse (``request.POST`` and
+    ``request.FILES``), which is also what the view gets, whether that parse
+    happens here or already happened in an authentication class or a CSRF
+    check: one path, so one fingerprint. Files are hashed in chunks from
+    Django's upload handlers (large ones are on disk), never read whole.
+
+    Raises what Django's parse raises: ``RequestDataTooBig``,
+    ``TooManyFieldsSent``, ``TooManyFilesSent`` (too large: 413) and
+    ``MultiPartParserError`` or ``BadRequest`` (malformed: 400).
+    """
+    _check_size(http_request)
+    # As Django decides whether request.POST parses the body.
+    media_type = http_request.content_type or ""
+    if media_type in FORM_MEDIA_TYPES and _view_parses(request, http_request):
+        return _form_content(http_request)
     try:
-        return http_request.body
+        return canonical_body(http_request.META.get("CONTENT_TYPE", ""), http_request.body)
     except RawPostDataException:
-        # Something (an authentication or permission class) already parsed the
-        # body from the stream, so the bytes are gone: use what it parsed.
-        return json.dumps(
-            getattr(request, "data", None) or http_request.POST, sort_keys=True, default=str
-        ).encode()
+        pass
+    # Something read the body from the stream before the decorator ran (DRF's
+    # SessionAuthentication CSRF check parses it with the view's parsers), so
+    # the bytes are gone: take the content from that parse.
+    if media_type in FORM_MEDIA_TYPES:
+        return _form_content(http_request)
+    if not _is_drf_request(request):
+        raise MultiPartParserError("the request body was read before @idempotent")
+    if is_json(media_type_of(http_request.META.get("CONTENT_TYPE", ""))):
+        return canonical_json(request.data)
+    return _parsed_content(media_type, request.data, request.FILES)
+
+
+def _check_size(http_request: HttpRequest) -> None:
+    """Django's limit on bodies held in memory (``HttpRequest.body`` applies it),
+    on every path: also when the body was already read from the stream, which
+    does not apply it. Multipart bodies are streamed, files to disk when
+    large, and Django limits their fields, not their files."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    if limit is None or http_request.content_type == "multipart/form-data":
+        return
+    if int(http_request.META.get("CONTENT_LENGTH") or 0) > limit:
+        raise RequestDataTooBig("Request body exceeded settings.DATA_UPLOAD_MAX_MEMORY_SIZE.")
+
+
+def _view_parses(request: Any, http_request: HttpRequest) -> bool:
+    """Whether the view reads this form, so parsing it here changes nothing for
+    the view: a plain Django view (request.POST), or a DRF view with a parser
+    for the media type. A DRF view without one answers 415 from its own
+    parse, which must find the body unread."""
+    if not _is_drf_request(request) or hasattr(http_request, "_post"):
+        return True
+    return request.negotiator.select_parser(request, request.parsers) is not None
+
+
+def _form_content(http_request: HttpRequest) -> bytes:
+    fields = [(name, http_request.POST.getlist(name)) for name in http_request.POST]
+    files = []
+    for field in http_request.FILES:
+        for upload in http_request.FILES.getlist(field):
+            files.append(_form_file(field, upload))
+    return canonical_form(fields, files)
+
+
+def _form_file(field: str, upload: Any) -> FormFile:
+    digest = file_sha256(upload.chunks())
+    upload.seek(0)  # for the view
+    return FormFile(field, upload.name or "", upload.content_type or "", digest)
+
+
+def _parsed_content(media_type: str, data: Any, files: Any) -> bytes:
+    """Another media type that a DRF parser read from the stream (a file upload
+    parser, say): its parsed fields and files."""
+    if hasattr(data, "lists"):
+        fields = [(str(name), [str(v) for v in values]) for name, values in data.lists()]
+    elif isinstance(data, dict):
+        fields = [(str(name), [json.dumps(value, sort_keys=True, default=str)])
+                  for name, value in data.items()]
+    else:
+        fields = [("", [json.dumps(data, sort_keys=True, default=str)])]
+    uploads = [
+        _form_file(field, upload) for field in files for upload in files.getlist(field)
+    ]
+    return f"parsed {media_type}\n".encode("utf-8", "surrogateescape") + canonical_form(
+        fields, uploads
+    )
 
 
 def _keeps(status: int) -> bool:
@@ -496,7 +594,11 @@ def _materialised(
             drf_view.finalize_response(request, response, *view_args, **kwargs)
         response.render()
     if getattr(response, "streaming", False):
-        return _buffered(response, b"".join(response.streaming_content))
+        try:
+            content = b"".join(response.streaming_content)
+        finally:
+            _close(response)
+        return _buffered(response, content)
     assert isinstance(response, HttpResponseBase), (
         f"An @idempotent view must return an HttpResponse, not {type(response).__name__}"
     )
@@ -507,15 +609,35 @@ async def _drained(response: Any) -> Any:
     """Read an async streaming response here, in the event loop, so that the
     store's sync code can keep its bytes."""
     if getattr(response, "streaming", False) and getattr(response, "is_async", False):
-        return _buffered(response, b"".join([chunk async for chunk in response.streaming_content]))
+        try:
+            content = b"".join([chunk async for chunk in response.streaming_content])
+        finally:
+            _close(response)
+        return _buffered(response, content)
     return response
 
 
 def _buffered(response: HttpResponseBase, content: bytes) -> HttpResponse:
+    """A streaming response, read: the same status, headers and cookies."""
     buffered = HttpResponse(content, status=response.status_code)
     for name, value in response.items():
         buffered[name] = value
+    buffered.cookies = response.cookies
     return buffered
+
+
+def _close(response: HttpResponseBase) -> None:
+    """Run a read streaming response's closers (a FileResponse's file, the
+    iterator's close()): the server would have, but it gets the buffered copy.
+    Not response.close(): that also sends request_finished, which closes the
+    database connection that holds the database store's open claim."""
+    closers = list(response._resource_closers)  # type: ignore[attr-defined]
+    response._resource_closers.clear()  # type: ignore[attr-defined]
+    for closer in closers:
+        try:
+            closer()
+        except Exception:  # as HttpResponseBase.close(): a closer's failure is not the client's
+            logger.warning("Closing a streaming response failed", exc_info=True)
 
 
 def _to_stored(response: HttpResponseBase) -> StoredResponse:

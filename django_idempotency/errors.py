@@ -83,6 +83,9 @@ SCOPE_UNAVAILABLE = ErrorType(
 BODY_INVALID = ErrorType(
     400, "request_body_invalid", "The request body is JSON nested too deeply to be read"
 )
+BODY_MALFORMED = ErrorType(
+    400, "request_body_invalid", "The request body cannot be read as its Content-Type says"
+)
 REQUEST_TOO_LARGE = ErrorType(
     413, "request_too_large", "The request body is larger than this server accepts"
 )
@@ -149,6 +152,7 @@ def error_response(
 
 __all__ = [
     "BODY_INVALID",
+    "BODY_MALFORMED",
     "CONFLICT",
     "IN_USE",
     "KEY_INVALID",

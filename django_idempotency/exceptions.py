@@ -60,6 +60,10 @@ class RequestBodyInvalid(IdempotencyError):
     error = errors.BODY_INVALID
 
 
+class RequestBodyMalformed(IdempotencyError):
+    error = errors.BODY_MALFORMED
+
+
 class RequestTooLarge(IdempotencyError):
     error = errors.REQUEST_TOO_LARGE
 
@@ -191,6 +195,7 @@ __all__ = [
     "IdempotencyScopeUnavailable",
     "IdempotencyStoreUnavailable",
     "RequestBodyInvalid",
+    "RequestBodyMalformed",
     "RequestTooLarge",
     "error_type",
     "exception_for",

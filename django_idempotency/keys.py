@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 MAX_KEY_LENGTH = 255
@@ -106,32 +109,108 @@ def stored_scope(scope: object) -> str:
 
 
 def scoped_key(scope: str, key: str) -> str:
-    """A stable identifier of (scope, key), safe to pass to other systems' idempotency keys."""
+    """A stable identifier of (scope, key), for naming the key in a store."""
     return hashlib.sha256(f"{scope}\x00{key}".encode()).hexdigest()
 
 
+def record_key(scope: str, key: str, first_claimed_at: datetime) -> str:
+    """``request.idempotency_key``: one value per record of (scope, key), safe to
+    pass on as another system's idempotency key. ``first_claimed_at`` (when the
+    first attempt claimed the key) tells apart the records of a key that was
+    reused after its record expired; every attempt of one record shares it."""
+    return hashlib.sha256(
+        f"{scope}\x00{key}\x00{instant(first_claimed_at)}".encode()
+    ).hexdigest()
+
+
+def instant(moment: datetime) -> str:
+    """A datetime as text that survives a round trip through any store: UTC
+    when aware (USE_TZ), as is when naive, to the microsecond."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment.isoformat(timespec="microseconds")
+
+
 def fingerprint(method: str, path: str, query: str, content_type: str, body: bytes) -> str:
-    """A hash of what makes two requests "the same request".
+    """A hash of what makes two requests "the same request", from the raw body.
 
     JSON bodies are canonicalised first, so key order and white space do not
     matter; any other body, or JSON that does not parse, is hashed as bytes
     together with its media type. JSON nested deeper than
-    :data:`MAX_JSON_DEPTH` raises :class:`InvalidBody`.
+    :data:`MAX_JSON_DEPTH` raises :class:`InvalidBody`. (The decorator
+    fingerprints forms by :func:`canonical_form` instead: see
+    :func:`fingerprint_content`.)
     """
-    media_type = content_type.split(";", 1)[0].strip().lower()
+    return fingerprint_content(method, path, query, canonical_body(content_type, body))
+
+
+def fingerprint_content(method: str, path: str, query: str, content: bytes) -> str:
+    """The fingerprint of a request whose body is ``content``, a canonical form
+    made by :func:`canonical_body`, :func:`canonical_json` or :func:`canonical_form`."""
     digest = hashlib.sha256()
     digest.update(f"{method}\n{path}\n{query}\n".encode("utf-8", "surrogateescape"))
-    canonical = _canonical_json(body) if _is_json(media_type) else None
-    if canonical is not None:
-        digest.update(b"json\n")
-        digest.update(canonical)
-    else:
-        digest.update(f"raw {media_type}\n".encode("utf-8", "surrogateescape"))
-        digest.update(body)
+    digest.update(content)
     return digest.hexdigest()
 
 
-def _is_json(media_type: str) -> bool:
+def media_type_of(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def canonical_body(content_type: str, body: bytes) -> bytes:
+    """A raw body's canonical form: canonical JSON, or the bytes and media type."""
+    media_type = media_type_of(content_type)
+    canonical = _canonical_json(body) if is_json(media_type) else None
+    if canonical is not None:
+        return b"json\n" + canonical
+    return f"raw {media_type}\n".encode("utf-8", "surrogateescape") + body
+
+
+def canonical_json(data: Any) -> bytes:
+    """The canonical form of JSON that a parser already read from the body: the
+    same bytes :func:`canonical_body` gives for that body."""
+    if _too_deep(None, data):
+        raise InvalidBody("JSON nested too deeply")
+    return b"json\n" + _dumps(data)
+
+
+def canonical_form(fields: Iterable[tuple[str, list[str]]], files: Iterable[FormFile]) -> bytes:
+    """The canonical form of a form (urlencoded or multipart) as it was parsed:
+    every field with all its values in order, and every file by field name, file
+    name, content type and SHA-256 of its bytes. Never the multipart boundary,
+    nor the encoding, nor the order between different fields (as JSON objects'
+    key order does not count); the order of one field's values and files does.
+    """
+    content = {
+        "fields": sorted([name, list(values)] for name, values in fields),
+        # sorted() is stable: the files of one field keep their order.
+        "files": [
+            [f.field, f.name, f.content_type, f.sha256]
+            for f in sorted(files, key=lambda f: f.field)
+        ],
+    }
+    return b"form\n" + _dumps(content)
+
+
+@dataclass(frozen=True)
+class FormFile:
+    """One uploaded file of a form, as :func:`canonical_form` takes it."""
+
+    field: str
+    name: str
+    content_type: str
+    sha256: str
+
+
+def file_sha256(chunks: Iterable[bytes]) -> str:
+    """The SHA-256 of a file read in ``chunks``, never holding it whole."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_json(media_type: str) -> bool:
     return media_type == "application/json" or media_type.endswith("+json")
 
 
@@ -146,15 +225,19 @@ def _canonical_json(body: bytes) -> bytes | None:
         return None
     if _too_deep(body, data):
         raise InvalidBody("JSON nested too deeply")
+    return _dumps(data)
+
+
+def _dumps(data: Any) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
         "utf-8", "surrogatepass"
     )
 
 
-def _too_deep(body: bytes, data: Any) -> bool:
+def _too_deep(body: bytes | None, data: Any) -> bool:
     # Each level needs an opening bracket: most bodies are cleared by a count
     # done in C, and only the rest are walked (without recursion).
-    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+    if body is not None and body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
         return False
     stack: list[tuple[Any, int]] = [(data, 1)]
     while stack:

@@ -97,3 +97,10 @@ ensure_pgbouncer() {
     as_root apt-get update -qq >&2 &&
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >&2 || return 1
 }
+
+# ensure_curl: curl, a real HTTP client that the tests drive (tests/test_forms_http.py).
+ensure_curl() {
+    command -v curl >/dev/null 2>&1 && return 0
+    log "Installing curl (Debian package)"
+    as_root apt-get update -qq >&2 && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >&2
+}

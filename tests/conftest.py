@@ -169,7 +169,7 @@ class StoreUnderTest:
                 Rec(r.scope, r.key, r.state, r.response_status, r.headers,
                     bytes(r.response_body) if r.response_body is not None else None,
                     r.expires_at - r.created_at)
-                for r in IdempotencyRecord.objects.all()
+                for r in IdempotencyRecord.objects.exclude(state="released")
             ]
         from django_idempotency.stores.redis import decode
 
@@ -180,6 +180,8 @@ class StoreUnderTest:
             if value is None:
                 continue
             rec = decode(value)
+            if rec.state == "released":  # only remembers a released attempt's start
+                continue
             response = rec.response
             found.append(Rec(rec.scope, rec.key, rec.state,
                              response.status if response else None,

@@ -30,6 +30,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "rest_framework",
+    "rest_framework.authtoken",  # the upload tests' token callers
     "django_idempotency",
     "testproject.api",
     "tests.testapp",

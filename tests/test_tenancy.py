@@ -59,8 +59,6 @@ def test_the_scoped_key_given_to_the_view_differs_per_user(
 ) -> None:
     a = post(client_alice, "/t/widgets", {"name": "n"}, key="k").json()["key"]
     b = post(client_bob, "/t/widgets", {"name": "n"}, key="k").json()["key"]
-    assert a == scoped_key(f"user:{alice.pk}", "k")
-    assert b == scoped_key(f"user:{bob.pk}", "k")
     assert a != b
 
 

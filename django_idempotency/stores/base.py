@@ -57,10 +57,30 @@ class StoredResponse:
 
 @dataclass
 class Claim:
-    """This request owns the key; the store keeps what it needs in ``state``."""
+    """This request owns the key; the store keeps what it needs in ``state``.
+
+    ``first_claimed_at`` is when the first attempt of this request claimed the
+    key, if an earlier attempt was released (a store that remembers released
+    attempts sets it); ``request.idempotency_key`` is derived from it.
+    ``may_have_acted`` is False when the view refused the request (a released
+    4xx): a store need not remember such an attempt.
+    """
 
     record: RequestRecord
     state: Any = field(default=None, repr=False)
+    first_claimed_at: datetime | None = None
+    may_have_acted: bool = True
+
+    @property
+    def anchor(self) -> datetime:
+        """When this logical request began: its first attempt's claim."""
+        return self.first_claimed_at or self.record.created_at
+
+    @property
+    def anchor_expires_at(self) -> datetime:
+        """When this logical request's TTL ends, counted from its first attempt:
+        a store forgets a released attempt then."""
+        return self.anchor + (self.record.expires_at - self.record.created_at)
 
 
 @dataclass(frozen=True)

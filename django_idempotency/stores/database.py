@@ -109,6 +109,7 @@ from django.db import (
     transaction,
 )
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from ..conf import conf
@@ -146,6 +147,17 @@ State = IdempotencyRecord.State
 # the members of a TextChoices that has labels as tuples.)
 _IN_FLIGHT = str(State.IN_FLIGHT)
 _COMPLETED = str(State.COMPLETED)
+# A released attempt, kept until its TTL ends so that the next attempt of the
+# same request gets the same request.idempotency_key (see release()). Not a
+# State choice: no view, replay or conflict ever sees it.
+_RELEASED = "released"
+
+
+class _Released:
+    """What begin() found: a released attempt, to take over."""
+
+
+_RELEASED_FOUND = _Released()
 # Adapts the body for the database at hand, as the ORM would (bytea, BLOB, ...).
 _BODY_FIELD = cast(
     "models.BinaryField[Any, Any]", IdempotencyRecord._meta.get_field("response_body")
@@ -289,7 +301,9 @@ class DatabaseStore(Store):
                 if _sqlite_busy(connection, exc):
                     return InUse()
                 raise StoreError(str(exc)) from exc
+            first_claimed_at = None
             try:
+                outcome: Outcome | int | _Released
                 if connection.vendor == "postgresql":
                     outcome = self._begin_postgresql(connection, record, cte)
                 elif connection.vendor == "sqlite":
@@ -299,6 +313,10 @@ class DatabaseStore(Store):
                         outcome = self._begin_old_sqlite(connection, record)
                 else:
                     outcome = self._begin_portable(alias, record)
+                if isinstance(outcome, _Released):
+                    taken = self._take_over(connection, record)
+                    outcome = taken if not isinstance(taken, tuple) else taken[0]
+                    first_claimed_at = taken[1] if isinstance(taken, tuple) else None
             except BaseException as exc:
                 # Rolls back the block (or its savepoint): nothing was claimed.
                 atomic.__exit__(type(exc), exc, exc.__traceback__)
@@ -312,7 +330,7 @@ class DatabaseStore(Store):
                 raise
             break
         if isinstance(outcome, int):
-            return Claim(record, _Held(alias, atomic, outcome))
+            return Claim(record, _Held(alias, atomic, outcome), first_claimed_at)
         # Nothing claimed: end the block now.
         atomic.__exit__(None, None, None)
         return outcome
@@ -358,6 +376,86 @@ class DatabaseStore(Store):
             held.atomic.__exit__(None, None, None)
         else:
             held.atomic.__exit__(type(exc), exc, exc.__traceback__)
+        if not claim.may_have_acted:
+            return  # the rollback restored an earlier attempt's marker, if any
+        try:
+            self._keep_released(held.alias, claim)
+        except DatabaseError:
+            # The claim is gone either way; only the next attempt's
+            # request.idempotency_key is new (as after a crash).
+            logger.warning("Could not keep the released attempt of %s", claim.record.key,
+                           exc_info=True)
+
+    def _keep_released(self, alias: str, claim: Claim) -> None:
+        """Write down, after the rollback, that this request's attempt was
+        released and when its first attempt began, so that a retry gets the
+        same ``request.idempotency_key``: a view that charged a payment
+        provider and then failed must not charge it again under a new key.
+
+        In its own transaction (a savepoint under ATOMIC_REQUESTS, which the
+        request's rollback then takes with it). Skipped when another request
+        holds the key: that one owns it now."""
+        record = claim.record
+        connection = connections[alias]
+        manager = IdempotencyRecord.objects.using(alias)
+        with transaction.atomic(using=alias):
+            if connection.vendor == "postgresql":
+                # Never wait for a claimant's transaction on the unique index.
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_lock_id(record)])
+                    (got,) = cursor.fetchone()
+                if not got:
+                    return
+            mine = manager.filter(scope=record.scope, key=record.key)
+            if mine.filter(expires_at__gt=record.created_at).exclude(state=_RELEASED).exists():
+                return
+            mine.delete()
+            if claim.anchor_expires_at <= record.created_at:
+                return  # the request's TTL is over: the next attempt is a new one
+            manager.create(
+                scope=record.scope,
+                key=record.key,
+                fingerprint=record.fingerprint,
+                method=record.method,
+                path=record.path,
+                state=_RELEASED,
+                created_at=claim.anchor,
+                expires_at=claim.anchor_expires_at,
+            )
+
+    def _take_over(
+        self, connection: BaseDatabaseWrapper, record: RequestRecord
+    ) -> Outcome | tuple[int, datetime]:
+        """Claim a key whose last attempt was released: (pk, when the first
+        attempt claimed it) if the request is the same, else now."""
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_lock_id(record)])
+                (got,) = cursor.fetchone()
+            if not got:
+                return InUse()
+        manager = IdempotencyRecord.objects.using(connection.alias)
+        released = manager.filter(
+            scope=record.scope, key=record.key, state=_RELEASED, expires_at__gt=record.created_at
+        )
+        # created_at first: MySQL evaluates SET clauses left to right.
+        taken = released.update(
+            created_at=Case(
+                When(fingerprint=record.fingerprint, then=F("created_at")),
+                default=Value(record.created_at),
+            ),
+            fingerprint=record.fingerprint,
+            method=record.method,
+            path=record.path,
+            state=_IN_FLIGHT,
+            expires_at=record.expires_at,
+        )
+        if not taken:
+            return InUse()  # another attempt took it over first
+        pk, first_claimed_at = manager.filter(scope=record.scope, key=record.key).values_list(
+            "pk", "created_at"
+        )[0]
+        return int(pk), first_claimed_at
 
     # PostgreSQL: claim or fetch in one round trip.
 
@@ -400,7 +498,7 @@ SELECT 'locked', NULL, NULL, NULL, NULL, NULL, NULL FROM lock WHERE NOT lock.got
 
     def _begin_postgresql(
         self, connection: BaseDatabaseWrapper, record: RequestRecord, cte: bool = False
-    ) -> Outcome | int:
+    ) -> Outcome | int | _Released:
         use_function = not cte and _use_claim_function(connection.alias)
         if use_function:
             sql = self._PG_CALL
@@ -449,7 +547,7 @@ RETURNING id
 
     def _begin_sqlite(
         self, connection: BaseDatabaseWrapper, record: RequestRecord
-    ) -> Outcome | int:
+    ) -> Outcome | int | _Released:
         table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
         sql = self._SQLITE_SQL.format(
             table=table, upsert=self._UPSERT.format(table=table).replace("EXCLUDED", "excluded")
@@ -486,7 +584,7 @@ VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
 
     def _begin_old_sqlite(
         self, connection: BaseDatabaseWrapper, record: RequestRecord
-    ) -> Outcome | int:
+    ) -> Outcome | int | _Released:
         table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
         delete, insert = (sql.format(table=table) for sql in self._SQLITE_OLD_SQL)
         adapt = connection.ops.adapt_datetimefield_value
@@ -513,7 +611,7 @@ VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
 
     # Any other database: read, then insert under the unique constraint.
 
-    def _begin_portable(self, alias: str, record: RequestRecord) -> Outcome | int:
+    def _begin_portable(self, alias: str, record: RequestRecord) -> Outcome | int | _Released:
         outcome = self._fetch(alias, record)
         if outcome is not None:
             return outcome
@@ -538,7 +636,7 @@ VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
         pk: int = row.pk
         return pk
 
-    def _fetch(self, alias: str, record: RequestRecord) -> Outcome | None:
+    def _fetch(self, alias: str, record: RequestRecord) -> Outcome | _Released | None:
         """The outcome that the live record of (scope, key) gives, if there is one."""
         rows = list(
             IdempotencyRecord.objects.using(alias)
@@ -557,7 +655,9 @@ VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
         status: int | None,
         headers: str | None,
         body: Any,
-    ) -> Outcome:
+    ) -> Outcome | _Released:
+        if state == _RELEASED:
+            return _RELEASED_FOUND
         response = None
         if state == _COMPLETED and status is not None:
             response = StoredResponse(

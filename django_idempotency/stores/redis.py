@@ -78,7 +78,8 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.conf import settings
@@ -92,9 +93,10 @@ from django.utils.module_loading import import_string
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..conf import conf
-from ..keys import scoped_key
+from ..keys import instant, scoped_key
 from .base import (
     Claim,
+    InUse,
     Outcome,
     RequestRecord,
     Store,
@@ -107,6 +109,9 @@ logger = logging.getLogger(__name__)
 
 IN_FLIGHT = "in_flight"
 COMPLETED = "completed"
+#: A released attempt, kept until its TTL ends so that the next attempt of the
+#: same request gets the same ``request.idempotency_key``.
+RELEASED = "released"
 #: Prepended to the hash of (scope, key) before the cache's ``make_key``.
 KEY_NAMESPACE = "idempotency:"
 #: The delays between attempts to store a completion that failed: doubling
@@ -167,10 +172,28 @@ return 1
 """
 )
 # ARGV: our in-flight value. Returns 1 if the claim was ours and is gone.
-_RELEASE = _Script(
+_DELETE = _Script(
     """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
+"""
+)
+# ARGV: our in-flight value, the released value, its TTL in ms. Returns 1 if
+# the claim was ours and is released. The released value keeps when the first
+# attempt began, for the next attempt's request.idempotency_key.
+_RELEASE = _Script(
+    """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+)
+# ARGV: the released value found, our in-flight value, lease ms. Returns 1 if claimed.
+_TAKE_OVER = _Script(
+    """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
 """
 )
 # ARGV: our in-flight value, lease ms. Returns 1 if the claim is (again) ours.
@@ -558,18 +581,8 @@ class RedisStore(Store):
 
     def begin(self, record: RequestRecord) -> Outcome:
         key = self.redis_key(record.scope, record.key)
-        token = encode(
-            {
-                "state": IN_FLIGHT,
-                # The owner: finish, release and renew act only on this exact value.
-                "owner": os.urandom(16).hex(),
-                "scope": record.scope,
-                "key": record.key,
-                "fingerprint": record.fingerprint,
-                "method": record.method,
-                "path": record.path,
-            }
-        )
+        token = self._in_flight(record, record.created_at)
+        first_claimed_at = None
         lease_ms = max(1, round(conf.lease_seconds * 1000))
         replicas = min_replicas()
         try:
@@ -582,6 +595,20 @@ class RedisStore(Store):
             else:
                 existing, acknowledged = _CLAIM(client, key, token, lease_ms), 0
             found = decode(existing) if existing is not None else None
+            if found is not None and found.state == RELEASED:
+                # An earlier attempt was released: take its place, keeping when
+                # the request's first attempt began if it is the same request.
+                meta = json.loads(existing.partition(b"\n")[0])
+                if found.fingerprint == record.fingerprint:
+                    first_claimed_at = datetime.fromisoformat(meta["first"])
+                    if record.created_at.tzinfo is not None:  # instant() wrote UTC
+                        first_claimed_at = first_claimed_at.replace(tzinfo=dt_timezone.utc)
+                    token = self._in_flight(record, first_claimed_at)
+                if not _TAKE_OVER(client, key, existing, token, lease_ms):
+                    return InUse()  # another attempt took it over first
+                found = None
+                if replicas:
+                    acknowledged = int(client.wait(replicas, wait_timeout_ms()))
         except (RedisError, ValueError, KeyError) as exc:
             if conf.IDEMPOTENCY_FAIL_OPEN and isinstance(exc, RedisError):
                 logger.warning(
@@ -599,7 +626,7 @@ class RedisStore(Store):
             # A failover now could lose the claim and let a duplicate run
             # beside this request: refuse rather than run unprotected.
             with contextlib.suppress(RedisError):  # else it lapses with its lease
-                _RELEASE(client, key, token)
+                _DELETE(client, key, token)
             logger.error(
                 "Idempotency claim %s reached %d of %d replicas within "
                 "IDEMPOTENCY_REDIS_WAIT_TIMEOUT; answering 503.",
@@ -609,7 +636,23 @@ class RedisStore(Store):
             )
             raise StoreError(f"the claim reached {acknowledged} of {replicas} replicas")
         _keeper.hold(held)
-        return Claim(record, held)
+        return Claim(record, held, first_claimed_at)
+
+    @staticmethod
+    def _in_flight(record: RequestRecord, first_claimed_at: datetime) -> bytes:
+        return encode(
+            {
+                "state": IN_FLIGHT,
+                # The owner: finish, release and renew act only on this exact value.
+                "owner": os.urandom(16).hex(),
+                "scope": record.scope,
+                "key": record.key,
+                "fingerprint": record.fingerprint,
+                "method": record.method,
+                "path": record.path,
+                "first": instant(first_claimed_at),
+            }
+        )
 
     def _refuse_cluster(self, client: Any) -> None:
         """A cluster node answers MOVED for most keys to a client that does not
@@ -694,8 +737,22 @@ class RedisStore(Store):
         if held is None:
             return
         _drop(held)
+        record = claim.record
+        released = encode(
+            {
+                "state": RELEASED,
+                "scope": record.scope,
+                "key": record.key,
+                "fingerprint": record.fingerprint,
+                "method": record.method,
+                "path": record.path,
+                "first": instant(claim.anchor),
+            }
+        )
+        remaining = (claim.anchor_expires_at - timezone.now()).total_seconds()
+        ttl_ms = max(1, round(remaining * 1000))
         try:
-            _RELEASE(held.client, held.key, held.token)
+            _RELEASE(held.client, held.key, held.token, released, ttl_ms)
         except RedisError as error:
             logger.warning(
                 "Could not release idempotency claim %s (%s); the key stays in use until "

@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from . import async_views, views
+from . import async_views, key_views, stream_views, upload_views, views
 
 router = SimpleRouter(trailing_slash=False)
 router.register("widgets", views.WidgetViewSet, basename="widget")
@@ -10,6 +10,14 @@ urlpatterns = [
     path("apiview", views.WidgetAPIView.as_view()),
     path("function", views.widget_function),
     path("plain", views.plain_view),
+    path("upload", upload_views.UploadView.as_view()),
+    path("plain-upload", upload_views.plain_upload),
+    path("plain-upload-token", upload_views.plain_upload_token),
+    path("login", upload_views.login_view),
+    path("download", stream_views.download),
+    path("charge", key_views.charge),
+    path("sync-stream", stream_views.sync_stream),
+    path("async-stream-cookie", stream_views.async_stream),
     path("async", async_views.async_widget),
     path("async-stream", async_views.async_stream),
     path("async-optional", async_views.async_optional),
