@@ -39,6 +39,9 @@ from tests.servers import (
     redis_server,
 )
 
+# Real servers started, killed and stopped: minutes, not the inner loop.
+pytestmark = pytest.mark.slow
+
 JOB = {"type": "data_collection", "files_needed": 10, "accepted_formats": ["image/jpeg"],
        "price_per_file_cents": 50}
 COST = 10 * 50
