@@ -4,7 +4,11 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# log: a line on stderr, in bold only when stderr is a terminal (no ANSI codes in
+# CI logs or piped output).
+log() {
+    if [ -t 2 ]; then printf '\033[1m==> %s\033[0m\n' "$*" >&2; else printf '==> %s\n' "$*" >&2; fi
+}
 
 # pick_python: the first python3 >= 3.10 on PATH.
 pick_python() {
