@@ -224,6 +224,13 @@ class ExpiredFilter(admin.SimpleListFilter):
         return queryset
 
 
+def _in_words(moment: datetime, text: Any) -> SafeString:
+    """A time as short words, the exact time on hover: narrow list columns."""
+    local = timezone.localtime(moment) if settings.USE_TZ else moment
+    exact = date_format(local, "DATETIME_FORMAT")
+    return format_html('<span title="{}">{}</span>', exact, text)
+
+
 @admin.register(IdempotencyRecord)
 class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     # What fits at 1280 px beside the navigation sidebar: times as short text,
@@ -233,8 +240,7 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "key",
         "scope_link",
         "request_line",
-        "state",
-        "response_status",
+        "outcome",
         "created",
         "expiry",
     )
@@ -257,7 +263,7 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             {
                 "fields": (
                     "key",
-                    "scope",
+                    "scope_link",
                     "request_line",
                     "fingerprint",
                     "state",
@@ -269,7 +275,7 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         ),
         (_("Stored response"), {"fields": ("response_status", "headers", "body")}),
     )
-    readonly_fields = ("request_line", "expired", "headers", "body")
+    readonly_fields = ("scope_link", "request_line", "expired", "headers", "body")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -308,7 +314,14 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def expired(self, obj: IdempotencyRecord) -> str:
         return str(_("yes") if obj.is_expired else _("no"))
 
-    @admin.display(description=_("scope"), ordering="scope")
+    @admin.display(description=_("status"))
+    def outcome(self, obj: IdempotencyRecord) -> str:
+        """The stored response's status, or the state while there is none."""
+        if obj.response_status is None:
+            return str(obj.get_state_display())
+        return str(obj.response_status)
+
+    @admin.display(description=_("scope"))
     def scope_link(self, obj: IdempotencyRecord) -> str:
         """The scope; ``user:<pk>`` links to that user's admin page when the
         user model has one (no query per row: the link is built from the pk)."""
@@ -328,12 +341,10 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.display(description=_("created"), ordering="created_at")
     def created(self, obj: IdempotencyRecord) -> str:
-        return format_html(
-            '<span title="{}">{}</span>',
-            date_format(timezone.localtime(obj.created_at) if settings.USE_TZ else obj.created_at,
-                        "DATETIME_FORMAT"),
-            _("%(time)s ago") % {"time": timesince(obj.created_at, depth=1)},
-        )
+        if timezone.now() - obj.created_at < timedelta(minutes=1):
+            return _in_words(obj.created_at, _("just now"))
+        ago = _("%(time)s ago") % {"time": timesince(obj.created_at, depth=1)}
+        return _in_words(obj.created_at, ago)
 
     @admin.display(description=_("expiry"), ordering="expires_at")
     def expiry(self, obj: IdempotencyRecord) -> str:
@@ -341,12 +352,7 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             text = _("expired %(time)s ago") % {"time": timesince(obj.expires_at, depth=1)}
         else:
             text = _("in %(time)s") % {"time": timeuntil(obj.expires_at, depth=1)}
-        return format_html(
-            '<span title="{}">{}</span>',
-            date_format(timezone.localtime(obj.expires_at) if settings.USE_TZ else obj.expires_at,
-                        "DATETIME_FORMAT"),
-            text,
-        )
+        return _in_words(obj.expires_at, text)
 
     @admin.display(description=_("headers"))
     def headers(self, obj: IdempotencyRecord) -> SafeString:

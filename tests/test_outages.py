@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -37,6 +36,7 @@ from tests.servers import (
     postgres_bin,
     postgres_cluster,
     redis_server,
+    run_checked,
 )
 
 # Real servers started, killed and stopped: minutes, not the inner loop.
@@ -248,8 +248,8 @@ def test_test_app_fails_closed_and_resumes_when_postgresql_restarts(cluster: Clu
     environ = {"DATABASE_URL": database}
 
     def django(*args: str) -> None:
-        subprocess.run([sys.executable, "-m", "django", *args, "--settings", "tests.settings"],
-                       env=dict(os.environ, **environ), check=True, capture_output=True)
+        run_checked([sys.executable, "-m", "django", *args, "--settings", "tests.settings"],
+                    env=dict(os.environ, **environ))
 
     django("migrate", "--no-input", "-v", "0")
     django("shell", "-c", "from django.contrib.auth.models import User; "
