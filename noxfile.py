@@ -95,7 +95,7 @@ def minimal(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", *session.posargs)
 
 
-@nox.session(python="3.13")
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff check, and mypy --strict on the package."""
     session.install("-e", ".[redis,openapi]", *groups("lint"))
@@ -103,14 +103,14 @@ def lint(session: nox.Session) -> None:
     session.run("mypy")
 
 
-@nox.session(python="3.13", name="format")
+@nox.session(name="format")
 def format_check(session: nox.Session) -> None:
     """ruff format --check over the tree."""
     session.install(*[req for req in groups("lint") if req.startswith("ruff")])
     session.run("ruff", "format", "--check", *session.posargs, ".")
 
 
-@nox.session(python="3.13")
+@nox.session
 def docs(session: nox.Session) -> None:
     """The Sphinx site, with every warning an error (as Read the Docs builds it)."""
     session.install("-e", ".[redis,openapi]", *groups("docs"))
@@ -120,16 +120,17 @@ def docs(session: nox.Session) -> None:
     )  # fmt: skip
 
 
-@nox.session(python="3.13")
+@nox.session
 def coverage(session: nox.Session) -> None:
     """Branch coverage of django_idempotency/ by the suite, with its floor."""
     session.install("-e", ".[redis,openapi]", *groups("test", "demo"))
     session.run("coverage", "erase")
     session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    session.run("coverage", "combine", "-q")
     session.run("coverage", "report")
 
 
-@nox.session(python="3.13")
+@nox.session
 def slow(session: nox.Session) -> None:
     """The long suites only: servers started, stopped and failed over; real clients."""
     session.install("-e", ".[redis,openapi]", *groups("test", "demo"))

@@ -55,3 +55,19 @@ def test_a_user_scope_is_plain_text_when_the_user_admin_is_not_registered(
         admin.site._registry[User] = registered
     row = next(r for r in rows(html) if "k-user" in r)
     assert "user:1" in row and "/admin/auth/user/" not in row
+
+
+def test_a_binary_body_without_a_content_type_shows_its_size(admin_client: Client) -> None:
+    record = make_record("k-bin", headers=[], body=b"\x00\xff\x10")
+    html = admin_client.get(f"{LIST}{record.pk}/change/").content.decode()
+    assert "3 bytes of application/octet-stream" in html
+
+
+def test_the_drill_down_leaves_other_fields_to_django() -> None:
+    from django_idempotency.admin import DrillDownQuerySet
+    from django_idempotency.models import IdempotencyRecord
+
+    make_record("k1", expires_in=timedelta(hours=5))
+    make_record("k2", expires_in=timedelta(days=40))
+    expected = list(IdempotencyRecord.objects.datetimes("expires_at", "month"))
+    assert list(DrillDownQuerySet(IdempotencyRecord).datetimes("expires_at", "month")) == expected

@@ -233,7 +233,7 @@ def test_oversized_multipart_upload_is_413_before_anything_is_stored(
     client_alice: APIClient, size: int
 ) -> None:
     # The decorator reads the whole body to fingerprint it, so the limit on
-    # in-memory bodies applies to file uploads too (see README, "Limits").
+    # in-memory bodies applies to file uploads too (see docs/howitworks.rst, "Limits").
     upload = SimpleUploadedFile("f.bin", b"x" * size)
     response = client_alice.post(
         "/t/widgets", {"name": "m", "f": upload}, HTTP_IDEMPOTENCY_KEY="upload"

@@ -271,7 +271,7 @@ def test_demo_on_redis_fails_closed_and_resumes_when_redis_restarts(cluster: Clu
     """The Redis store with its redis-server killed mid-run and started again (empty:
     no persistence). Requests that cannot claim get 503 idempotency_store_unavailable
     and do not run; a view already running keeps its answer (its response is not
-    stored, see the README); no key the clients retried ran twice."""
+    stored, see docs/stores.rst); no key the clients retried ran twice."""
     if shutil.which("redis-server") is None:
         pytest.skip("needs redis-server")
     demo = demo_on(cluster.create_database("demo_redis"))

@@ -16,8 +16,8 @@ docutils does not know, are left out: ``nox -s docs`` checks those).
   ``request``) only compiles, and its imports of django_idempotency, Django
   and DRF must work.
 * To keep a self-contained block from running, put the comment
-  ``.. readme-test: compile-only`` just before it (in the README and the docs) (before the paragraph that
-  ends in ``::``, for a literal block).
+  ``.. readme-test: compile-only`` just before it, in the README or a page
+  (before the paragraph that ends in ``::``, for a literal block).
 * ``.. code-block:: json`` blocks must parse as JSON.
 """
 
