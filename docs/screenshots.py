@@ -121,7 +121,6 @@ def populate() -> str:
 
 
 def shoot(session: str, suffix: str) -> None:
-    from django.contrib import admin
     from django.contrib.staticfiles.handlers import StaticFilesHandler
     from django.core.wsgi import get_wsgi_application
 
