@@ -57,10 +57,17 @@ def test_a_user_scope_is_plain_text_when_the_user_admin_is_not_registered(
     assert "user:1" in row and "/admin/auth/user/" not in row
 
 
-def test_a_binary_body_without_a_content_type_shows_its_size(admin_client: Client) -> None:
-    record = make_record("k-bin", headers=[], body=b"\x00\xff\x10")
+@pytest.mark.parametrize(
+    ("headers", "shown"),
+    [
+        ([], "3 bytes of application/octet-stream"),
+        ([("Allow", "POST"), ("content-type", "image/png")], "3 bytes of image/png"),
+    ],
+)
+def test_a_binary_body_shows_its_size_and_type(admin_client: Client, headers, shown) -> None:
+    record = make_record("k-bin", headers=headers, body=b"\x00\xff\x10")
     html = admin_client.get(f"{LIST}{record.pk}/change/").content.decode()
-    assert "3 bytes of application/octet-stream" in html
+    assert shown in html
 
 
 def test_the_drill_down_leaves_other_fields_to_django() -> None:
