@@ -1,4 +1,16 @@
-"""The version matrix: ``scripts/matrix`` (or ``nox``) runs every session.
+"""The project's task runner: the version matrix, and the contributor sessions.
+
+``scripts/matrix`` (or ``nox``) runs the version matrix; ``nox -s NAME`` runs
+one of the others:
+
+* ``lint``: ruff and mypy --strict (what ``scripts/lint`` runs).
+* ``format``: ``ruff format --check`` (``nox -s format -- --diff`` shows the diff).
+* ``docs``: the Sphinx site in docs/, warnings as errors, into docs/_build/html.
+* ``coverage``: the suite on SQLite under branch coverage, failing below the
+  floor in ``[tool.coverage.report]`` of pyproject.toml.
+* ``slow``: only the long suites (``-m slow``: servers started, stopped and
+  failed over, real clients over HTTP); they need PostgreSQL and Redis as
+  ``scripts/test`` starts them.
 
 Each ``tests`` session installs one combination of Python, Django and Django
 REST framework and runs the test suite on SQLite. ``minimal`` runs it without
@@ -12,6 +24,8 @@ Arguments after ``--`` go to pytest: ``nox -s minimal -- -k replay``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["tests", "minimal"]
@@ -19,6 +33,12 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
 LATEST = "latest"
+PYPROJECT = nox.project.load_toml(Path(__file__).parent / "pyproject.toml")
+
+
+def groups(*names: str) -> list[str]:
+    """The requirements of dependency groups of pyproject.toml (PEP 735)."""
+    return [req for name in names for req in nox.project.dependency_groups(PYPROJECT, name)]
 
 # (Python, Django, DRF). Django 4.2 LTS supports Python up to 3.12, 5.2 LTS
 # from 3.10, 6.x from 3.12. DRF 3.15 is the oldest supported DRF; it predates
@@ -55,7 +75,7 @@ def show_versions(session: nox.Session) -> None:
 def tests(session: nox.Session, django: str, drf: str) -> None:
     """The suite with every integration installed, on one version combination."""
     session.install(
-        "-e", ".[testing,redis,demo]",
+        "-e", ".[redis,openapi]", *groups("test", "demo"),
         requirement("django", django), requirement("djangorestframework", drf),
     )  # fmt: skip
     show_versions(session)
@@ -65,7 +85,7 @@ def tests(session: nox.Session, django: str, drf: str) -> None:
 @nox.session(python="3.13", tags=["ci"])
 def minimal(session: nox.Session) -> None:
     """The suite without django-redis and drf-spectacular, on the newest releases."""
-    session.install("-e", ".[testing]", "django", "djangorestframework")
+    session.install("-e", ".", *groups("test"), "django", "djangorestframework")
     session.run(
         "python", "-c",
         "import importlib.util as u, sys; extra = [m for m in ('django_redis', 'drf_spectacular')"
@@ -73,3 +93,45 @@ def minimal(session: nox.Session) -> None:
     )  # fmt: skip
     show_versions(session)
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check, and mypy --strict on the package."""
+    session.install("-e", ".[redis,openapi]", *groups("lint"))
+    session.run("ruff", "check", ".")
+    session.run("mypy")
+
+
+@nox.session(name="format")
+def format_check(session: nox.Session) -> None:
+    """ruff format --check over the tree."""
+    session.install(*[req for req in groups("lint") if req.startswith("ruff")])
+    session.run("ruff", "format", "--check", *session.posargs, ".")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The Sphinx site, with every warning an error (as Read the Docs builds it)."""
+    session.install("-e", ".[redis,openapi]", *groups("docs"))
+    session.run(
+        "python", "-m", "sphinx", "-W", "--keep-going", "-b", "html",
+        "docs", "docs/_build/html", *session.posargs,
+    )  # fmt: skip
+
+
+@nox.session
+def coverage(session: nox.Session) -> None:
+    """Branch coverage of django_idempotency/ by the suite, with its floor."""
+    session.install("-e", ".[redis,openapi]", *groups("test", "demo"))
+    session.run("coverage", "erase")
+    session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    session.run("coverage", "combine", "-q")
+    session.run("coverage", "report")
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """The long suites only: servers started, stopped and failed over; real clients."""
+    session.install("-e", ".[redis,openapi]", *groups("test", "demo"))
+    session.run("python", "-m", "pytest", "-m", "slow", *session.posargs)

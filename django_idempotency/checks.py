@@ -1,4 +1,4 @@
-"""System checks for the IDEMPOTENCY_* settings (see README, "System checks").
+"""System checks for the IDEMPOTENCY_* settings (see docs/reference.rst, "System checks").
 
 Each check reads the setting as configured (``conf.raw``), so that a bad value
 is reported at start-up with a hint instead of failing in the first request.

@@ -280,7 +280,9 @@ def _check_decorated(view: Any) -> None:
     if view_class is not None:
         # The result of @api_view or as_view(): we would run before DRF has
         # authenticated the caller, so every key would have the anonymous scope.
-        name = getattr(view, "__name__", "view")
+        # as_view() returns a function named "view"; @api_view names its class
+        # after the decorated function.
+        name = view_class.__name__
         raise ImproperlyConfigured(
             f"@idempotent must be applied below @api_view and never around as_view() "
             f"({name}). Write:\n\n"

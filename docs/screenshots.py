@@ -1,7 +1,13 @@
 #!/usr/bin/env python
-"""Screenshots of the idempotency admin for the README, taken in a real browser.
+"""Screenshots of the idempotency admin for the docs, taken in a real browser.
 
-    .venv/bin/python docs/screenshots.py     # writes docs/admin-list.png and docs/admin-detail.png
+    .venv/bin/python docs/screenshots.py            # docs/admin-list.png, docs/admin-detail.png
+    python docs/screenshots.py -django4.2           # docs/admin-list-django4.2.png, ...
+
+Run it once with the newest Django (the unsuffixed files, which the README and
+the docs show) and once in a virtualenv with Django 4.2 LTS, with that suffix.
+Pages are 1280 px wide with Django's navigation sidebar open, as most people
+see the admin.
 
 Makes a throw-away SQLite copy of the demo project (testproject), stores a few
 responses by calling its API with Idempotency-Key headers, serves it on a free
@@ -50,7 +56,7 @@ def main() -> None:
     django.setup()
     try:
         session = populate()
-        shoot(session)
+        shoot(session, sys.argv[1] if len(sys.argv) > 1 else "")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -114,15 +120,13 @@ def populate() -> str:
     return store.session_key
 
 
-def shoot(session: str) -> None:
-    from django.contrib import admin
+def shoot(session: str, suffix: str) -> None:
     from django.contrib.staticfiles.handlers import StaticFilesHandler
     from django.core.wsgi import get_wsgi_application
 
     from django_idempotency.models import IdempotencyRecord
 
     app = StaticFilesHandler(get_wsgi_application())
-    admin.site.enable_nav_sidebar = False  # room for every column
 
     def logged_in(environ: dict, start_response: object) -> object:
         environ["HTTP_COOKIE"] = f"sessionid={session}"
@@ -133,8 +137,8 @@ def shoot(session: str) -> None:
     base = f"http://127.0.0.1:{server.server_port}/admin/django_idempotency/idempotencyrecord/"
     api_key = IdempotencyRecord.objects.get(key="create-ci-key")
     try:
-        take(base, DOCS / "admin-list.png", 1600, 720)
-        take(f"{base}{api_key.pk}/change/", DOCS / "admin-detail.png", 1280, 1260)
+        take(base, DOCS / f"admin-list{suffix}.png", 1280, 720)
+        take(f"{base}{api_key.pk}/change/", DOCS / f"admin-detail{suffix}.png", 1280, 1260)
     finally:
         server.shutdown()
 

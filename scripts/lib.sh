@@ -4,7 +4,11 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# log: a line on stderr, in bold only when stderr is a terminal (no ANSI codes in
+# CI logs or piped output).
+log() {
+    if [ -t 2 ]; then printf '\033[1m==> %s\033[0m\n' "$*" >&2; else printf '==> %s\n' "$*" >&2; fi
+}
 
 # pick_python: the first python3 >= 3.10 on PATH.
 pick_python() {
@@ -20,20 +24,26 @@ pick_python() {
     return 1
 }
 
-# ensure_venv EXTRA: a virtualenv with the package installed (editable) with EXTRA.
-# Reinstalls only when pyproject.toml changed, another extra is asked for, or the
-# editable install points at another checkout (a venv shared by work trees).
+# ensure_venv GROUP...: a virtualenv with the package installed (editable) with its
+# user extras (redis, openapi) and the development dependency groups GROUP... of
+# pyproject.toml (PEP 735; `pip install --group` needs pip >= 25.1, so pip is
+# upgraded first). Reinstalls only when pyproject.toml changed, other groups are
+# asked for, or the editable install points at another checkout (a venv shared
+# by work trees).
 ensure_venv() {
-    local extra="$1" stamp="$VENV/.installed-$1"
+    local groups="$*" group args=()
+    local stamp="$VENV/.installed-${groups// /+}"
+    for group in "$@"; do args+=(--group "$ROOT/pyproject.toml:$group"); done
     if [ ! -x "$VENV/bin/python" ]; then
         log "Creating $VENV"
         "$(pick_python)" -m venv "$VENV"
     fi
     if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] \
         || [ "$(cat "$stamp")" != "$ROOT" ]; then
-        log "Installing django-idempotency[$extra] into $VENV"
-        "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-        if ! "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$extra]" >"$VENV/pip.log" 2>&1; then
+        log "Installing django-idempotency[redis,openapi] and the groups: $groups into $VENV"
+        if ! "$VENV/bin/python" -m pip install --quiet --upgrade "pip>=25.1" >"$VENV/pip.log" 2>&1 \
+            || ! "$VENV/bin/python" -m pip install --quiet -e "$ROOT[redis,openapi]" "${args[@]}" \
+                >>"$VENV/pip.log" 2>&1; then
             cat "$VENV/pip.log" >&2
             return 1
         fi

@@ -1,1 +1,1 @@
-"""A runnable demo of the spec's API, served with django-idempotency."""
+"""A runnable demo: a jobs API, served with django-idempotency."""

@@ -116,7 +116,11 @@ if find_spec("drf_spectacular") is not None:
     REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
     SPECTACULAR_SETTINGS = {
         "TITLE": "django-idempotency demo API",
-        "DESCRIPTION": "The jobs API of the spec. Every POST takes an Idempotency-Key.",
+        "DESCRIPTION": (
+            "A jobs API for data collection: accounts with credits, jobs that reserve them, "
+            "credit purchases and API keys. Every POST takes an Idempotency-Key header; "
+            "retrying with the same key replays the first response instead of running again."
+        ),
         "VERSION": "1",
         "SERVE_INCLUDE_SCHEMA": False,
         "SWAGGER_UI_DIST": "SIDECAR",

@@ -36,6 +36,16 @@ class Reply:
         return json.loads(self.body)
 
 
+def run_checked(command: list[str], **kwargs: Any) -> str:
+    """Run a command to its end and return its stdout; if it fails, raise with
+    its output, so that a failed setup step says why (check=True would not)."""
+    out = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited with {out.returncode}\n"
+                           f"--- stdout ---\n{out.stdout}--- stderr ---\n{out.stderr}")
+    return out.stdout
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -205,7 +215,7 @@ class Cluster:
 
     def _as_owner(self, *command: str) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run([*prefix, *command], check=True, capture_output=True, cwd="/")
+        run_checked([*prefix, *command], cwd="/")
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
@@ -260,9 +270,8 @@ class Demo:
     def manage(self, *args: str) -> str:
         environ = dict(os.environ, DATABASE_URL=self.database, PYTHONPATH=str(ROOT),
                        DJANGO_SETTINGS_MODULE="testproject.settings")
-        out = subprocess.run([sys.executable, str(ROOT / "testproject" / "manage.py"), *args],
-                             cwd=ROOT, env=environ, check=True, capture_output=True, text=True)
-        return out.stdout
+        return run_checked([sys.executable, str(ROOT / "testproject" / "manage.py"), *args],
+                           cwd=ROOT, env=environ)
 
     def api_key(self, name: str, credits: int) -> str:
         return self.manage("create_api_key", name, "--credits", str(credits)).splitlines()[-1]

@@ -72,7 +72,7 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["TEST"] = {"NAME": _sqlite_file}
     DATABASES["default"]["OPTIONS"] = {"timeout": 20}
     if django.VERSION >= (5, 1):
-        # As the README recommends: requests queue for SQLite's one write lock
+        # As docs/stores.rst recommends: requests queue for SQLite's one write lock
         # instead of failing when a read transaction tries to upgrade.
         DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
 

@@ -134,6 +134,7 @@ def server_user(transactional_db: None) -> User:
     return User.objects.create_user("alice", password="alice-pw")
 
 
+@pytest.mark.slow
 def test_twenty_processes_one_key_run_the_view_once(
     server_user: User, store: StoreUnderTest
 ) -> None:
@@ -156,6 +157,7 @@ def test_twenty_processes_one_key_run_the_view_once(
             assert Widget.objects.count() == round_ + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["database"], indirect=True)
 def test_a_killed_worker_leaves_no_claim_and_the_retry_runs_once(
     server_user: User, tmp_path: Path, store: StoreUnderTest

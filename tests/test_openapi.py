@@ -246,6 +246,7 @@ def test_works_with_extend_schema_and_other_view_extensions() -> None:
     assert key_parameter(replaced)["required"] is True
 
 
+@pytest.mark.slow
 def test_demo_project_serves_its_schema_and_swagger_ui_offline(tmp_path: Path) -> None:
     """testproject's own settings: a valid schema without a warning, and local Swagger UI."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "testproject.settings"}

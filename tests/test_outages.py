@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -37,7 +36,11 @@ from tests.servers import (
     postgres_bin,
     postgres_cluster,
     redis_server,
+    run_checked,
 )
+
+# Real servers started, killed and stopped: minutes, not the inner loop.
+pytestmark = pytest.mark.slow
 
 JOB = {"type": "data_collection", "files_needed": 10, "accepted_formats": ["image/jpeg"],
        "price_per_file_cents": 50}
@@ -245,8 +248,8 @@ def test_test_app_fails_closed_and_resumes_when_postgresql_restarts(cluster: Clu
     environ = {"DATABASE_URL": database}
 
     def django(*args: str) -> None:
-        subprocess.run([sys.executable, "-m", "django", *args, "--settings", "tests.settings"],
-                       env=dict(os.environ, **environ), check=True, capture_output=True)
+        run_checked([sys.executable, "-m", "django", *args, "--settings", "tests.settings"],
+                    env=dict(os.environ, **environ))
 
     django("migrate", "--no-input", "-v", "0")
     django("shell", "-c", "from django.contrib.auth.models import User; "
@@ -268,7 +271,7 @@ def test_demo_on_redis_fails_closed_and_resumes_when_redis_restarts(cluster: Clu
     """The Redis store with its redis-server killed mid-run and started again (empty:
     no persistence). Requests that cannot claim get 503 idempotency_store_unavailable
     and do not run; a view already running keeps its answer (its response is not
-    stored, see the README); no key the clients retried ran twice."""
+    stored, see docs/stores.rst); no key the clients retried ran twice."""
     if shutil.which("redis-server") is None:
         pytest.skip("needs redis-server")
     demo = demo_on(cluster.create_database("demo_redis"))

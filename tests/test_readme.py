@@ -1,4 +1,8 @@
-"""The README's examples work: README.rst is parsed with docutils, as PyPI renders it.
+"""The examples of the README and of the documentation work.
+
+README.rst is parsed with docutils, as PyPI renders it; so are the pages of the
+Sphinx site in ``DOC_PAGES`` (Sphinx's own directives and roles, which plain
+docutils does not know, are left out: ``nox -s docs`` checks those).
 
 * The README renders without a docutils warning (PyPI refuses such a README).
 * Every Python block compiles: each ``.. code-block:: python``, and each ``::``
@@ -12,8 +16,8 @@
   ``request``) only compiles, and its imports of django_idempotency, Django
   and DRF must work.
 * To keep a self-contained block from running, put the comment
-  ``.. readme-test: compile-only`` just before it (before the paragraph that
-  ends in ``::``, for a literal block).
+  ``.. readme-test: compile-only`` just before it, in the README or a page
+  (before the paragraph that ends in ``::``, for a literal block).
 * ``.. code-block:: json`` blocks must parse as JSON.
 """
 
@@ -33,7 +37,26 @@ import pytest
 docutils_core = pytest.importorskip("docutils.core")
 from docutils import nodes  # noqa: E402
 
-README = Path(__file__).resolve().parent.parent / "README.rst"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.rst"
+# The pages of docs/ whose examples are checked here. Pages that other pages
+# include, and pages written as pure prose, may stay out.
+DOC_PAGES = [
+    ROOT / "docs" / name
+    for name in (
+        "index.rst",
+        "quickstart.rst",
+        "howitworks.rst",
+        "reference.rst",
+        "stores.rst",
+        "operating.rst",
+        "testing.rst",
+        "recipes.rst",
+        "performance.rst",
+        "contributing.rst",
+        "release.rst",
+    )
+]
 CHECKED_IMPORTS = {"django_idempotency", "django", "rest_framework"}
 COMPILE_ONLY_MARK = "readme-test: compile-only"
 # A literal block "looks like Python" when its first line of code does.
@@ -50,16 +73,18 @@ class Block:
     source: str
     compile_only_mark: bool
 
+    page: str = "README.rst"
+
     @property
     def id(self) -> str:
-        return f"README.rst:{self.line}"
+        return f"{self.page}:{self.line}"
 
 
-def parse_readme() -> tuple[nodes.document, str]:
+def parse_readme(path: Path = README) -> tuple[nodes.document, str]:
     warnings = io.StringIO()
     doctree = docutils_core.publish_doctree(
-        README.read_text(encoding="utf-8"),
-        source_path=str(README),
+        path.read_text(encoding="utf-8"),
+        source_path=str(path),
         settings_overrides={
             "syntax_highlight": "none",  # no Pygments needed
             "warning_stream": warnings,
@@ -81,13 +106,28 @@ def _marked_compile_only(node: nodes.Element) -> bool:
     return False
 
 
-def readme_blocks() -> list[Block]:
-    doctree, _ = parse_readme()
+def _in_system_message(node: nodes.Node) -> bool:
+    # docutils quotes a directive that it does not know (Sphinx's toctree,
+    # autofunction...) as a literal block inside its error message.
+    while node.parent is not None:
+        node = node.parent
+        if isinstance(node, nodes.system_message):
+            return True
+    return False
+
+
+def readme_blocks(path: Path = README) -> list[Block]:
+    doctree, _ = parse_readme(path)
+    page = path.relative_to(ROOT).as_posix()
     blocks = []
     for node in doctree.findall(nodes.literal_block):
+        if _in_system_message(node):
+            continue
         classes = node.get("classes", [])
         language = classes[1] if len(classes) > 1 and classes[0] == "code" else ""
-        blocks.append(Block(node.line or 0, language, node.astext(), _marked_compile_only(node)))
+        blocks.append(
+            Block(node.line or 0, language, node.astext(), _marked_compile_only(node), page)
+        )
     return blocks
 
 
@@ -100,7 +140,7 @@ def looks_like_python(block: Block) -> bool:
     return False
 
 
-BLOCKS = readme_blocks()
+BLOCKS = readme_blocks() + [block for page in DOC_PAGES for block in readme_blocks(page)]
 PYTHON_BLOCKS = [b for b in BLOCKS if looks_like_python(b)]
 JSON_BLOCKS = [b for b in BLOCKS if b.language == "json"]
 
@@ -124,7 +164,18 @@ def test_readme_renders_without_warnings() -> None:
 
 def test_readme_has_python_examples() -> None:
     # Guards the extraction itself: the quick start alone has several.
-    assert len(PYTHON_BLOCKS) >= 3
+    assert len([b for b in PYTHON_BLOCKS if b.page == "README.rst"]) >= 2
+
+
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: p.name)
+def test_doc_page_is_checked(page: Path) -> None:
+    # A page in DOC_PAGES that was renamed or removed would silently drop out.
+    assert page.is_file()
+
+
+def test_docs_have_python_examples() -> None:
+    pages = {b.page for b in PYTHON_BLOCKS}
+    assert {"docs/quickstart.rst", "docs/recipes.rst", "docs/testing.rst"} <= pages
 
 
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: b.id)
@@ -151,3 +202,40 @@ def _check_imports(block: Block) -> None:
 @pytest.mark.parametrize("block", JSON_BLOCKS, ids=lambda b: b.id)
 def test_json_example(block: Block) -> None:
     json.loads(block.source)
+
+
+def _project_url(name: str) -> str:
+    # pyproject.toml's [project.urls] is the one place that names the
+    # repository and the docs (tomllib is Python 3.11+, so a plain match).
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    match = re.search(rf'^{name} = "([^"]+)"$', pyproject, re.M)
+    assert match, f"pyproject.toml has no {name} in [project.urls]"
+    return match.group(1).rstrip("/")
+
+
+def _readme_urls() -> list[str]:
+    doctree, _ = parse_readme()
+    urls = [node["refuri"] for node in doctree.findall(nodes.reference) if "refuri" in node]
+    urls += [node["uri"] for node in doctree.findall(nodes.image)]
+    return urls
+
+
+def test_readme_links_and_images_resolve() -> None:
+    """Every link and image of the README is absolute (PyPI shows the README
+    alone) and leads to the repository or the docs that pyproject.toml names,
+    to a file or page that exists in this tree."""
+    repository = _project_url("Repository")
+    docs = _project_url("Documentation")
+    raw = repository.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
+    urls = _readme_urls()
+    assert urls
+    for url in urls:
+        assert url.startswith("https://"), url
+        if url.startswith(raw):
+            assert (ROOT / url.removeprefix(raw)).is_file(), url
+        elif url.startswith(docs):
+            page = url.removeprefix(docs).removeprefix("/en/latest").strip("/")
+            page = page.split("#")[0].removesuffix(".html")
+            assert page == "" or (ROOT / "docs" / f"{page}.rst").is_file(), url
+        else:
+            assert url.startswith(repository), url

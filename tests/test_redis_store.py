@@ -364,6 +364,7 @@ def server_user(transactional_db: None) -> User:
     return User.objects.create_user("alice", password="alice-pw")
 
 
+@pytest.mark.slow
 @redis_only
 def test_a_killed_worker_holds_the_key_until_its_lease_lapses_then_the_retry_runs(
     server_user: User, store: StoreUnderTest, tmp_path: Path

@@ -138,3 +138,10 @@ def test_assert_replayed_compares_status_body_and_headers() -> None:
     replay.status_code = 200
     with pytest.raises(AssertionError, match="status"):
         assert_replayed(replay, original)
+
+
+def test_other_headers_in_the_call_still_get_a_fresh_key(api: IdempotentAPIClient) -> None:
+    # The helper looks for the key among the call's headers; others are not it.
+    api.post("/t/widgets", {"name": "a"}, format="json", headers={"X-Trace": "t1"})
+    assert api.last_key is not None and uuid.UUID(api.last_key).version == 4
+    assert Widget.objects.count() == 1

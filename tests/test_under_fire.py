@@ -32,6 +32,9 @@ import pytest
 from tests.conftest import CACHE_STORE, poll
 from tests.servers import Demo, Reply, Server, demo_on, redis_server, worker_of_connection
 
+# Real servers started, killed and stopped: minutes, not the inner loop.
+pytestmark = pytest.mark.slow
+
 COST = 10 * 50
 CREDITS = 100_000_000
 RACERS = 24

@@ -1,4 +1,4 @@
-"""The demo's accounts, API keys and the resources of the spec's endpoints."""
+"""The demo's accounts, API keys and the resources of its endpoints."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ _JOB_TYPE = RegexValidator(r"^[a-z][a-z0-9_]*$", "Use lower-case letters, digits
 
 
 class _Resource(serializers.ModelSerializer):
-    """Renders ``{"id": ..., "object": "<name>", ...}``, the spec's resource shape."""
+    """Renders ``{"id": ..., "object": "<name>", ...}``, the API's resource shape."""
 
     object_name: str
 

@@ -3,7 +3,7 @@ from rest_framework.routers import SimpleRouter
 
 from . import views
 
-# The spec's paths have no trailing slash.
+# The API's paths have no trailing slash.
 router = SimpleRouter(trailing_slash=False)
 router.register("jobs", views.JobViewSet, basename="job")
 router.register("api_keys", views.ApiKeyViewSet, basename="api_key")

@@ -1,4 +1,4 @@
-"""The spec's endpoints. Every mutating POST is ``@idempotent``.
+"""The demo's endpoints. Every mutating POST is ``@idempotent``.
 
 Each view also opens its own ``transaction.atomic()`` around its writes: under
 the database store that is only a savepoint in the decorator's transaction, but
