@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar, overload
@@ -38,6 +39,8 @@ from .stores import (
 )
 
 ViewFunc = TypeVar("ViewFunc", bound=Callable[..., Any])
+
+logger = logging.getLogger(__name__)
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 GUARDED_METHODS = frozenset({"POST"})
@@ -215,6 +218,8 @@ def _start(
         key = parse_key(raw_key)
     except InvalidKey:
         return errors.error_response(request, errors.KEY_INVALID)
+    if not _storable_path(http_request.path):
+        return errors.error_response(request, errors.PATH_INVALID)
     scope = conf.scope_function(request)
     if scope is None:
         return errors.error_response(request, errors.SCOPE_UNAVAILABLE)
@@ -250,8 +255,8 @@ def _start(
     store = get_store()
     try:
         outcome = store.begin(record)
-    except StoreError:
-        return errors.error_response(request, errors.STORE_UNAVAILABLE)
+    except StoreError as exc:
+        return _store_unavailable(request, exc)
     if isinstance(outcome, Replay):
         return _replay(request, outcome.response)
     if isinstance(outcome, Conflict):
@@ -261,6 +266,36 @@ def _start(
             request, errors.IN_USE, headers={"Retry-After": str(conf.IDEMPOTENCY_RETRY_AFTER)}
         )
     return store, outcome
+
+
+def _storable_path(path: str) -> bool:
+    """Whether the store can keep ``path``: what a database refuses about the
+    request itself is the client's error (a 400), never a store outage (503).
+
+    PostgreSQL's text columns refuse NUL (``/v1/jobs/%00/cancel``), and no
+    database takes a lone surrogate. The path column has no length limit and
+    the method is always POST, so nothing else here can overflow a column; the
+    key and the scope are checked (or hashed) where they are read.
+    """
+    if "\x00" in path:
+        return False
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _store_unavailable(request: Any, exc: StoreError) -> HttpResponseBase:
+    # The 503 alone tells an operator nothing: the cause goes to the log.
+    logger.error(
+        "Idempotency store unavailable (%s %s): %s",
+        getattr(request, "method", "?"),
+        getattr(request, "path", "?"),
+        exc,
+        exc_info=exc,
+    )
+    return errors.error_response(request, errors.STORE_UNAVAILABLE)
 
 
 def _finish(
@@ -285,11 +320,11 @@ def _finish(
     else:
         try:
             store.finish(claim, stored)
-        except StoreError:
+        except StoreError as exc:
             # The outcome could not be kept. A store raises this only when the
             # view's effects were undone with it (the database store rolls the
             # whole transaction back), so "not processed" is the truth.
-            return errors.error_response(request, errors.STORE_UNAVAILABLE)
+            return _store_unavailable(request, exc)
     if errors.REQUEST_ID_HEADER not in rendered:
         rendered[errors.REQUEST_ID_HEADER] = errors.get_request_id(request)
     return rendered

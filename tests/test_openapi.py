@@ -88,7 +88,7 @@ def test_guarded_post_documents_headers_and_errors(
         assert "Request-Id" in responses[code]["headers"]
     assert error_types(responses["409"]) == {"idempotency_conflict", "idempotency_key_in_use"}
     assert "Retry-After" in responses["409"]["headers"]
-    expected_400 = {"idempotency_key_invalid", "request_body_invalid"} | (
+    expected_400 = {"idempotency_key_invalid", "request_body_invalid", "request_path_invalid"} | (
         {"idempotency_key_missing"} if required else set()
     )
     assert error_types(responses["400"]) == expected_400
