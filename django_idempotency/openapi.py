@@ -316,7 +316,8 @@ def _add_error_response(
         media["schema"] = ref
     elif schema != ref and ref not in schema.get("oneOf", []):
         media["schema"] = {"oneOf": [schema, ref]}
-    else:
+    # (A view that documents its errors with our envelope keeps the one schema.)
+    if f"Or {description}" in existing.get("description", ""):
         return  # documented already (the mixin ran twice)
     if "example" not in media:
         media.setdefault("examples", {}).update(examples)

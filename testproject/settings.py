@@ -122,6 +122,15 @@ if find_spec("drf_spectacular") is not None:
         "SWAGGER_UI_DIST": "SIDECAR",
         "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
         "REDOC_DIST": "SIDECAR",
+        # Each resource's "object" is an enum of one value: one component each.
+        "ENUM_NAME_OVERRIDES": {
+            f"{''.join(w.title() for w in name.split('_'))}ObjectEnum": [name]
+            for name in ("job", "rating", "api_key", "webhook_endpoint", "purchase", "account", "list")
+        },
+        "POSTPROCESSING_HOOKS": [
+            "drf_spectacular.hooks.postprocess_schema_enums",
+            "testproject.api.schema.declare_links_and_request_ids",
+        ],
     }
 
 LANGUAGE_CODE = "en-us"
