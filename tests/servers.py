@@ -90,7 +90,7 @@ def gunicorn(
     port = free_port()
     environ = dict(os.environ)
     environ.update({"DATABASE_URL": database or database_url(), "DJANGO_SETTINGS_MODULE": settings,
-                    "PYTHONPATH": str(ROOT), "DEBUG": "0"})
+                    "PYTHONPATH": str(ROOT), "DJANGO_DEBUG": "0"})
     environ.update(env or {})
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", app, "--workers", str(workers),

@@ -21,6 +21,7 @@ try:
         OpenApiResponse,
         extend_schema,
         extend_schema_field,
+        extend_schema_serializer,
         extend_schema_view,
     )
 except ImportError:  # pragma: no cover - the minimal session
@@ -29,7 +30,7 @@ except ImportError:  # pragma: no cover - the minimal session
     def extend_schema(*args: Any, **kwargs: Any) -> Callable[[Any], Any]:  # type: ignore[misc]
         return lambda target: target
 
-    extend_schema_field = extend_schema_view = extend_schema  # type: ignore[assignment]
+    extend_schema_field = extend_schema_serializer = extend_schema_view = extend_schema  # type: ignore[assignment]
 
 ENVELOPE = {"$ref": "#/components/schemas/IdempotencyError"}
 

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
-from .docs import string_schema
+from .docs import extend_schema_serializer, string_schema
 from .models import ApiKey, Job, Rating, WebhookEndpoint
 
 # Each rule below is stated once, as a regular expression, and serves both as
@@ -19,7 +20,9 @@ _JOB_TYPE = RegexValidator(r"^[a-z][a-z0-9_]*$", "Use lower-case letters, digits
 _NOT_BLANK = RegexValidator(
     r"^[^\x00]*[^\x00-\x20\x7f-\xa0][^\x00]*$", "This field may not be blank."
 )
-_NO_NUL = RegexValidator(r"^[^\x00]*$", "Null characters are not allowed.")
+# (DRF answers "" of a blank-allowed field before validators run: drf-spectacular
+# documents it as oneOf [this, maxLength 0], which "" then matches only once.)
+_NO_NUL = RegexValidator(r"^[^\x00]+$", "Null characters are not allowed.")
 # https only, with a host name that Django's URLValidator also accepts.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,18}[A-Za-z0-9])?"
 _HTTPS_URL = RegexValidator(
@@ -28,17 +31,35 @@ _HTTPS_URL = RegexValidator(
 )
 
 
-def text(max_length: int, *, blank: bool = False, **kwargs: Any) -> serializers.CharField:
+class StrictCharField(serializers.CharField):
+    """A string that is a JSON string: DRF's also takes 10 and 1.5 as "10" and "1.5",
+    which the schema's ``type: string`` does not allow."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)  # type: ignore[no-any-return]
+
+
+def text(max_length: int, *, blank: bool = False, **kwargs: Any) -> StrictCharField:
     """A string field whose schema says what it accepts: not blank (unless
     ``blank``), no NUL, taken as sent (DRF's trimming would make "  " blank
     after the schema allowed it)."""
-    return serializers.CharField(
-        max_length=max_length,
-        allow_blank=blank,
-        trim_whitespace=False,
-        validators=[_NO_NUL if blank else _NOT_BLANK],
-        **kwargs,
-    )
+    if blank:
+        return StrictCharField(
+            max_length=max_length,
+            allow_blank=True,
+            trim_whitespace=False,
+            validators=[_NO_NUL],
+            **kwargs,
+        )
+
+    # minLength too, on a class of its own (DRF copies fields by class and arguments).
+    @string_schema(maxLength=max_length, minLength=1, pattern=_NOT_BLANK.regex.pattern)
+    class Text(StrictCharField):
+        pass
+
+    return Text(max_length=max_length, trim_whitespace=False, validators=[_NOT_BLANK], **kwargs)
 
 
 class StrictIntegerField(serializers.IntegerField):
@@ -79,11 +100,11 @@ class _Resource(serializers.ModelSerializer):
 class JobSerializer(_Resource):
     object_name = "job"
     object = _object_field("job")
-    type = serializers.CharField(max_length=64, validators=[_JOB_TYPE], trim_whitespace=False)
+    type = StrictCharField(max_length=64, validators=[_JOB_TYPE], trim_whitespace=False)
     description = text(2000)
     files_needed = StrictIntegerField(min_value=1, max_value=10_000)
     accepted_formats = serializers.ListField(
-        child=serializers.CharField(max_length=100, validators=[_MEDIA_TYPE], trim_whitespace=False),
+        child=StrictCharField(max_length=100, validators=[_MEDIA_TYPE], trim_whitespace=False),
         min_length=1,
         max_length=20,
     )
@@ -152,7 +173,7 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
 class WebhookEndpointSerializer(_Resource):
     object_name = "webhook_endpoint"
     object = _object_field("webhook_endpoint")
-    url = serializers.CharField(max_length=2000, validators=[_HTTPS_URL], trim_whitespace=False)
+    url = StrictCharField(max_length=2000, validators=[_HTTPS_URL], trim_whitespace=False)
     events = serializers.ListField(child=text(100), max_length=50, required=False)
 
     class Meta:
@@ -183,6 +204,7 @@ class AccountSerializer(serializers.Serializer):
     balance_cents = serializers.IntegerField(read_only=True)
 
 
+@extend_schema_serializer(many=False)  # an envelope, not an array of them
 class JobListSerializer(serializers.Serializer):
     """What GET /v1/jobs answers (for the OpenAPI schema)."""
 
@@ -191,5 +213,18 @@ class JobListSerializer(serializers.Serializer):
     has_more = serializers.BooleanField(read_only=True)
 
 
+class QueryIntegerField(serializers.IntegerField):
+    """An integer query parameter: ``?limit=`` or ``?limit=ten`` is a 400 (DRF
+    takes an empty value as absent, which ``type: integer`` does not allow)."""
+
+    def get_value(self, dictionary: Any) -> Any:
+        return dictionary.get(self.field_name, serializers.empty)
+
+    def to_internal_value(self, data: Any) -> int:
+        if not isinstance(data, str) or not re.fullmatch(r"-?[0-9]{1,20}", data):
+            self.fail("invalid")
+        return super().to_internal_value(data)  # type: ignore[no-any-return]
+
+
 class ListParamsSerializer(serializers.Serializer):
-    limit = serializers.IntegerField(min_value=1, max_value=100, default=20)
+    limit = QueryIntegerField(min_value=1, max_value=100, default=20)

@@ -102,7 +102,8 @@ class JobViewSet(
         return job
 
     @extend_schema(
-        parameters=limit_parameter(1, 100, 20), responses=answers({200: JobListSerializer}, 400, 401)
+        parameters=limit_parameter(1, 100, 20),
+        responses=answers({200: JobListSerializer}, 400, 401),
     )
     def list(self, request: Request) -> Response:
         params = ListParamsSerializer(data=request.query_params)
