@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.conf import settings
 from django.core.exceptions import SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import get_resolver
@@ -30,7 +31,8 @@ class JsonErrorsMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
         if (
-            response.status_code == 404
+            settings.DEBUG
+            and response.status_code == 404
             and getattr(request, "resolver_match", None) is None
             and "json" not in response.get("Content-Type", "")
         ):
@@ -39,6 +41,8 @@ class JsonErrorsMiddleware:
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not settings.DEBUG:
+            return None  # Django calls the same handlers (and logs to django.security)
         if isinstance(exception, SuspiciousOperation):  # RequestDataTooBig among them
             return _handler(400)(request, exception)
         if isinstance(exception, Http404):
