@@ -96,6 +96,10 @@ def schemathesis(server: Server, secret: str, *args: str, fresh_keys: bool) -> s
                             timeout=900)  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-20_000:]
+    # A run whose every request was refused for its credentials passes all the
+    # checks and proves nothing: schemathesis warns of it, and that fails here.
+    assert "Authentication failed" not in output, output[-20_000:]
+    assert "passed" in output and "Stateful" in output, output[-20_000:]
     return output
 
 
@@ -104,9 +108,8 @@ def max_examples(default: int) -> str:
 
 
 def test_schemathesis_with_a_fresh_key_per_request(demo: tuple[Server, str]) -> None:
-    output = schemathesis(*demo, "--max-examples", max_examples(25), fresh_keys=True)
-    assert "Stateful" in output and "Fuzzing" in output and "Coverage" in output
-    assert " passed" in output
+    output = schemathesis(*demo, "--max-examples", max_examples(30), fresh_keys=True)
+    assert "Fuzzing" in output and "Coverage" in output
 
 
 def test_schemathesis_with_its_own_generated_keys(demo: tuple[Server, str]) -> None:
@@ -115,7 +118,7 @@ def test_schemathesis_with_its_own_generated_keys(demo: tuple[Server, str]) -> N
     # job that the first request created, also after that job was deleted,
     # which ensure_resource_availability reports as "created resource not found".
     schemathesis(
-        *demo, "--max-examples", max_examples(15),
+        *demo, "--max-examples", max_examples(20),
         "--exclude-checks", "ensure_resource_availability", fresh_keys=False,
     )  # fmt: skip
 
