@@ -12,6 +12,9 @@ import os
 import re
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from testproject.api.models import Account, ApiKey
+from tests.servers import Reply, Server, demo_database, demo_on
 
 pytest.importorskip("drf_spectacular")
 
@@ -188,3 +192,62 @@ def test_list_limit(client: APIClient, query: str, status: int) -> None:
 
 def test_blank_name_and_comment_are_still_allowed(client: APIClient) -> None:
     assert post(client, "/v1/api_keys", {"name": ""}).status_code == 201
+
+
+# JSON errors whatever DEBUG says, over real HTTP (issue 17).
+
+
+def call(server: Server, secret: str, method: str, path: str, body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> Reply:  # fmt: skip
+    request = urllib.request.Request(
+        server.base + path, data=body, method=method,
+        headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json",
+                 **(headers or {})},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return Reply(response.status, dict(response.headers.items()), response.read())
+    except urllib.error.HTTPError as error:
+        return Reply(error.code, dict(error.headers.items()), error.read())
+
+
+def assert_envelope(reply: Reply, status: int, error_type: str) -> None:
+    assert reply.status == status, reply.body[:300]
+    assert reply.headers["Content-Type"] == "application/json", reply.body[:300]
+    error = json.loads(reply.body)["error"]
+    assert error["type"] == error_type
+    assert reply.headers["Request-Id"] == error["request_id"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("debug", ["0", "1"])
+def test_errors_are_json_whatever_debug_says(tmp_path: Path, debug: str) -> None:
+    with ExitStack() as stack:
+        app = demo_on(stack.enter_context(demo_database(tmp_path, f"debug{debug}")))
+        secret = app.api_key("debug", 100_000)
+        server = stack.enter_context(app.server(workers=1, env={"DJANGO_DEBUG": debug}))
+        assert_envelope(call(server, secret, "GET", "/v1/no-such-thing"), 404, "not_found")
+        job = call(server, secret, "POST", "/v1/jobs", json.dumps({
+            "type": "data_collection", "description": "d", "files_needed": 1,
+            "accepted_formats": ["image/jpeg"], "price_per_file_cents": 1,
+        }).encode(), {"Idempotency-Key": "debug-1"})  # fmt: skip
+        assert job.status == 201, job.body
+        job_id = json.loads(job.body)["id"]
+        big = json.dumps({"description": "x" * 3_000_000}).encode()
+        assert_envelope(call(server, secret, "PATCH", f"/v1/jobs/{job_id}", big), 413,
+                        "request_too_large")  # fmt: skip
+        assert_envelope(
+            call(server, secret, "POST", "/v1/jobs/%00/cancel", b"", {"Idempotency-Key": "nul"}),
+            400, "request_path_invalid",
+        )  # fmt: skip
+
+
+def test_debug_is_off_unless_asked_for() -> None:
+    script = "from testproject import settings; print(settings.DEBUG)"
+    env = {k: v for k, v in os.environ.items() if k not in {"DJANGO_DEBUG", "DEBUG"}}
+    env["PYTHONPATH"] = str(ROOT)
+    off = subprocess.run([sys.executable, "-c", script], env={**env, "DEBUG": "1"},
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    on = subprocess.run([sys.executable, "-c", script], env={**env, "DJANGO_DEBUG": "1"},
+                        capture_output=True, text=True, check=True)  # fmt: skip
+    assert (off.stdout.strip(), on.stdout.strip()) == ("False", "True")
