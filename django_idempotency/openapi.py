@@ -183,8 +183,9 @@ def _key_parameter(header: str, required: bool, ttl: timedelta | None) -> dict[s
 # comma (a comma means several header values), not starting with a quote or
 # ending in a space; or an RFC 8941 quoted string, in which commas are fine.
 # Stricter than the server at the edges (surrounding white space, which HTTP
-# strips anyway, and quoted keys of 254 or 255 characters), never looser;
-# tests/test_openapi.py checks both with hypothesis against parse_key.
+# strips anyway, and quoted keys whose quotes and escapes take the header past
+# 255 characters), never looser; tests/test_openapi.py checks it with
+# hypothesis against parse_key.
 _BARE_KEY = r"[\x21\x23-\x2B\x2D-\x7E](?:[\x20-\x2B\x2D-\x7E]*[\x21-\x2B\x2D-\x7E])?"
 _QUOTED_KEY = r'"(?:[\x20\x21\x23-\x5B\x5D-\x7E]|\\[\x22\x5C])+"'
 KEY_PATTERN = f"^(?:{_BARE_KEY}|{_QUOTED_KEY})$"
@@ -211,10 +212,12 @@ _REQUEST_ID_PATTERN = "^req_[0-9A-HJKMNP-TV-Z]{26}$"
 
 def _request_id_header(required: bool) -> dict[str, Any]:
     when = (
-        "Sent on every response of this operation"
+        "Sent on every error of the idempotency layer and every response the view returns"
         if required
-        else "Sent on every error, and on every response to a request that carried a key"
+        else "Sent on every error of the idempotency layer, and on every response the view "
+        "returns to a request that carried a key"
     )
+    when += " (an error that the view raises carries it when the exception handler adds it)"
     return {
         "description": f"This request's id: `req_` and a ULID. {when}. An error's body "
         "carries the same id as `error.request_id`, except in a replayed response "
@@ -222,6 +225,8 @@ def _request_id_header(required: bool) -> dict[str, Any]:
         "`request_id` is the original request's, while this header is the retry's.",
         "schema": {"type": "string", "pattern": _REQUEST_ID_PATTERN},
     }
+
+
 _RETRY_AFTER_HEADER_OBJECT = {
     "description": "With `idempotency_key_in_use`: seconds to wait before retrying.",
     "schema": {"type": "integer", "minimum": 0},
