@@ -308,6 +308,8 @@ def _start(
         key = parse_key(raw_key)
     except InvalidKey:
         return _refuse(request, errors.KEY_INVALID)
+    if not _storable_path(http_request.path):
+        return _refuse(request, errors.PATH_INVALID)
     scope = conf.scope_function(request)
     if scope is None:
         return _refuse(request, errors.SCOPE_UNAVAILABLE)
@@ -386,6 +388,24 @@ def _with_hints(
         response[name] = value
     response[errors.REQUEST_ID_HEADER] = errors.get_request_id(request)
     return response
+
+
+def _storable_path(path: str) -> bool:
+    """Whether the store can keep ``path``: what a database refuses about the
+    request itself is the client's error (a 400), never a store outage (503).
+
+    PostgreSQL's text columns refuse NUL (``/v1/jobs/%00/cancel``), and no
+    database takes a lone surrogate. The path column has no length limit and
+    the method is always POST, so nothing else here can overflow a column; the
+    key and the scope are checked (or hashed) where they are read.
+    """
+    if "\x00" in path:
+        return False
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _finish(

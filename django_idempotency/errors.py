@@ -86,6 +86,11 @@ BODY_INVALID = ErrorType(
 BODY_MALFORMED = ErrorType(
     400, "request_body_invalid", "The request body cannot be read as its Content-Type says"
 )
+PATH_INVALID = ErrorType(
+    400,
+    "request_path_invalid",
+    "The request path contains characters that this server does not accept",
+)
 REQUEST_TOO_LARGE = ErrorType(
     413, "request_too_large", "The request body is larger than this server accepts"
 )
@@ -157,6 +162,7 @@ __all__ = [
     "IN_USE",
     "KEY_INVALID",
     "KEY_MISSING",
+    "PATH_INVALID",
     "REQUEST_ID_HEADER",
     "REQUEST_TOO_LARGE",
     "SCOPE_UNAVAILABLE",

@@ -64,6 +64,10 @@ class RequestBodyMalformed(IdempotencyError):
     error = errors.BODY_MALFORMED
 
 
+class RequestPathInvalid(IdempotencyError):
+    error = errors.PATH_INVALID
+
+
 class RequestTooLarge(IdempotencyError):
     error = errors.REQUEST_TOO_LARGE
 
@@ -196,6 +200,7 @@ __all__ = [
     "IdempotencyStoreUnavailable",
     "RequestBodyInvalid",
     "RequestBodyMalformed",
+    "RequestPathInvalid",
     "RequestTooLarge",
     "error_type",
     "exception_for",

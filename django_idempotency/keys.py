@@ -103,7 +103,8 @@ def stored_scope(scope: object) -> str:
     """The scope as stored: the scope function's value, or a hash of it when it
     is longer than the column (so a long scope still owns its keys alone)."""
     text = str(scope)
-    if len(text) <= MAX_SCOPE_LENGTH:
+    # A NUL is hashed too: PostgreSQL's text columns refuse it.
+    if len(text) <= MAX_SCOPE_LENGTH and "\x00" not in text:
         return text
     return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 

@@ -55,13 +55,34 @@ def idempotent_options(handler: Any) -> tuple[bool, timedelta | None] | None:
 
 
 def _api_view_function(handler: Any) -> Any:
-    # @api_view's handler is a closure, ``handler(self, *a, **kw): return func(*a, **kw)``.
-    code = getattr(handler, "__code__", None)
-    closure = getattr(handler, "__closure__", None)
-    if code is None or not closure:
-        return None
-    cells = dict(zip(code.co_freevars, closure, strict=True))
-    return cells["func"].cell_contents if "func" in cells else None
+    """The ``@idempotent`` function that an ``@api_view`` handler calls, if any.
+
+    DRF offers no public way from the generated ``WrappedAPIView`` to the
+    function it wraps: each method is a closure, ``handler(self, *a, **kw):
+    return func(*a, **kw)``. The closure's cells are read by what they hold
+    (a function we marked), never by the variable's name. If DRF ever stops
+    closing over the function, ``tests/test_openapi.py::
+    test_api_view_functions_are_found_through_drf`` fails, in every matrix
+    session.
+    """
+    for cell in getattr(handler, "__closure__", None) or ():
+        try:
+            content = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if callable(content) and _marked(content):
+            return content
+    return None
+
+
+def _marked(function: Any) -> bool:
+    for _ in range(20):
+        if function is None:
+            return False
+        if getattr(getattr(function, "__func__", function), "_idempotent", False):
+            return True
+        function = getattr(function, "__wrapped__", None)
+    return False
 
 
 class IdempotentSchemaMixin:
@@ -114,12 +135,6 @@ def document_operation(
         parameters.append(_key_parameter(header, required, ttl))
 
     responses = operation.setdefault("responses", {})
-    for code, response in responses.items():
-        headers = response.setdefault("headers", {})
-        if _replayable(code):
-            headers.setdefault(REPLAYED_HEADER, _REPLAYED_HEADER_OBJECT)
-        headers.setdefault(errors.REQUEST_ID_HEADER, _REQUEST_ID_HEADER_OBJECT)
-
     component = ResolvedComponent(  # type: ignore[no-untyped-call]
         name=ERROR_COMPONENT,
         type=ResolvedComponent.SCHEMA,
@@ -129,6 +144,15 @@ def document_operation(
     registry.register_on_missing(component)
     for status, types in _errors_by_status(required).items():
         _add_error_response(responses, status, types, component.ref)
+
+    # After our errors are in: a status of ours that the view can answer too
+    # (a 409 of its own, say) is stored and replayed when the view answers it.
+    request_id = _request_id_header(required)
+    for code, response in responses.items():
+        headers = response.setdefault("headers", {})
+        if _replayable(code):
+            headers.setdefault(REPLAYED_HEADER, _REPLAYED_HEADER_OBJECT)
+        headers.setdefault(errors.REQUEST_ID_HEADER, request_id)
 
 
 def _key_parameter(header: str, required: bool, ttl: timedelta | None) -> dict[str, Any]:
@@ -142,26 +166,67 @@ def _key_parameter(header: str, required: bool, ttl: timedelta | None) -> dict[s
     )
     if not required:
         description += " Optional: without it the request is not protected against retries."
+    # No example: one example key shared by every operation makes whoever uses
+    # the examples (Swagger UI's "Try it out", generated tests) reuse one key
+    # across operations, which is a 409 from the second one on.
     return {
         "in": "header",
         "name": header,
         "required": required,
         "description": description,
-        "schema": {"type": "string", "minLength": 1},
-        "example": "3f1c2a9e-8b7d-4c55-9a0e-6d2b1f4e7c10",
+        "schema": key_schema(),
+    }
+
+
+# What keys.parse_key accepts, as a pattern that schema-driven generators
+# honour (ECMA-262 and Python alike): a bare key of printable ASCII with no
+# comma (a comma means several header values), not starting with a quote or
+# ending in a space; or an RFC 8941 quoted string, in which commas are fine.
+# Stricter than the server at the edges (surrounding white space, which HTTP
+# strips anyway, and quoted keys whose quotes and escapes take the header past
+# 255 characters), never looser; tests/test_openapi.py checks it with
+# hypothesis against parse_key.
+_BARE_KEY = r"[\x21\x23-\x2B\x2D-\x7E](?:[\x20-\x2B\x2D-\x7E]*[\x21-\x2B\x2D-\x7E])?"
+_QUOTED_KEY = r'"(?:[\x20\x21\x23-\x5B\x5D-\x7E]|\\[\x22\x5C])+"'
+KEY_PATTERN = f"^(?:{_BARE_KEY}|{_QUOTED_KEY})$"
+
+
+def key_schema() -> dict[str, Any]:
+    """The JSON schema of the idempotency key header's value."""
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_KEY_LENGTH,
+        "pattern": KEY_PATTERN,
     }
 
 
 _REPLAYED_HEADER_OBJECT = {
-    "description": "`true` when this response is the stored response of an earlier request "
-    "with the same key: the operation did not run again.",
+    "description": "Present, and `true`, only when this response is the stored response of "
+    "an earlier request with the same key (of any status the server keeps, errors of the "
+    "operation included): the operation did not run again.",
     "schema": {"type": "string", "enum": ["true"]},
 }
-_REQUEST_ID_HEADER_OBJECT = {
-    "description": "The request's id, `req_` and a ULID; error bodies carry the same "
-    "`request_id`. Sent when the request carried an idempotency key.",
-    "schema": {"type": "string", "example": "req_01JDZ8Q9X6V7Y2T3R4S5A6B7C8"},
-}
+_REQUEST_ID_PATTERN = "^req_[0-9A-HJKMNP-TV-Z]{26}$"
+
+
+def _request_id_header(required: bool) -> dict[str, Any]:
+    when = (
+        "Sent on every error of the idempotency layer and every response the view returns"
+        if required
+        else "Sent on every error of the idempotency layer, and on every response the view "
+        "returns to a request that carried a key"
+    )
+    when += " (an error that the view raises carries it when the exception handler adds it)"
+    return {
+        "description": f"This request's id: `req_` and a ULID. {when}. An error's body "
+        "carries the same id as `error.request_id`, except in a replayed response "
+        "(`Idempotent-Replayed: true`): its body is the stored one, byte for byte, so its "
+        "`request_id` is the original request's, while this header is the retry's.",
+        "schema": {"type": "string", "pattern": _REQUEST_ID_PATTERN},
+    }
+
+
 _RETRY_AFTER_HEADER_OBJECT = {
     "description": "With `idempotency_key_in_use` and `idempotency_store_unavailable`: "
     "seconds to wait before retrying.",
@@ -213,7 +278,10 @@ def _envelope_schema() -> dict[str, Any]:
                     "message": {"type": "string", "description": "For people."},
                     "request_id": {
                         "type": "string",
-                        "description": "Also sent as the `Request-Id` response header.",
+                        "pattern": _REQUEST_ID_PATTERN,
+                        "description": "The id of the request that this error answered, "
+                        "also sent as the `Request-Id` response header (in a replayed "
+                        "response: the original request's id; the header is the retry's).",
                         "example": "req_01JDZ8Q9X6V7Y2T3R4S5A6B7C8",
                     },
                 },
@@ -241,7 +309,7 @@ def _add_error_response(
         for error in types
     }
     description = "; ".join(f"`{error.type}`: {error.message}" for error in types)
-    headers: dict[str, Any] = {errors.REQUEST_ID_HEADER: _REQUEST_ID_HEADER_OBJECT}
+    headers: dict[str, Any] = {}
     for name in conf.IDEMPOTENCY_SHOULD_RETRY_HEADERS:
         headers[name] = _SHOULD_RETRY_HEADER_OBJECT
     if any(error.retryable for error in types):
@@ -261,7 +329,8 @@ def _add_error_response(
         media["schema"] = ref
     elif schema != ref and ref not in schema.get("oneOf", []):
         media["schema"] = {"oneOf": [schema, ref]}
-    else:
+    # (A view that documents its errors with our envelope keeps the one schema.)
+    if f"Or {description}" in existing.get("description", ""):
         return  # documented already (the mixin ran twice)
     if "example" not in media:
         media.setdefault("examples", {}).update(examples)
@@ -318,14 +387,32 @@ class IdempotentViewExtension(OpenApiViewExtension):  # type: ignore[no-untyped-
         return [method.lower() for method in GUARDED_METHODS]
 
     def _other_replacement(self) -> type:
-        others = sorted(OpenApiViewExtension._registry, key=lambda e: e.priority, reverse=True)
-        for extension in others:
-            if not issubclass(extension, IdempotentViewExtension) and extension._matches(
-                self.target
-            ):
-                replacement: type = extension(self.target_callback).view_replacement()
-                return replacement
+        for extension in other_view_extensions(self.target):
+            replacement: type = extension(self.target_callback).view_replacement()
+            return replacement
         return self.target  # type: ignore[no-any-return]
+
+
+def other_view_extensions(view_class: type) -> list[type]:
+    """The view extensions other than ours that match ``view_class``, best first.
+
+    drf-spectacular applies one view extension per view and has no public way
+    to list the others (``get_match`` returns the best, which is this one), so
+    this reads its registry, ``_registry`` and ``_matches``. Should a release
+    rename them, the schema loses only the stacking on another extension (not
+    the documentation of guarded views), and ``tests/test_openapi.py::
+    test_drf_spectacular_registry_still_lists_view_extensions`` fails in every
+    session of the version matrix.
+    """
+    registry = getattr(OpenApiViewExtension, "_registry", None)
+    if registry is None:
+        return []
+    return [
+        extension
+        for extension in sorted(registry, key=lambda e: e.priority, reverse=True)
+        if not issubclass(extension, IdempotentViewExtension)
+        and getattr(extension, "_matches", lambda target: False)(view_class)
+    ]
 
 
 def _schema_class(view_class: type, handler: Any) -> type | None:

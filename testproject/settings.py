@@ -4,7 +4,7 @@ DATABASE_URL       default: SQLite file testproject/db.sqlite3
 REDIS_URL          if set, the default cache is Redis (for the Redis idempotency store)
 IDEMPOTENCY_STORE  dotted path of the idempotency store, passed through when set
 IDEMPOTENCY_LEASE  seconds of a Redis claim's lease, passed through when set
-DEBUG              default on: this is a demo
+DJANGO_DEBUG       1 turns Django's DEBUG on (default off; API errors are JSON either way)
 SECRET_KEY         default: a fixed, public demo value
 DEMO_ALLOW_DELAY   1 lets the X-Demo-Delay header slow down job creation inside its
                    transaction, and X-Demo-Delay-After-Commit after it (tests only)
@@ -30,7 +30,8 @@ def _env_flag(name: str, default: bool) -> bool:
 
 
 SECRET_KEY = os.environ.get("SECRET_KEY", "django-idempotency-demo-not-a-secret")
-DEBUG = _env_flag("DEBUG", True)
+# Off unless asked for: debug pages list the URL patterns and settings.
+DEBUG = _env_flag("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = ["*"]
 
 INSTALLED_APPS = [
@@ -53,6 +54,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django_idempotency.middleware.DatabaseUnavailableMiddleware",
+    "testproject.api.middleware.JsonErrorsMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -126,6 +128,17 @@ if find_spec("drf_spectacular") is not None:
         "SWAGGER_UI_DIST": "SIDECAR",
         "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
         "REDOC_DIST": "SIDECAR",
+        # Each resource's "object" is an enum of one value: one component each.
+        "ENUM_NAME_OVERRIDES": {
+            f"{''.join(w.title() for w in name.split('_'))}ObjectEnum": [name]
+            for name in (
+                "job", "rating", "api_key", "webhook_endpoint", "purchase", "account", "list"
+            )
+        },
+        "POSTPROCESSING_HOOKS": [
+            "drf_spectacular.hooks.postprocess_schema_enums",
+            "testproject.api.schema.declare_links_and_request_ids",
+        ],
     }
 
 LANGUAGE_CODE = "en-us"

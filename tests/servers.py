@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from django.db import connection
 
@@ -103,7 +104,7 @@ def gunicorn(
     port = free_port()
     environ = dict(os.environ)
     environ.update({"DATABASE_URL": database or database_url(), "DJANGO_SETTINGS_MODULE": settings,
-                    "PYTHONPATH": str(ROOT), "DEBUG": "0"})
+                    "PYTHONPATH": str(ROOT), "DJANGO_DEBUG": "0"})
     environ.update(env or {})
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", app, "--workers", str(workers),
@@ -293,6 +294,29 @@ def demo_on(database: str) -> Demo:
     demo = Demo(database)
     demo.manage("migrate", "--no-input", "-v", "0")
     return demo
+
+
+@contextmanager
+def demo_database(tmp_path: Path, suffix: str) -> Iterator[str]:
+    """A database of the pass's kind for the demo: a SQLite file, or a scratch
+    database on the suite's PostgreSQL server, dropped afterwards."""
+    base = os.environ.get("DATABASE_URL", "")
+    if not base.startswith(("postgres://", "postgresql://")):
+        yield f"sqlite:///{tmp_path / (suffix + '.sqlite3')}"
+        return
+    import psycopg
+
+    parts = urlsplit(base)
+    name = f"{parts.path.lstrip('/')}_{suffix}"
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(parts._replace(path="/" + name))
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # A Redis of our own, to stop and start: the shared one must never go down.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -26,6 +27,11 @@ from drf_spectacular.extensions import OpenApiViewExtension
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from drf_spectacular.validation import validate_schema
+from hypothesis import given
+from hypothesis import strategies as st
+
+from django_idempotency.keys import InvalidKey, parse_key
+from django_idempotency.openapi import KEY_PATTERN, key_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 ERROR_REF = {"$ref": "#/components/schemas/IdempotencyError"}
@@ -92,7 +98,7 @@ def test_guarded_post_documents_headers_and_errors(
     assert "Retry-After" not in responses["400"]["headers"]
     for code in ("400", "403", "409", "413", "503"):
         assert responses[code]["headers"]["X-Should-Retry"]["schema"]["enum"] == ["true", "false"]
-    expected_400 = {"idempotency_key_invalid", "request_body_invalid"} | (
+    expected_400 = {"idempotency_key_invalid", "request_body_invalid", "request_path_invalid"} | (
         {"idempotency_key_missing"} if required else set()
     )
     assert error_types(responses["400"]) == expected_400
@@ -315,3 +321,121 @@ print("ok")
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+# The key's schema states the server's rule (issue 17), checked against parse_key.
+
+KEY_RE = re.compile(KEY_PATTERN)
+
+
+def accepted(value: str) -> bool:
+    try:
+        parse_key(value)
+    except InvalidKey:
+        return False
+    return True
+
+
+def schema_allows(value: str) -> bool:
+    schema = key_schema()
+    return schema["minLength"] <= len(value) <= schema["maxLength"] and bool(
+        KEY_RE.fullmatch(value)
+    )
+
+
+@given(st.from_regex(KEY_PATTERN, fullmatch=True).filter(lambda v: len(v) <= 255))
+def test_every_key_the_schema_allows_is_accepted(value: str) -> None:
+    # What a generator makes from the pattern (schemathesis, a client's
+    # generated validation) is never refused by the server.
+    assert accepted(value), value
+
+
+ascii_text = st.text(st.characters(min_codepoint=0x00, max_codepoint=0x80), max_size=300)
+near_keys = (
+    ascii_text
+    | st.text(st.sampled_from('ab ,"\\\t\x00\x7f'), max_size=12)
+    | ascii_text.map(lambda s: '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"')
+)
+
+
+@given(near_keys)
+def test_the_schema_and_the_server_agree_on_any_value(value: str) -> None:
+    if value == value.strip(" \t") and len(value) <= 255:
+        assert schema_allows(value) == accepted(value), value
+    # Beyond that the schema is stricter, never looser: white space around the
+    # value (HTTP strips it before the server sees it) and quoted keys whose
+    # quotes and escapes take the header past 255 characters.
+    elif schema_allows(value):
+        raise AssertionError(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["job-create-order-1234", '"job-create-order-1234"', '"a,b"', 'say "hi"', "a b", "x" * 255],
+)
+def test_key_examples_allowed(value: str) -> None:
+    assert schema_allows(value) and accepted(value)
+
+
+@pytest.mark.parametrize(
+    "value", ["", "a,b", "a\tb", "caf\u00e9", "x" * 256, '"unterminated', '"a"b', "a\x00"]
+)
+def test_key_examples_refused_by_both(value: str) -> None:
+    assert not schema_allows(value) and not accepted(value)
+
+
+def guarded_operations(document: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"POST {path}", ops["post"])
+        for path, ops in document["paths"].items()
+        if "post" in ops
+        and any(p["name"] == "Idempotency-Key" for p in ops["post"].get("parameters", []))
+    ]
+
+
+def test_no_example_key_is_shared_by_operations(schema: dict[str, Any]) -> None:
+    examples = [
+        json.dumps(p.get("example", p.get("examples")))
+        for _, op in guarded_operations(schema)
+        for p in op["parameters"]
+        if p["name"] == "Idempotency-Key" and ("example" in p or "examples" in p)
+    ]
+    assert len(examples) == len(set(examples)), examples
+
+
+def test_replayed_and_request_id_headers_on_every_status_they_can_have(
+    schema: dict[str, Any],
+) -> None:
+    operations = guarded_operations(schema)
+    assert len(operations) >= 6
+    for name, operation in operations:
+        for code, response in operation["responses"].items():
+            headers = response.get("headers", {})
+            assert "Request-Id" in headers, (name, code)
+            # Every status below 500 that is not released is stored and can be replayed.
+            replayable = int(code) < 500 and int(code) not in {400, 401, 403, 422, 429}
+            assert ("Idempotent-Replayed" in headers) is replayable, (name, code)
+        request_id = operation["responses"]["409"]["headers"]["Request-Id"]["description"]
+        assert "replayed" in request_id and "original request" in request_id
+
+
+def test_api_view_functions_are_found_through_drf() -> None:
+    """DRF has no public link from @api_view's class to the function: the
+    extension reads the handler's closure by content. Fails if DRF changes that."""
+    from django_idempotency.openapi import idempotent_options
+
+    @api_view(["POST"])
+    @idempotent(required=False)
+    def view(request: Any) -> Response:
+        return Response(status=201)
+
+    assert idempotent_options(view.cls.post) == (False, None)  # type: ignore[attr-defined]
+
+
+def test_drf_spectacular_registry_still_lists_view_extensions() -> None:
+    """The one private drf-spectacular API the extension reads (to stack on
+    another view extension): fails on a release that renames it."""
+    from django_idempotency.openapi import other_view_extensions
+
+    assert other_view_extensions(ReplacedView) == [ReplacedViewExtension]
+    assert other_view_extensions(ThingViewSet) == []

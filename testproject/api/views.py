@@ -27,14 +27,18 @@ from rest_framework.views import APIView
 from django_idempotency import idempotent
 
 from .authentication import ApiKeyAuthentication
+from .docs import answers, extend_schema, extend_schema_view, limit_parameter
 from .exceptions import InsufficientCredits, JobNotOpen, error_response
 from .models import Account, ApiKey, Job, Purchase, Rating
 from .serializers import (
     AccountSerializer,
+    ApiKeyCreatedSerializer,
     ApiKeySerializer,
+    JobListSerializer,
     JobSerializer,
     JobUpdateSerializer,
     ListParamsSerializer,
+    PurchaseResultSerializer,
     PurchaseSerializer,
     RatingSerializer,
     WebhookEndpointSerializer,
@@ -75,6 +79,9 @@ def _demo_delay(request: Request, header: str = "X-Demo-Delay") -> float:
 DEMO_AUTHENTICATION = [ApiKeyAuthentication]
 
 
+@extend_schema_view(
+    retrieve=extend_schema(responses=answers({200: JobSerializer}, 401, 404)),
+)
 class JobViewSet(
     mixins.RetrieveModelMixin,
     viewsets.GenericViewSet,  # type: ignore[type-arg]
@@ -101,6 +108,10 @@ class JobViewSet(
         job: Job = get_object_or_404(self.get_queryset().select_for_update(), pk=self.kwargs["pk"])
         return job
 
+    @extend_schema(
+        parameters=limit_parameter(1, 100, 20),
+        responses=answers({200: JobListSerializer}, 400, 401),
+    )
     def list(self, request: Request) -> Response:
         params = ListParamsSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
@@ -114,6 +125,9 @@ class JobViewSet(
             }
         )
 
+    @extend_schema(
+        request=JobSerializer, responses=answers({201: JobSerializer}, 400, 401, 402, 415)
+    )
     @idempotent
     def create(self, request: Request) -> Response:
         serializer = JobSerializer(data=request.data)
@@ -148,6 +162,13 @@ class JobViewSet(
             headers={"Location": reverse("job-detail", args=[job.pk])},
         )
 
+    @extend_schema(
+        request=JobUpdateSerializer,
+        responses=answers(
+            {200: JobSerializer}, 400, 401, 404, 409, 413, 415,
+            s409="`job_not_open`: only an open job can change its status",
+        ),
+    )  # fmt: skip
     def partial_update(self, request: Request, pk: str) -> Response:
         with transaction.atomic():
             job = self._locked_job()
@@ -159,6 +180,7 @@ class JobViewSet(
             serializer.save()
         return Response(JobSerializer(job).data)
 
+    @extend_schema(responses=answers({204: None}, 401, 404))
     def destroy(self, request: Request, pk: str) -> Response:
         with transaction.atomic():
             job = self._locked_job()
@@ -167,6 +189,14 @@ class JobViewSet(
             job.delete()
         return Response(status=status.HTTP_204_NO_CONTENT)
 
+    @extend_schema(
+        request=None,  # no body is read
+        responses=answers(
+            {200: JobSerializer}, 401, 404, 409,
+            s409="`job_not_cancellable`: only an open job can be cancelled (kept, and "
+            "replayed to a retry with the same key)",
+        ),
+    )  # fmt: skip
     @idempotent
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str) -> Response:
@@ -186,6 +216,14 @@ class JobViewSet(
             job.save(update_fields=["status", "reserved_cents"])
         return Response(JobSerializer(job).data)
 
+    @extend_schema(
+        request=RatingSerializer,
+        responses=answers(
+            {201: RatingSerializer}, 400, 401, 404, 409, 415,
+            s409="`job_not_completed` or `job_already_rated`: only a completed job can be "
+            "rated, once (kept, and replayed to a retry with the same key)",
+        ),
+    )  # fmt: skip
     @idempotent
     @action(detail=True, methods=["post"])
     def rate(self, request: Request, pk: str) -> Response:
@@ -215,6 +253,9 @@ class ApiKeyViewSet(viewsets.GenericViewSet):  # type: ignore[type-arg]
     authentication_classes = DEMO_AUTHENTICATION
     serializer_class = ApiKeySerializer
 
+    @extend_schema(
+        request=ApiKeySerializer, responses=answers({201: ApiKeyCreatedSerializer}, 400, 401, 415)
+    )
     @idempotent
     def create(self, request: Request) -> Response:
         serializer = ApiKeySerializer(data=request.data)
@@ -230,6 +271,10 @@ class WebhookEndpointViewSet(viewsets.GenericViewSet):  # type: ignore[type-arg]
     authentication_classes = DEMO_AUTHENTICATION
     serializer_class = WebhookEndpointSerializer
 
+    @extend_schema(
+        request=WebhookEndpointSerializer,
+        responses=answers({201: WebhookEndpointSerializer}, 400, 401, 415),
+    )
     @idempotent
     def create(self, request: Request) -> Response:
         serializer = WebhookEndpointSerializer(data=request.data)
@@ -244,6 +289,10 @@ class BillingViewSet(viewsets.GenericViewSet):  # type: ignore[type-arg]
     authentication_classes = DEMO_AUTHENTICATION
     serializer_class = PurchaseSerializer
 
+    @extend_schema(
+        request=PurchaseSerializer,
+        responses=answers({201: PurchaseResultSerializer}, 400, 401, 415),
+    )
     @idempotent
     @action(detail=False, methods=["post"])
     def purchase(self, request: Request) -> Response:
@@ -271,6 +320,7 @@ class AccountView(APIView):
     authentication_classes = DEMO_AUTHENTICATION
     serializer_class = AccountSerializer  # read by the OpenAPI schema only
 
+    @extend_schema(responses=answers({200: AccountSerializer}, 401))
     def get(self, request: Request) -> Response:
         account = account_of(request)
         return Response(

@@ -1,0 +1,105 @@
+"""What the store's database cannot keep about a request is the client's error, not an outage.
+
+PostgreSQL refuses a NUL byte in a text column. Before issue 17 a guarded POST
+to ``/v1/jobs/%00/cancel`` was a 503 "store unavailable, retry" there (404 on
+SQLite), for a request that can never succeed, and the cause was logged nowhere.
+Runs on both databases (scripts/test's two passes).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test import override_settings
+from rest_framework.test import APIClient
+
+from django_idempotency.models import IdempotencyRecord
+from testproject.api.models import Account, ApiKey
+
+pytestmark = pytest.mark.django_db
+
+SPEC_BODY = {
+    "type": "data_collection",
+    "description": "Photo of product packaging",
+    "files_needed": 10,
+    "accepted_formats": ["image/jpeg"],
+    "price_per_file_cents": 50,
+}
+
+
+@pytest.fixture
+def client() -> APIClient:
+    account = Account.objects.create(user=User.objects.create_user("acme"), credits_cents=10_000)
+    _, secret = ApiKey.issue(account)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return api
+
+
+def post(client: APIClient, path: str, key: str = "k-1", data: Any = None) -> Any:
+    return client.post(path, data or {}, format="json", HTTP_IDEMPOTENCY_KEY=key)
+
+
+def assert_envelope(response: Any, status: int, error_type: str) -> None:
+    assert response.status_code == status, response.content
+    error = response.json()["error"]
+    assert error["type"] == error_type
+    assert response["Request-Id"] == error["request_id"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/jobs/%00/cancel", "/v1/jobs/1%00/rate", "/t/widgets/%00/rename"]
+)
+def test_a_nul_byte_in_a_guarded_path_is_a_400_not_a_503(client: APIClient, path: str) -> None:
+    response = post(client, path, data={"rating": 5})
+    assert_envelope(response, 400, "request_path_invalid")
+    assert "Retry-After" not in response
+    assert not IdempotencyRecord.objects.exists()
+    # Decided before the claim: the store still works, for the next request too.
+    job = post(client, "/v1/jobs", key="after", data=SPEC_BODY)
+    assert job.status_code == 201, job.content
+
+
+def test_a_nul_byte_in_the_key_is_the_key_error(client: APIClient) -> None:
+    assert_envelope(post(client, "/v1/jobs", key="a\x00b", data=SPEC_BODY), 400,
+                    "idempotency_key_invalid")
+
+
+def _scope_with_nul(request: Any) -> str:
+    return f"tenant\x00{request.user.pk}"
+
+
+@override_settings(IDEMPOTENCY_SCOPE="tests.test_unstorable._scope_with_nul")
+def test_a_scope_with_a_nul_byte_is_stored_hashed(client: APIClient) -> None:
+    first = post(client, "/v1/jobs", key="nul-scope", data=SPEC_BODY)
+    assert first.status_code == 201, first.content
+    (record,) = IdempotencyRecord.objects.all()
+    assert record.scope.startswith("sha256:")
+    replay = post(client, "/v1/jobs", key="nul-scope", data=SPEC_BODY)
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == first.content
+
+
+def test_a_real_store_outage_stays_a_503_and_its_cause_is_logged(
+    client: APIClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A real database error, not a mock: the store's table is gone (renamed
+    # inside the test's transaction, which rolls it back afterwards).
+    table = IdempotencyRecord._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"ALTER TABLE {connection.ops.quote_name(table)} "
+            f"RENAME TO {connection.ops.quote_name(table + '_gone')}"
+        )
+    with caplog.at_level(logging.ERROR, logger="django_idempotency"):
+        response = post(client, "/v1/jobs", key="outage", data=SPEC_BODY)
+    assert_envelope(response, 503, "idempotency_store_unavailable")
+    (entry,) = [r for r in caplog.records if r.name.startswith("django_idempotency")]
+    assert entry.levelno == logging.ERROR
+    assert "POST /v1/jobs" in entry.getMessage()
+    assert table in entry.getMessage()  # the database's own words: which table is missing
+    assert entry.exc_info is not None
