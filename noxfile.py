@@ -40,6 +40,7 @@ def groups(*names: str) -> list[str]:
     """The requirements of dependency groups of pyproject.toml (PEP 735)."""
     return [req for name in names for req in nox.project.dependency_groups(PYPROJECT, name)]
 
+
 # (Python, Django, DRF). Django 4.2 LTS supports Python up to 3.12, 5.2 LTS
 # from 3.10, 6.x from 3.12. DRF 3.15 is the oldest supported DRF; it predates
 # Django 5.2, so it is paired with Django 4.2.

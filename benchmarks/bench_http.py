@@ -79,12 +79,19 @@ class Server:
             [
                 str(Path(sys.executable).with_name("gunicorn")),
                 "benchproject.wsgi:application",
-                "--workers", str(workers),
-                "--bind", f"127.0.0.1:{port}",
-                "--worker-class", "sync",
-                "--log-level", "warning",
+                "--workers",
+                str(workers),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--worker-class",
+                "sync",
+                "--log-level",
+                "warning",
             ],
-            cwd=HERE, env=env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
+            cwd=HERE,
+            env=env,
+            stdout=self.log_path.open("w"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -151,7 +158,9 @@ def backend_pids() -> list[int]:
 
 def post(port: int, path: str, key: str, auth: str) -> tuple[int, dict[str, str]]:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", data=BODY.encode(), method="POST",
+        f"http://127.0.0.1:{port}{path}",
+        data=BODY.encode(),
+        method="POST",
         headers={
             "Content-Type": "application/json",
             "Authorization": auth,
@@ -179,9 +188,18 @@ def prepare_database() -> None:
 
     call_command("migrate", verbosity=0)
     ensure_users(USERS)
-    tables = [t for t in connection.introspection.table_names() if t.startswith((
-        "benchproject_order", "django_idempotency_", "drf_idempotency_", "drf_idempotencykey_",
-    ))]
+    tables = [
+        t
+        for t in connection.introspection.table_names()
+        if t.startswith(
+            (
+                "benchproject_order",
+                "django_idempotency_",
+                "drf_idempotency_",
+                "drf_idempotencykey_",
+            )
+        )
+    ]
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE " + ", ".join(connection.ops.quote_name(t) for t in tables))
         cursor.execute("ANALYZE")
@@ -203,15 +221,31 @@ def wrk_run(config: Config, server: Server, duration: float, threads: int) -> di
     cpu_before = _cpu_ms(pids[0]), _cpu_ms(pids[1])
     scheme, values = credentials(config)
     command = [
-        "wrk", "-t", str(threads), "-c", str(threads), "-d", f"{max(1, round(duration))}s",
-        "--timeout", "10s", "-s", str(HERE / "bench.lua"), f"http://127.0.0.1:{port}",
-        "--", config.mode, config.path, run_id, BODY, scheme, ",".join(values),
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(threads),
+        "-d",
+        f"{max(1, round(duration))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(HERE / "bench.lua"),
+        f"http://127.0.0.1:{port}",
+        "--",
+        config.mode,
+        config.path,
+        run_id,
+        BODY,
+        scheme,
+        ",".join(values),
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     cpu_after = _cpu_ms(pids[0]), _cpu_ms(pids[1])
     rows = order_count() - before
     line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH_RESULT "))
-    result: dict[str, object] = json.loads(line[len("BENCH_RESULT "):])
+    result: dict[str, object] = json.loads(line[len("BENCH_RESULT ") :])
     requests = int(result["requests"])  # type: ignore[arg-type]
     result["rps"] = requests / (int(result["duration_us"]) / 1e6)  # type: ignore[arg-type]
     result["rows_inserted"] = rows
@@ -235,8 +269,12 @@ def wrk_run(config: Config, server: Server, duration: float, threads: int) -> di
 
 
 def run_group(
-    baseline: Config, others: list[Config], number: int, servers: dict[str, Server],
-    duration: float, threads: int,
+    baseline: Config,
+    others: list[Config],
+    number: int,
+    servers: dict[str, Server],
+    duration: float,
+    threads: int,
 ) -> dict[str, dict[str, object]]:
     """One round of ``others`` against ``baseline``: B X B Y B ..., the order rotated by round.
 
@@ -286,7 +324,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     # The selected configurations and the baseline that each one's ratio needs
     # (the main baseline always runs, as before).
     wanted = {"baseline"} | {
-        name for c in CONFIGS if not args.only or c.name in args.only
+        name
+        for c in CONFIGS
+        if not args.only or c.name in args.only
         for name in (c.name, c.baseline)
     }
     configs, skipped = [], {}
@@ -315,23 +355,31 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             wrk_run(config, servers[config.server], min(2.0, args.duration), args.threads)
 
         # Each baseline with the configurations measured against it, in CONFIGS' order.
-        groups = {c.name: [o for o in configs if o.baseline == c.name and o is not c]
-                  for c in configs if c.is_baseline}
+        groups = {
+            c.name: [o for o in configs if o.baseline == c.name and o is not c]
+            for c in configs
+            if c.is_baseline
+        }
         rounds: list[dict[str, object]] = []
         for number in range(args.rounds):
             results: dict[str, dict[str, object]] = {}
             for baseline_name, others in groups.items():
-                results.update(run_group(
-                    BY_NAME[baseline_name], others, number, servers, args.duration, args.threads
-                ))
+                results.update(
+                    run_group(
+                        BY_NAME[baseline_name], others, number, servers, args.duration, args.threads
+                    )
+                )
             for name, result in results.items():
                 for problem in result["problems"]:  # type: ignore[attr-defined]
                     log(f"round {number + 1} {name}: {problem}")
             rounds.append(results)
-            log(f"round {number + 1}/{args.rounds}: " + ", ".join(
-                f"{name} {float(r['rps']):.0f}/s ({float(r['ratio']):.2f})"  # type: ignore[arg-type]
-                for name, r in results.items()
-            ))
+            log(
+                f"round {number + 1}/{args.rounds}: "
+                + ", ".join(
+                    f"{name} {float(r['rps']):.0f}/s ({float(r['ratio']):.2f})"  # type: ignore[arg-type]
+                    for name, r in results.items()
+                )
+            )
     finally:
         for server in servers.values():
             server.stop()
@@ -359,8 +407,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         }
     return {
         "settings": {
-            "rounds": args.rounds, "duration_s": args.duration, "wrk_threads": args.threads,
-            "wrk_connections": args.threads, "gunicorn_workers": args.workers,
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "wrk_threads": args.threads,
+            "wrk_connections": args.threads,
+            "gunicorn_workers": args.workers,
         },
         "results": summary,
         "skipped": skipped,

@@ -105,8 +105,11 @@ def measure(server: str) -> dict[str, object]:
             try:
                 with CaptureQueriesContext(connection) as captured:
                     response = client.post(
-                        path, BODY, content_type="application/json",
-                        HTTP_IDEMPOTENCY_KEY=key, HTTP_AUTHORIZATION=auth,
+                        path,
+                        BODY,
+                        content_type="application/json",
+                        HTTP_IDEMPOTENCY_KEY=key,
+                        HTTP_AUTHORIZATION=auth,
                     )
             finally:
                 pgconn.untrace()
@@ -168,7 +171,10 @@ def main() -> None:
     for server in dict.fromkeys(config.server for config in CONFIGS):
         done = subprocess.run(
             [sys.executable, __file__, "--server", server],
-            cwd=HERE, capture_output=True, text=True, check=False,
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if done.returncode != 0:
             sys.stderr.write(done.stderr)

@@ -48,18 +48,25 @@ def main() -> None:
         "empty function call (baseline)": per_call_ns("noop()", noop=lambda: None),
         "_notify(claimed, ...), no receivers": per_call_ns(
             "notify(outcome, store, request, record)",
-            notify=decorators._notify, outcome=outcome, store=store, request=request,
+            notify=decorators._notify,
+            outcome=outcome,
+            store=store,
+            request=request,
             record=record,
         ),
         "_notify(stored, ..., status=201), no receivers": per_call_ns(
             "notify(signals.stored, store, request, record, status=201)",
-            notify=decorators._notify, store=store, request=request, record=record,
+            notify=decorators._notify,
+            store=store,
+            request=request,
+            record=record,
         ),
         "signal.has_listeners()": per_call_ns("outcome.has_listeners()", outcome=outcome),
         "signal.send(...) with kwargs, no receivers": per_call_ns(
             "outcome.send(DatabaseStore, request=request, scope='s', key='k', method='POST',"
             " path='/p')",
-            outcome=outcome, request=request,
+            outcome=outcome,
+            request=request,
         ),
     }
     print(f"Python {sys.version.split()[0]}, Django {django.get_version()}, best of 5 x {NUMBER}")

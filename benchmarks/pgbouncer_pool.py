@@ -38,13 +38,21 @@ CLIENTS = 8
 
 def migrate(url: str) -> None:
     def django(*args: str) -> None:
-        subprocess.run([sys.executable, "-m", "django", *args, "--settings", "tests.settings"],
-                       env=dict(os.environ, DATABASE_URL=url, PYTHONPATH=str(ROOT)),
-                       check=True, capture_output=True, cwd=ROOT)
+        subprocess.run(
+            [sys.executable, "-m", "django", *args, "--settings", "tests.settings"],
+            env=dict(os.environ, DATABASE_URL=url, PYTHONPATH=str(ROOT)),
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+        )
 
     django("migrate", "--no-input", "-v", "0")
-    django("shell", "-c", "from django.contrib.auth.models import User; "
-           "User.objects.create_user('alice', password='alice-pw')")
+    django(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; "
+        "User.objects.create_user('alice', password='alice-pw')",
+    )
 
 
 def measure(server: Server, duration: float, hold: float) -> dict[str, float]:
@@ -59,8 +67,11 @@ def measure(server: Server, duration: float, hold: float) -> dict[str, float]:
             key = uuid.uuid4().hex
             started = time.monotonic()
             reply = server.request(
-                "/t/widgets", json.dumps({"name": key}).encode(),
-                headers={"Idempotency-Key": key, "X-Test-Delay": str(hold)}, timeout=120)
+                "/t/widgets",
+                json.dumps({"name": key}).encode(),
+                headers={"Idempotency-Key": key, "X-Test-Delay": str(hold)},
+                timeout=120,
+            )
             with lock:
                 if reply.status == 201:
                     latencies.append(time.monotonic() - started)
@@ -92,22 +103,36 @@ def main() -> None:
         url = cluster.create_database("pool")
         migrate(url)
         for size in [int(size) for size in args.pools.split(",")]:
-            with pgbouncer(cluster, pool_mode="transaction", pool_size=size) as bouncer, \
-                    gunicorn(workers=2, database=bouncer.url("pool")) as server:
+            with (
+                pgbouncer(cluster, pool_mode="transaction", pool_size=size) as bouncer,
+                gunicorn(workers=2, database=bouncer.url("pool")) as server,
+            ):
                 measure(server, 1.0, args.hold)  # warm up
                 result = {"pool_size": size, **measure(server, args.duration, args.hold)}
             results.append(result)
             print(result, flush=True)
-    print(f"\n{CLIENTS} clients, views holding {args.hold * 1000:.0f} ms, "
-          "PgBouncer transaction mode")
+    print(
+        f"\n{CLIENTS} clients, views holding {args.hold * 1000:.0f} ms, PgBouncer transaction mode"
+    )
     print("pool  req/s   p50 ms  p95 ms  errors")
     for r in results:
-        print(f"{r['pool_size']:>4}  {r['requests_per_second']:>5}  {r['p50_ms']:>7}  "
-              f"{r['p95_ms']:>6}  {r['errors']:>6}")
+        print(
+            f"{r['pool_size']:>4}  {r['requests_per_second']:>5}  {r['p50_ms']:>7}  "
+            f"{r['p95_ms']:>6}  {r['errors']:>6}"
+        )
     out = HERE / "results" / "pgbouncer_pool.json"
-    out.write_text(json.dumps({"clients": CLIENTS, "hold_seconds": args.hold,
-                               "duration_seconds": args.duration, "results": results},
-                              indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "clients": CLIENTS,
+                "hold_seconds": args.hold,
+                "duration_seconds": args.duration,
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

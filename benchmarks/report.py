@@ -49,8 +49,7 @@ FLOORS = {
         ),
         (
             "floor-db-writes",
-            "the undecorated view in a transaction with the store's INSERT and UPDATE as "
-            "plain SQL",
+            "the undecorated view in a transaction with the store's INSERT and UPDATE as plain SQL",
             "keeps a durable record per request in the view's transaction",
         ),
     ],
@@ -162,8 +161,12 @@ def check_targets(http: Any, queries: Any, purge: Any) -> list[dict[str, Any]]:
                     # Medians closer than TIE apart are within what moves from round to
                     # round: neither is faster.
                     lead = mine["ratio"] - peer["ratio"]
-                    add(label, f"{mine['ratio']:.2f} vs {peer['ratio']:.2f}", lead >= TIE,
-                        f"a tie: the medians are less than {TIE} apart" if abs(lead) < TIE else "")
+                    add(
+                        label,
+                        f"{mine['ratio']:.2f} vs {peer['ratio']:.2f}",
+                        lead >= TIE,
+                        f"a tie: the medians are less than {TIE} apart" if abs(lead) < TIE else "",
+                    )
                 else:
                     add(label, None, None, "not measured")
     if purge:
@@ -172,15 +175,22 @@ def check_targets(http: Any, queries: Any, purge: Any) -> list[dict[str, Any]]:
         values = {
             "wall time, s": (purge.get("purge", {}).get("wall_s"), PURGE_TARGETS["seconds"]),
             "peak memory, MB": (
-                purge.get("purge", {}).get("peak_rss_mb"), PURGE_TARGETS["peak_memory_mb"]
+                purge.get("purge", {}).get("peak_rss_mb"),
+                PURGE_TARGETS["peak_memory_mb"],
             ),
             "concurrent claims' p99, ms": (
-                purge.get("claims_during", {}).get("p99_ms"), PURGE_TARGETS["claim_p99_ms"]
+                purge.get("claims_during", {}).get("p99_ms"),
+                PURGE_TARGETS["claim_p99_ms"],
             ),
         }
         for label, (value, limit) in values.items():
-            add(f"purge of {rows:,} expired rows: {label} < {limit:g}" if isinstance(rows, int)
-                else f"purge: {label} < {limit:g}", value, None if value is None else value < limit)
+            add(
+                f"purge of {rows:,} expired rows: {label} < {limit:g}"
+                if isinstance(rows, int)
+                else f"purge: {label} < {limit:g}",
+                value,
+                None if value is None else value < limit,
+            )
     else:
         add("purge of 1,000,000 expired rows", None, None, "benchmarks/purge.py not present")
     return checks
@@ -216,7 +226,8 @@ def _table(http: dict[str, Any], queries: dict[str, Any], baseline: str) -> list
         sql = (
             f"{q['store']} | {q['other']} | {q['transaction']} | {q['wire_queries']} "
             f"| {q.get('redis_round_trips', '-')}"
-            if "store" in q else "- | - | - | - | -"
+            if "store" in q
+            else "- | - | - | - | -"
         )
         scope = "" if config.scoped else " ¹"
         lines.append(f"| {config.label}{scope} | {perf} | {sql} |")
@@ -224,8 +235,15 @@ def _table(http: dict[str, Any], queries: dict[str, Any], baseline: str) -> list
 
 
 def _floor_note(
-    name: str, minimum: float, ours: dict[str, Any], floor: str, ref: dict[str, Any],
-    what: str, bounds: str, results: dict[str, Any], queries: dict[str, Any],
+    name: str,
+    minimum: float,
+    ours: dict[str, Any],
+    floor: str,
+    ref: dict[str, Any],
+    what: str,
+    bounds: str,
+    results: dict[str, Any],
+    queries: dict[str, Any],
 ) -> dict[str, Any]:
     """One missed target against one floor, in numbers from the same run."""
     redis = "redis" in floor
@@ -272,8 +290,13 @@ def _floor_note(
             f"{name}-token gives {token['ratio']:.2f} of baseline-token."
         )
     return {
-        "target": name, "minimum": minimum, "ratio": ours["ratio"], "floor": floor,
-        "floor_ratio": ref["ratio"], "cpu_ratios": cpu, "text": text,
+        "target": name,
+        "minimum": minimum,
+        "ratio": ours["ratio"],
+        "floor": floor,
+        "floor_ratio": ref["ratio"],
+        "cpu_ratios": cpu,
+        "text": text,
     }
 
 
@@ -351,9 +374,7 @@ def render_markdown(data: dict[str, Any]) -> str:
             *_table(http, queries, "baseline-token"),
             "",
         ]
-    problems = [
-        f"{name}: {p}" for name, r in results.items() for p in r.get("problems", [])
-    ]
+    problems = [f"{name}: {p}" for name, r in results.items() for p in r.get("problems", [])]
     if problems:
         lines += ["Problems seen during the runs:", ""] + [f"- {p}" for p in problems] + [""]
     lines += ["## Targets", "", "| target | value | met |", "|---|---|---|"]
@@ -392,8 +413,13 @@ def render_chart(data: dict[str, Any], path: Path) -> None:
     ax.tick_params(axis="y", labelsize=7)
     for bar, config in zip(bars, configs, strict=True):
         r = results[config.name]
-        ax.text(bar.get_width() + 0.03, bar.get_y() + bar.get_height() / 2,
-                f"{r['ratio']:.2f}  ({r['rps']:.0f}/s)", va="center", fontsize=8)
+        ax.text(
+            bar.get_width() + 0.03,
+            bar.get_y() + bar.get_height() / 2,
+            f"{r['ratio']:.2f}  ({r['rps']:.0f}/s)",
+            va="center",
+            fontsize=8,
+        )
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.axvline(0.8, color="#2b6cb0", linestyle=":", linewidth=0.8, label="first-request target 0.8")
     ax.axvline(1.2, color="#2b6cb0", linestyle="--", linewidth=0.8, label="replay target 1.2")
@@ -402,9 +428,12 @@ def render_chart(data: dict[str, Any], path: Path) -> None:
         "(median of rounds)"
     )
     m = data["machine"]
-    ax.set_title(f"django-idempotency benchmarks\n{m['cpus']} CPUs, PostgreSQL "
-                 f"{m['postgresql'].split()[0]}, Django {m['django']}, DRF "
-                 f"{m['djangorestframework']}, Python {m['python']}", fontsize=9)
+    ax.set_title(
+        f"django-idempotency benchmarks\n{m['cpus']} CPUs, PostgreSQL "
+        f"{m['postgresql'].split()[0]}, Django {m['django']}, DRF "
+        f"{m['djangorestframework']}, Python {m['python']}",
+        fontsize=9,
+    )
     ax.set_xlim(0, max(ratios) * 1.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

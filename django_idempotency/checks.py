@@ -123,8 +123,7 @@ def _check_store() -> Messages:
             _error(
                 2,
                 f"IDEMPOTENCY_STORE {path!r} is abstract: it does not implement {missing}.",
-                "Name a concrete Store subclass, one that implements begin, finish and "
-                "release.",
+                "Name a concrete Store subclass, one that implements begin, finish and release.",
             )
         ]
     # The store's own checks: its settings, its backend.

@@ -586,13 +586,13 @@ def _parsed_content(media_type: str, data: Any, files: Any) -> bytes:
     if hasattr(data, "lists"):
         fields = [(str(name), [str(v) for v in values]) for name, values in data.lists()]
     elif isinstance(data, dict):
-        fields = [(str(name), [json.dumps(value, sort_keys=True, default=str)])
-                  for name, value in data.items()]
+        fields = [
+            (str(name), [json.dumps(value, sort_keys=True, default=str)])
+            for name, value in data.items()
+        ]
     else:
         fields = [("", [json.dumps(data, sort_keys=True, default=str)])]
-    uploads = [
-        _form_file(field, upload) for field in files for upload in files.getlist(field)
-    ]
+    uploads = [_form_file(field, upload) for field in files for upload in files.getlist(field)]
     return f"parsed {media_type}\n".encode("utf-8", "surrogateescape") + canonical_form(
         fields, uploads
     )

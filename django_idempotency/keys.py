@@ -119,9 +119,7 @@ def record_key(scope: str, key: str, first_claimed_at: datetime) -> str:
     pass on as another system's idempotency key. ``first_claimed_at`` (when the
     first attempt claimed the key) tells apart the records of a key that was
     reused after its record expired; every attempt of one record shares it."""
-    return hashlib.sha256(
-        f"{scope}\x00{key}\x00{instant(first_claimed_at)}".encode()
-    ).hexdigest()
+    return hashlib.sha256(f"{scope}\x00{key}\x00{instant(first_claimed_at)}".encode()).hexdigest()
 
 
 def instant(moment: datetime) -> str:

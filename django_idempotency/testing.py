@@ -127,7 +127,5 @@ def _find_header(headers: Mapping[str, str] | None) -> str | None:
 
 def _compared_headers(response: Any) -> dict[str, str]:
     return {
-        name.lower(): value
-        for name, value in response.items()
-        if name.lower() not in _NOT_COMPARED
+        name.lower(): value for name, value in response.items() if name.lower() not in _NOT_COMPARED
     }

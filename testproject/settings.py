@@ -132,7 +132,13 @@ if find_spec("drf_spectacular") is not None:
         "ENUM_NAME_OVERRIDES": {
             f"{''.join(w.title() for w in name.split('_'))}ObjectEnum": [name]
             for name in (
-                "job", "rating", "api_key", "webhook_endpoint", "purchase", "account", "list"
+                "job",
+                "rating",
+                "api_key",
+                "webhook_endpoint",
+                "purchase",
+                "account",
+                "list",
             )
         },
         "POSTPROCESSING_HOOKS": [

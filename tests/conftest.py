@@ -131,6 +131,8 @@ def make_record(
         created_at=now - age,
         expires_at=now + expires_in,
     )
+
+
 DATABASE_STORE = "django_idempotency.stores.database.DatabaseStore"
 CACHE_STORE = "django_idempotency.stores.redis.RedisStore"
 
@@ -166,9 +168,15 @@ class StoreUnderTest:
     def records(self) -> list[Rec]:
         if self.name == "database":
             return [
-                Rec(r.scope, r.key, r.state, r.response_status, r.headers,
+                Rec(
+                    r.scope,
+                    r.key,
+                    r.state,
+                    r.response_status,
+                    r.headers,
                     bytes(r.response_body) if r.response_body is not None else None,
-                    r.expires_at - r.created_at)
+                    r.expires_at - r.created_at,
+                )
                 for r in IdempotencyRecord.objects.exclude(state="released")
             ]
         from django_idempotency.stores.redis import decode
@@ -183,11 +191,17 @@ class StoreUnderTest:
             if rec.state == "released":  # only remembers a released attempt's start
                 continue
             response = rec.response
-            found.append(Rec(rec.scope, rec.key, rec.state,
-                             response.status if response else None,
-                             response.headers if response else [],
-                             response.body if response else None,
-                             timedelta(milliseconds=pttl)))
+            found.append(
+                Rec(
+                    rec.scope,
+                    rec.key,
+                    rec.state,
+                    response.status if response else None,
+                    response.headers if response else [],
+                    response.body if response else None,
+                    timedelta(milliseconds=pttl),
+                )
+            )
         return found
 
     def expire_all(self) -> None:
@@ -196,7 +210,9 @@ class StoreUnderTest:
             IdempotencyRecord.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
         else:
             client = redis_client()
-            for name in client.scan_iter(match=django_settings.REDIS_TEST_PREFIX + ":*", count=1000):
+            for name in client.scan_iter(
+                match=django_settings.REDIS_TEST_PREFIX + ":*", count=1000
+            ):
                 client.pexpire(name, 1)
             while any(client.scan_iter(match=django_settings.REDIS_TEST_PREFIX + ":*", count=1000)):
                 time.sleep(0.005)

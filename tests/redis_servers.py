@@ -64,11 +64,21 @@ class Node:
         if binary is None:
             raise RuntimeError("redis-server is not installed (scripts/lib.sh installs it)")
         if not self.config.exists():  # a restart keeps what Sentinel rewrote
-            self.config.write_text("\n".join([
-                f"port {self.port}", "bind 127.0.0.1", f"dir {self.directory}",
-                "save ''", "appendonly no", "loglevel warning",
-                f"logfile {self.directory / f'log-{self.port}.txt'}", *self.lines, "",
-            ]))
+            self.config.write_text(
+                "\n".join(
+                    [
+                        f"port {self.port}",
+                        "bind 127.0.0.1",
+                        f"dir {self.directory}",
+                        "save ''",
+                        "appendonly no",
+                        "loglevel warning",
+                        f"logfile {self.directory / f'log-{self.port}.txt'}",
+                        *self.lines,
+                        "",
+                    ]
+                )
+            )
         args = [binary, str(self.config)] + (["--sentinel"] if self.sentinel else [])
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, cwd=self.directory)
         _until(lambda: self.client().ping(), 15, f"redis on {self.port}")
@@ -94,11 +104,16 @@ def replica_of(directory: Path, primary: Node, *lines: str) -> Node:
 
 def wait_in_sync(primary: Node, replicas: int) -> None:
     """Until ``replicas`` replicas are connected and online at the primary."""
+
     def synced() -> bool:
         info = primary.client().info("replication")
-        online = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)
-                  and v.get("state") == "online"]
+        online = [
+            v
+            for k, v in info.items()
+            if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"
+        ]
         return len(online) >= replicas
+
     _until(synced, 30, f"{replicas} replica(s) in sync with {primary.port}")
 
     def acknowledged() -> bool:
@@ -108,6 +123,7 @@ def wait_in_sync(primary: Node, replicas: int) -> None:
         pipe.wait(replicas, 200)
         pipe.delete("replication-probe")
         return int(pipe.execute()[1]) >= replicas
+
     _until(acknowledged, 30, f"{replicas} replica(s) acknowledging {primary.port}")
 
 
@@ -161,11 +177,13 @@ class SentinelSet:
 
     def wait_primary(self, not_port: int, seconds: float = 60) -> int:
         """Until the Sentinels name a primary other than ``not_port`` and it answers."""
+
         def promoted() -> int | None:
             port = self.primary_port()
             if port == not_port:
                 return None
             return port if self.role(self.node(port)) == "master" else None
+
         return int(_until(promoted, seconds, "a new primary"))
 
 
@@ -177,19 +195,28 @@ def sentinel_set(directory: Path, down_after_ms: int = 1000) -> Iterator[Sentine
         sentinels = []
         try:
             for _ in range(3):
-                sentinel = Node(directory, sentinel=True, lines=[
-                    f"sentinel monitor {service} 127.0.0.1 {pair.primary.port} 2",
-                    f"sentinel down-after-milliseconds {service} {down_after_ms}",
-                    f"sentinel failover-timeout {service} 10000",
-                    f"sentinel parallel-syncs {service} 1",
-                ])
+                sentinel = Node(
+                    directory,
+                    sentinel=True,
+                    lines=[
+                        f"sentinel monitor {service} 127.0.0.1 {pair.primary.port} 2",
+                        f"sentinel down-after-milliseconds {service} {down_after_ms}",
+                        f"sentinel failover-timeout {service} 10000",
+                        f"sentinel parallel-syncs {service} 1",
+                    ],
+                )
                 sentinels.append(sentinel)
                 sentinel.start()
             # Until every Sentinel knows the replica and the other Sentinels.
-            _until(lambda: all(
-                int(s.client().sentinel_master(service)["num-other-sentinels"]) == 2
-                and int(s.client().sentinel_master(service)["num-slaves"]) == 1
-                for s in sentinels), 60, "the Sentinels to find each other")
+            _until(
+                lambda: all(
+                    int(s.client().sentinel_master(service)["num-other-sentinels"]) == 2
+                    and int(s.client().sentinel_master(service)["num-slaves"]) == 1
+                    for s in sentinels
+                ),
+                60,
+                "the Sentinels to find each other",
+            )
             yield SentinelSet(nodes, sentinels, service)
         finally:
             for sentinel in sentinels:
@@ -211,20 +238,38 @@ def redis_cluster(directory: Path, size: int = 3) -> Iterator[Cluster]:
     nodes = [Node(directory) for _ in range(size)]
     for node in nodes:
         node.lines = [
-            "cluster-enabled yes", f"cluster-config-file nodes-{node.port}.conf",
-            f"cluster-port {free_port()}", "cluster-node-timeout 5000",
+            "cluster-enabled yes",
+            f"cluster-config-file nodes-{node.port}.conf",
+            f"cluster-port {free_port()}",
+            "cluster-node-timeout 5000",
         ]
     try:
         for node in nodes:
             node.start()
         subprocess.run(
-            [shutil.which("redis-cli") or "redis-cli", "--cluster", "create",
-             *[f"127.0.0.1:{n.port}" for n in nodes], "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
+            [
+                shutil.which("redis-cli") or "redis-cli",
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{n.port}" for n in nodes],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
-        _until(lambda: all(n.client().cluster("info")["cluster_state"] == "ok" for n in nodes)
-               and all(int(n.client().cluster("info")["cluster_known_nodes"]) == size
-                       for n in nodes), 60, "the cluster to form")
+        _until(
+            lambda: (
+                all(n.client().cluster("info")["cluster_state"] == "ok" for n in nodes)
+                and all(
+                    int(n.client().cluster("info")["cluster_known_nodes"]) == size for n in nodes
+                )
+            ),
+            60,
+            "the cluster to form",
+        )
         yield Cluster(nodes)
     finally:
         for node in nodes:

@@ -42,8 +42,10 @@ def run_checked(command: list[str], **kwargs: Any) -> str:
     its output, so that a failed setup step says why (check=True would not)."""
     out = subprocess.run(command, capture_output=True, text=True, **kwargs)
     if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited with {out.returncode}\n"
-                           f"--- stdout ---\n{out.stdout}--- stderr ---\n{out.stderr}")
+        raise RuntimeError(
+            f"{' '.join(command)} exited with {out.returncode}\n"
+            f"--- stdout ---\n{out.stdout}--- stderr ---\n{out.stderr}"
+        )
     return out.stdout
 
 
@@ -69,14 +71,25 @@ class Server:
     base: str
 
     def request(
-        self, path: str, body: bytes = b"{}", *, user: str = "alice", password: str = "alice-pw",
-        headers: dict[str, str] | None = None, method: str = "POST", timeout: float = 60,
+        self,
+        path: str,
+        body: bytes = b"{}",
+        *,
+        user: str = "alice",
+        password: str = "alice-pw",
+        headers: dict[str, str] | None = None,
+        method: str = "POST",
+        timeout: float = 60,
     ) -> Reply:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         all_headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
         all_headers.update(headers or {})
-        req = urllib.request.Request(self.base + path, data=body if method != "GET" else None,
-                                     headers=all_headers, method=method)
+        req = urllib.request.Request(
+            self.base + path,
+            data=body if method != "GET" else None,
+            headers=all_headers,
+            method=method,
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return Reply(resp.status, dict(resp.headers.items()), resp.read())
@@ -103,14 +116,38 @@ def gunicorn(
     ``output``, a file, receives the server's stdout and stderr (else inherited)."""
     port = free_port()
     environ = dict(os.environ)
-    environ.update({"DATABASE_URL": database or database_url(), "DJANGO_SETTINGS_MODULE": settings,
-                    "PYTHONPATH": str(ROOT), "DJANGO_DEBUG": "0"})
+    environ.update(
+        {
+            "DATABASE_URL": database or database_url(),
+            "DJANGO_SETTINGS_MODULE": settings,
+            "PYTHONPATH": str(ROOT),
+            "DJANGO_DEBUG": "0",
+        }
+    )
     environ.update(env or {})
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", app, "--workers", str(workers),
-         "--threads", "4", "--bind", f"127.0.0.1:{port}", "--timeout", "120",
-         "--graceful-timeout", "1", "--log-level", "warning"],
-        cwd=ROOT, env=environ, stdout=output, stderr=output,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            app,
+            "--workers",
+            str(workers),
+            "--threads",
+            "4",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--timeout",
+            "120",
+            "--graceful-timeout",
+            "1",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=environ,
+        stdout=output,
+        stderr=output,
     )
     server = Server(process, f"http://127.0.0.1:{port}")
     try:
@@ -146,13 +183,34 @@ def uvicorn(
     defaults to the test database."""
     port = free_port()
     environ = dict(os.environ)
-    environ.update({"DATABASE_URL": database or database_url(), "DJANGO_SETTINGS_MODULE": settings,
-                    "PYTHONPATH": str(ROOT), "DEBUG": "0"})
+    environ.update(
+        {
+            "DATABASE_URL": database or database_url(),
+            "DJANGO_SETTINGS_MODULE": settings,
+            "PYTHONPATH": str(ROOT),
+            "DEBUG": "0",
+        }
+    )
     environ.update(env or {})
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-         "--workers", str(workers), "--timeout-graceful-shutdown", "5", "--log-level", "warning"],
-        cwd=ROOT, env=environ,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--timeout-graceful-shutdown",
+            "5",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=environ,
     )
     server = Server(process, f"http://127.0.0.1:{port}")
     try:
@@ -220,8 +278,19 @@ class Cluster:
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._as_owner(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l",
-                       str(self.data / "server.log"), "-o", options, "-w", "-t", "60", "start")
+        self._as_owner(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.data / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
         """``fast`` ends sessions and shuts down; ``immediate`` is a crash."""
@@ -252,8 +321,18 @@ def postgres_cluster() -> Iterator[Cluster]:
         shutil.chown(data, "postgres", "postgres")
     cluster = Cluster(bin_dir, data, free_port())
     try:
-        cluster._as_owner(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres",
-                          "-A", "trust", "--no-sync", "-E", "UTF8")
+        cluster._as_owner(
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
         cluster.start()
         yield cluster
     finally:
@@ -264,15 +343,21 @@ def postgres_cluster() -> Iterator[Cluster]:
 
 # The demo project (testproject/) on a database of its own.
 
+
 @dataclass
 class Demo:
     database: str
 
     def manage(self, *args: str) -> str:
-        environ = dict(os.environ, DATABASE_URL=self.database, PYTHONPATH=str(ROOT),
-                       DJANGO_SETTINGS_MODULE="testproject.settings")
-        return run_checked([sys.executable, str(ROOT / "testproject" / "manage.py"), *args],
-                           cwd=ROOT, env=environ)
+        environ = dict(
+            os.environ,
+            DATABASE_URL=self.database,
+            PYTHONPATH=str(ROOT),
+            DJANGO_SETTINGS_MODULE="testproject.settings",
+        )
+        return run_checked(
+            [sys.executable, str(ROOT / "testproject" / "manage.py"), *args], cwd=ROOT, env=environ
+        )
 
     def api_key(self, name: str, credits: int) -> str:
         return self.manage("create_api_key", name, "--credits", str(credits)).splitlines()[-1]
@@ -286,8 +371,13 @@ class Demo:
 
     def server(self, workers: int = 4, env: dict[str, str] | None = None) -> Any:
         """gunicorn serving the demo; ``env`` may pick the store (IDEMPOTENCY_STORE, REDIS_URL)."""
-        return gunicorn(workers, {"DEMO_ALLOW_DELAY": "1", **(env or {})}, app="testproject.wsgi",
-                        settings="testproject.settings", database=self.database)
+        return gunicorn(
+            workers,
+            {"DEMO_ALLOW_DELAY": "1", **(env or {})},
+            app="testproject.wsgi",
+            settings="testproject.settings",
+            database=self.database,
+        )
 
 
 def demo_on(database: str) -> Demo:
@@ -321,6 +411,7 @@ def demo_database(tmp_path: Path, suffix: str) -> Iterator[str]:
 
 # A Redis of our own, to stop and start: the shared one must never go down.
 
+
 @dataclass
 class RedisServer:
     port: int
@@ -337,8 +428,19 @@ class RedisServer:
         if binary is None:
             raise RuntimeError("redis-server is not installed")
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--loglevel", "warning"],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
             stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
@@ -387,7 +489,9 @@ class Bouncer:
 
 
 @contextmanager
-def pgbouncer(cluster: Cluster, *, pool_mode: str = "transaction", pool_size: int = 4) -> Iterator[Bouncer]:
+def pgbouncer(
+    cluster: Cluster, *, pool_mode: str = "transaction", pool_size: int = 4
+) -> Iterator[Bouncer]:
     """PgBouncer (the Debian package) on a free port, in front of every database of ``cluster``."""
     import shutil
     import tempfile
@@ -450,9 +554,22 @@ def streaming_replica(primary: Cluster) -> Iterator[Cluster]:
         shutil.chown(data, "postgres", "postgres")
     replica = Cluster(primary.bin, data, free_port())
     try:
-        replica._as_owner(str(primary.bin / "pg_basebackup"), "-h", "127.0.0.1", "-p",
-                          str(primary.port), "-U", "postgres", "-D", str(data), "-R",
-                          "-X", "stream", "--checkpoint=fast", "--no-sync")
+        replica._as_owner(
+            str(primary.bin / "pg_basebackup"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(primary.port),
+            "-U",
+            "postgres",
+            "-D",
+            str(data),
+            "-R",
+            "-X",
+            "stream",
+            "--checkpoint=fast",
+            "--no-sync",
+        )
         replica.start()
         yield replica
     finally:

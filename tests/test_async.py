@@ -159,6 +159,7 @@ def test_async_class_based_view(aclient: AsyncClient) -> None:
     second = apost(aclient, "/t/async-class")
     assert first.status_code == 201
     assert second["Idempotent-Replayed"] == "true"
+
     async def count() -> Any:
         return await aclient.get("/t/async-class")
 
@@ -212,7 +213,9 @@ def test_cancelled_view_releases_its_claim(alice: User) -> None:
 RACERS = 8
 
 
-async def asgi_post(app: Any, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[bytes, bytes], bytes]:
+async def asgi_post(
+    app: Any, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, dict[bytes, bytes], bytes]:
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -306,7 +309,9 @@ def abandon(request: Any, reached: Any, delay_header: str) -> None:
 
 def abandoned_request(alice: User, key: str, **headers: str) -> Any:
     request = AsyncRequestFactory().post(
-        "/t/async", b'{"name": "gone"}', content_type="application/json",
+        "/t/async",
+        b'{"name": "gone"}',
+        content_type="application/json",
         headers={"Idempotency-Key": key, **headers},
     )
     request.user = alice

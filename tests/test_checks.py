@@ -154,9 +154,9 @@ def test_good_admin_masked_fields_pass(fields: object) -> None:
 
 def test_e011_only_applies_to_the_database_store() -> None:
     # Another store does not use IDEMPOTENCY_DATABASE, so it is not checked.
-    assert ids(
-        IDEMPOTENCY_STORE="tests.test_checks.OtherStore", IDEMPOTENCY_DATABASE="replica"
-    ) == []
+    assert (
+        ids(IDEMPOTENCY_STORE="tests.test_checks.OtherStore", IDEMPOTENCY_DATABASE="replica") == []
+    )
 
 
 def test_each_bad_setting_is_reported_at_once() -> None:

@@ -108,7 +108,10 @@ def test_mixed_bodies_under_one_key_run_once(alice: User, store: StoreUnderTest)
             assert json.loads(r.content)["name"] == winner
         else:
             assert r.status_code == 409
-            assert json.loads(r.content)["error"]["type"] in {"idempotency_conflict", "idempotency_key_in_use"}
+            assert json.loads(r.content)["error"]["type"] in {
+                "idempotency_conflict",
+                "idempotency_key_in_use",
+            }
 
 
 def test_different_keys_all_run(alice: User) -> None:
@@ -144,8 +147,9 @@ def test_twenty_processes_one_key_run_the_view_once(
 
             def one(i: int, round_: int = round_, barrier: threading.Barrier = barrier):
                 barrier.wait()
-                return server.request("/t/widgets", b'{"name": "p"}',
-                                      headers={"Idempotency-Key": f"proc-{round_}"})
+                return server.request(
+                    "/t/widgets", b'{"name": "p"}', headers={"Idempotency-Key": f"proc-{round_}"}
+                )
 
             with ThreadPoolExecutor(RACERS) as pool:
                 replies = list(pool.map(one, range(RACERS)))
@@ -153,7 +157,9 @@ def test_twenty_processes_one_key_run_the_view_once(
             assert set(statuses) <= {201, 409}, statuses
             bodies = {r.body for r in replies if r.status == 201}
             assert len(bodies) == 1
-            assert sum("Idempotent-Replayed" not in r.headers for r in replies if r.status == 201) == 1
+            assert (
+                sum("Idempotent-Replayed" not in r.headers for r in replies if r.status == 201) == 1
+            )
             assert Widget.objects.count() == round_ + 1
 
 
@@ -167,8 +173,12 @@ def test_a_killed_worker_leaves_no_claim_and_the_retry_runs_once(
     body = b'{"name": "crash"}'
     with gunicorn(workers=1, env={"TEST_IDEMPOTENCY_STORE": store.path}) as server:
         pool = ThreadPoolExecutor(1)
-        doomed = pool.submit(server.request, "/t/widgets", body, headers={
-            "Idempotency-Key": "crash", "X-Test-Delay": "30", "X-Test-Mark": str(mark)})
+        doomed = pool.submit(
+            server.request,
+            "/t/widgets",
+            body,
+            headers={"Idempotency-Key": "crash", "X-Test-Delay": "30", "X-Test-Mark": str(mark)},
+        )
         deadline = time.monotonic() + 20
         while not mark.exists():
             assert time.monotonic() < deadline, "the view never started"

@@ -41,7 +41,11 @@ def test_new_key_runs_view_once_and_stores_response(
     assert response.status_code == 201
     assert Widget.objects.filter(name="a").count() == 1
     (record,) = store.records()
-    assert (record.key, record.scope, record.state) == ("k1", f"user:{response.wsgi_request.user.pk}", "completed")
+    assert (record.key, record.scope, record.state) == (
+        "k1",
+        f"user:{response.wsgi_request.user.pk}",
+        "completed",
+    )
     assert record.status == 201
     assert record.body == response.content
     assert REQUEST_ID.match(response["Request-Id"])
@@ -62,11 +66,15 @@ def test_retry_replays_status_body_and_headers_without_running(client_alice: API
 
 def test_json_bodies_compare_canonically(client_alice: APIClient) -> None:
     first = client_alice.post(
-        "/t/widgets", b'{"name": "a", "owner": "x"}', content_type="application/json",
+        "/t/widgets",
+        b'{"name": "a", "owner": "x"}',
+        content_type="application/json",
         HTTP_IDEMPOTENCY_KEY="k1",
     )
     second = client_alice.post(
-        "/t/widgets", b'{"owner":"x","name":"a"}\n', content_type="application/json",
+        "/t/widgets",
+        b'{"owner":"x","name":"a"}\n',
+        content_type="application/json",
         HTTP_IDEMPOTENCY_KEY="k1",
     )
     assert second["Idempotent-Replayed"] == "true"
@@ -83,7 +91,9 @@ def test_changed_body_conflicts_with_exact_envelope(client_alice: APIClient) -> 
 
 
 @pytest.mark.parametrize("other", ["/t/apiview", "/t/widgets?dry=1", "/t/function"])
-def test_same_key_on_another_endpoint_or_query_conflicts(client_alice: APIClient, other: str) -> None:
+def test_same_key_on_another_endpoint_or_query_conflicts(
+    client_alice: APIClient, other: str
+) -> None:
     post(client_alice, "/t/widgets", {"name": "a"})
     response = post(client_alice, other, {"name": "a"})
     assert response.status_code == 409
@@ -100,14 +110,34 @@ def test_missing_key_is_400(client_alice: APIClient) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    ["", "   ", "a" * 256, "bad\x01key", "tab\tkey", "k1, k2", '"k1", "k2"', "caf\xc3\xa9",
-     '"unterminated', '"bad\\escape"', '"x" y'],
-    ids=["empty", "blank", "too-long", "control", "tab", "two-bare", "two-quoted", "non-ascii",
-         "unterminated", "bad-escape", "trailing"],
+    [
+        "",
+        "   ",
+        "a" * 256,
+        "bad\x01key",
+        "tab\tkey",
+        "k1, k2",
+        '"k1", "k2"',
+        "caf\xc3\xa9",
+        '"unterminated',
+        '"bad\\escape"',
+        '"x" y',
+    ],
+    ids=[
+        "empty",
+        "blank",
+        "too-long",
+        "control",
+        "tab",
+        "two-bare",
+        "two-quoted",
+        "non-ascii",
+        "unterminated",
+        "bad-escape",
+        "trailing",
+    ],
 )
-def test_malformed_keys_are_400(
-    client_alice: APIClient, raw: str, store: StoreUnderTest
-) -> None:
+def test_malformed_keys_are_400(client_alice: APIClient, raw: str, store: StoreUnderTest) -> None:
     response = post(client_alice, "/t/widgets", {"name": "a"}, key=raw)
     assert response.status_code == 400, raw
     envelope(response, "idempotency_key_invalid")
@@ -119,9 +149,7 @@ def test_longest_key_is_accepted(client_alice: APIClient) -> None:
     assert post(client_alice, "/t/widgets", {"name": "a"}, key="k" * 255).status_code == 201
 
 
-def test_quoted_key_is_the_same_key_as_bare(
-    client_alice: APIClient, store: StoreUnderTest
-) -> None:
+def test_quoted_key_is_the_same_key_as_bare(client_alice: APIClient, store: StoreUnderTest) -> None:
     post(client_alice, "/t/widgets", {"name": "a"}, key="job-create-order-1234")
     response = post(client_alice, "/t/widgets", {"name": "a"}, key='"job-create-order-1234"')
     assert response["Idempotent-Replayed"] == "true"
@@ -140,12 +168,16 @@ def test_other_methods_pass_through_without_key(
     client_alice: APIClient, method: str, store: StoreUnderTest
 ) -> None:
     widget = Widget.objects.create(name="w")
-    response = getattr(client_alice, method)(f"/t/widgets/{widget.pk}", {"name": "v"}, format="json")
+    response = getattr(client_alice, method)(
+        f"/t/widgets/{widget.pk}", {"name": "v"}, format="json"
+    )
     assert response.status_code < 400
     assert store.records() == []
 
 
-def test_users_never_see_each_others_responses(client_alice: APIClient, client_bob: APIClient) -> None:
+def test_users_never_see_each_others_responses(
+    client_alice: APIClient, client_bob: APIClient
+) -> None:
     a = post(client_alice, "/t/widgets", {"name": "same"}, key="shared")
     b = post(client_bob, "/t/widgets", {"name": "same"}, key="shared")
     assert a.status_code == b.status_code == 201
@@ -210,9 +242,7 @@ def test_definitive_4xx_is_stored(client_alice: APIClient, outcome: str) -> None
 
 
 @override_settings(IDEMPOTENCY_RELEASED_STATUSES={404})
-def test_released_statuses_are_a_setting(
-    client_alice: APIClient, store: StoreUnderTest
-) -> None:
+def test_released_statuses_are_a_setting(client_alice: APIClient, store: StoreUnderTest) -> None:
     post(client_alice, "/t/apiview", {"outcome": "404"})
     assert store.records() == []
     post(client_alice, "/t/apiview", {"outcome": "400"}, key="k2")
@@ -302,17 +332,25 @@ def test_api_view_function(client_alice: APIClient) -> None:
     assert client_alice.get("/t/function").json() == {"count": 1}
 
 
-def test_plain_django_view_with_binary_body_replays_byte_exact(client_alice: APIClient, alice) -> None:
+def test_plain_django_view_with_binary_body_replays_byte_exact(
+    client_alice: APIClient, alice
+) -> None:
     client = APIClient()
     client.force_login(alice)
     payload = bytes(range(255, -1, -1))
-    first = client.post("/t/plain", payload, content_type="application/octet-stream", HTTP_IDEMPOTENCY_KEY="bin")
-    second = client.post("/t/plain", payload, content_type="application/octet-stream", HTTP_IDEMPOTENCY_KEY="bin")
+    first = client.post(
+        "/t/plain", payload, content_type="application/octet-stream", HTTP_IDEMPOTENCY_KEY="bin"
+    )
+    second = client.post(
+        "/t/plain", payload, content_type="application/octet-stream", HTTP_IDEMPOTENCY_KEY="bin"
+    )
     assert first.status_code == 200
     assert second.content == first.content == bytes(range(256)) + payload
     assert second["Content-Type"] == "application/octet-stream"
     assert second["Idempotent-Replayed"] == "true"
-    changed = client.post("/t/plain", payload[1:], content_type="application/octet-stream", HTTP_IDEMPOTENCY_KEY="bin")
+    changed = client.post(
+        "/t/plain", payload[1:], content_type="application/octet-stream", HTTP_IDEMPOTENCY_KEY="bin"
+    )
     assert changed.status_code == 409
 
 
@@ -320,7 +358,9 @@ def test_invalid_json_body_is_fingerprinted_as_bytes(
     client_alice: APIClient, store: StoreUnderTest
 ) -> None:
     bad = b'{"name": "a"'
-    first = client_alice.post("/t/widgets", bad, content_type="application/json", HTTP_IDEMPOTENCY_KEY="j")
+    first = client_alice.post(
+        "/t/widgets", bad, content_type="application/json", HTTP_IDEMPOTENCY_KEY="j"
+    )
     assert first.status_code == 400  # DRF's parse error, not a 500; released
     assert store.records() == []
 
@@ -354,7 +394,9 @@ def test_view_that_breaks_the_transaction_gets_503_and_nothing_is_kept(
 def test_a_scope_longer_than_the_column_is_hashed_and_still_separate(
     client_alice: APIClient, client_bob: APIClient
 ) -> None:
-    with override_settings(IDEMPOTENCY_SCOPE=lambda request: "tenant:" + "x" * 300 + request.user.username):
+    with override_settings(
+        IDEMPOTENCY_SCOPE=lambda request: "tenant:" + "x" * 300 + request.user.username
+    ):
         a = post(client_alice, "/t/widgets", {"name": "a"})
         b = post(client_bob, "/t/widgets", {"name": "a"})
         assert a.status_code == b.status_code == 201

@@ -58,9 +58,7 @@ def component(schema: dict[str, Any], ref: dict[str, str]) -> dict[str, Any]:
 
 
 def body_schema(operation: dict[str, Any], status: str) -> dict[str, Any]:
-    schema: dict[str, Any] = operation["responses"][status]["content"]["application/json"][
-        "schema"
-    ]
+    schema: dict[str, Any] = operation["responses"][status]["content"]["application/json"]["schema"]
     return schema
 
 

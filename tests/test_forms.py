@@ -22,8 +22,13 @@ from tests.testapp.models import Widget
 
 @pytest.mark.parametrize(
     "body",
-    [b'{"b": 1, "a": [1, 2.5, "\\u00e9"]}', b"[]", b'"text"', b'{"n": 10000000000000000001}',
-     b'{"a": {"b": {"c": null}}, "x": true}'],
+    [
+        b'{"b": 1, "a": [1, 2.5, "\\u00e9"]}',
+        b"[]",
+        b'"text"',
+        b'{"n": 10000000000000000001}',
+        b'{"a": {"b": {"c": null}}, "x": true}',
+    ],
 )
 def test_json_parsed_elsewhere_gives_the_bytes_canonical_form(body: bytes) -> None:
     # What the decorator does when a DRF parser read the stream first.
@@ -66,7 +71,9 @@ def test_a_form_and_the_same_fields_as_multipart_are_one_request(client_alice: A
     first = client_alice.post("/t/upload", fields, HTTP_IDEMPOTENCY_KEY="f")  # multipart
     assert first.status_code == 201
     again = client_alice.post(
-        "/t/upload", "tag=a&name=n&tag=b", content_type="application/x-www-form-urlencoded",
+        "/t/upload",
+        "tag=a&name=n&tag=b",
+        content_type="application/x-www-form-urlencoded",
         HTTP_IDEMPOTENCY_KEY="f",
     )
     assert again["Idempotent-Replayed"] == "true"
@@ -87,8 +94,9 @@ def test_a_session_caller_with_csrf_gets_the_same_fingerprint_as_a_token_caller(
     session.login(username="alice", password="alice-pw")
     session.get("/t/login")
     token_value = session.cookies["csrftoken"].value
-    first = session.post("/t/upload", form(), HTTP_IDEMPOTENCY_KEY="same",
-                         HTTP_X_CSRFTOKEN=token_value)
+    first = session.post(
+        "/t/upload", form(), HTTP_IDEMPOTENCY_KEY="same", HTTP_X_CSRFTOKEN=token_value
+    )
     assert first.status_code == 201, first.content
     token = Token.objects.create(user=alice)
     by_token = APIClient()
@@ -151,19 +159,26 @@ def test_json_read_by_drfs_csrf_check_gets_the_fingerprint_of_its_bytes(alice: U
     session.login(username="alice", password="alice-pw")
     session.get("/t/login")
     first = session.post(
-        "/t/upload", b'{"b": [1, 2], "a": "x"}', content_type="application/json",
-        HTTP_IDEMPOTENCY_KEY="json", HTTP_X_CSRFTOKEN=session.cookies["csrftoken"].value,
+        "/t/upload",
+        b'{"b": [1, 2], "a": "x"}',
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="json",
+        HTTP_X_CSRFTOKEN=session.cookies["csrftoken"].value,
     )
     assert first.status_code == 201, first.content
     by_token = APIClient()
     by_token.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=alice).key}")
     again = by_token.post(
-        "/t/upload", b'{"a":"x","b":[1,2]}', content_type="application/json",
+        "/t/upload",
+        b'{"a":"x","b":[1,2]}',
+        content_type="application/json",
         HTTP_IDEMPOTENCY_KEY="json",
     )
     assert again["Idempotent-Replayed"] == "true"
     other = by_token.post(
-        "/t/upload", b'{"a":"x","b":[2,1]}', content_type="application/json",
+        "/t/upload",
+        b'{"a":"x","b":[2,1]}',
+        content_type="application/json",
         HTTP_IDEMPOTENCY_KEY="json",
     )
     assert other.status_code == 409

@@ -103,13 +103,28 @@ def send_requests(
 
 
 def send_curl(
-    server: Server, path: str, caller: Caller, key: str, fields: Fields, files: Files,
+    server: Server,
+    path: str,
+    caller: Caller,
+    key: str,
+    fields: Fields,
+    files: Files,
     tmp: Path,
 ) -> Reply:
     curl = shutil.which("curl")
     assert curl is not None, "curl is needed (Debian package curl)"
-    args = [curl, "-sS", "-D", str(tmp / "headers"), "-o", str(tmp / "body"),
-            "-w", "%{http_code}", "-H", f"Idempotency-Key: {key}"]
+    args = [
+        curl,
+        "-sS",
+        "-D",
+        str(tmp / "headers"),
+        "-o",
+        str(tmp / "body"),
+        "-w",
+        "%{http_code}",
+        "-H",
+        f"Idempotency-Key: {key}",
+    ]
     for name, value in caller.headers.items():
         args += ["-H", f"{name}: {value}"]
     if caller.cookies:
@@ -122,8 +137,9 @@ def send_curl(
         upload = tmp / f"upload-{i}"
         upload.write_bytes(content)
         args += ["-F", f"{field}=@{upload};filename={name};type={ctype}"]
-    out = subprocess.run([*args, server.base + path], capture_output=True, text=True,
-                         timeout=60, check=True)
+    out = subprocess.run(
+        [*args, server.base + path], capture_output=True, text=True, timeout=60, check=True
+    )
     headers = {}
     for line in (tmp / "headers").read_text().splitlines()[1:]:
         name, _, value = line.partition(":")
@@ -208,9 +224,12 @@ def test_a_malformed_multipart_body_is_a_400_in_the_envelope(server: Server) -> 
     for path in ("/t/upload", "/t/plain-upload-token"):
         response = requests.post(
             server.base + path,
-            data=b"--xyz\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--xyz--",
-            headers={"Idempotency-Key": "bad", "Authorization": f"Token {token.key}",
-                     "Content-Type": "multipart/form-data"},  # no boundary
+            data=b'--xyz\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n--xyz--',
+            headers={
+                "Idempotency-Key": "bad",
+                "Authorization": f"Token {token.key}",
+                "Content-Type": "multipart/form-data",
+            },  # no boundary
             timeout=30,
         )
         assert response.status_code == 400, (path, response.status_code, response.text)

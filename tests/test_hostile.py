@@ -128,7 +128,9 @@ def test_any_header_value_is_one_key_or_a_400(
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -174,7 +176,11 @@ content_types = st.one_of(
 @example(body=nested(2_000), content_type="application/json", path="/t/widgets")
 @example(body=b"\xff\xfe\x00", content_type="application/json; charset=utf-8", path="/t/widgets")
 def test_any_body_gets_a_documented_answer(
-    client_alice: APIClient, alice: Any, store: StoreUnderTest, body: bytes, content_type: str,
+    client_alice: APIClient,
+    alice: Any,
+    store: StoreUnderTest,
+    body: bytes,
+    content_type: str,
     path: str,
 ) -> None:
     fresh(store)
@@ -204,7 +210,8 @@ def test_any_body_gets_a_documented_answer(
         assert status in (400, 413, 415), (status, response.content[:300])
         assert not Widget.objects.exists()
         if json.loads(response.content)["error"]["type"] in (
-            "request_body_invalid", "request_too_large"
+            "request_body_invalid",
+            "request_too_large",
         ):
             assert not store.records()
     for record in store.records():
@@ -239,9 +246,7 @@ def test_oversized_multipart_field_is_413_before_anything_is_stored(
     client_alice: APIClient, size: int
 ) -> None:
     # Django limits a multipart body's fields (held in memory), not its files.
-    response = client_alice.post(
-        "/t/widgets", {"name": "m" * size}, HTTP_IDEMPOTENCY_KEY="upload"
-    )
+    response = client_alice.post("/t/widgets", {"name": "m" * size}, HTTP_IDEMPOTENCY_KEY="upload")
     assert_envelope(response, 413)
     assert not IdempotencyRecord.objects.exists()
     assert not Widget.objects.exists()
@@ -302,8 +307,14 @@ def demo_client(db: None) -> tuple[APIClient, int]:
 
     account = Account.objects.create(user=User.objects.create_user("hostile"), credits_cents=10**9)
     _, secret = ApiKey.issue(account)
-    job = Job.objects.create(account=account, type="t", description="d", files_needed=1,
-                             price_per_file_cents=1, accepted_formats=["image/jpeg"])
+    job = Job.objects.create(
+        account=account,
+        type="t",
+        description="d",
+        files_needed=1,
+        price_per_file_cents=1,
+        accepted_formats=["image/jpeg"],
+    )
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     return client, job.pk
@@ -316,17 +327,25 @@ def demo_client(db: None) -> tuple[APIClient, int]:
     content_type=content_types,
     raw_key=st.one_of(st.none(), header_values),
 )
-@example(endpoint=("PATCH", "/v1/jobs/{job}"), body=nested(2_000),
-         content_type="application/json", raw_key=None)
+@example(
+    endpoint=("PATCH", "/v1/jobs/{job}"),
+    body=nested(2_000),
+    content_type="application/json",
+    raw_key=None,
+)
 def test_the_demo_answers_anything_with_a_documented_status(
-    demo_client: tuple[APIClient, int], endpoint: tuple[str, str], body: bytes,
-    content_type: str, raw_key: str | None,
+    demo_client: tuple[APIClient, int],
+    endpoint: tuple[str, str],
+    body: bytes,
+    content_type: str,
+    raw_key: str | None,
 ) -> None:
     client, job = demo_client
     method, path = endpoint
     extra = {} if raw_key is None else {"HTTP_IDEMPOTENCY_KEY": raw_key}
-    response = client.generic(method, path.format(job=job), body, content_type=content_type,
-                              **extra)
+    response = client.generic(
+        method, path.format(job=job), body, content_type=content_type, **extra
+    )
     assert response.status_code < 500, response.content[:500]
     if response.status_code >= 400:
         error = json.loads(response.content)["error"]

@@ -42,8 +42,12 @@ from tests.servers import (
 # Real servers started, killed and stopped: minutes, not the inner loop.
 pytestmark = pytest.mark.slow
 
-JOB = {"type": "data_collection", "files_needed": 10, "accepted_formats": ["image/jpeg"],
-       "price_per_file_cents": 50}
+JOB = {
+    "type": "data_collection",
+    "files_needed": 10,
+    "accepted_formats": ["image/jpeg"],
+    "price_per_file_cents": 50,
+}
 COST = 10 * 50
 CREDITS = 10_000_000
 # What a client may see while the database is down or starting: the middleware's
@@ -101,7 +105,8 @@ def test_a_session_ended_by_the_server_is_a_503_envelope(
 ) -> None:
     def ended(*args: Any) -> Any:
         raise InternalError("terminating connection due to idle-in-transaction timeout") from (
-            SessionTimeout())
+            SessionTimeout()
+        )
 
     monkeypatch.setattr(BasicAuthentication, "authenticate", ended)
     client = APIClient()
@@ -199,14 +204,17 @@ def run_outage(server: Server, outage: Outage, send: Callable[[str], Reply]) -> 
                 before = len(clients.replies)
                 try:
                     assert poll(
-                        lambda before=before: sum(
-                            r.status != 201 for r in clients.replies[before:]) >= 8, 60)
+                        lambda before=before: (
+                            sum(r.status != 201 for r in clients.replies[before:]) >= 8
+                        ),
+                        60,
+                    )
                 finally:
                     outage.start()
                 restarted = clients.successes()
-                assert poll(
-                    lambda restarted=restarted: clients.successes() >= restarted + 8, 60
-                ), "service did not resume"
+                assert poll(lambda restarted=restarted: clients.successes() >= restarted + 8, 60), (
+                    "service did not resume"
+                )
         except BaseException:
             clients.abort.set()
             raise
@@ -225,15 +233,21 @@ def cycles() -> int:
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
-def test_demo_fails_closed_and_resumes_when_postgresql_restarts(cluster: Cluster, mode: str) -> None:
+def test_demo_fails_closed_and_resumes_when_postgresql_restarts(
+    cluster: Cluster, mode: str
+) -> None:
     demo = demo_on(cluster.create_database(f"demo_{mode}"))
     secret = demo.api_key("outage", CREDITS)
     with demo.server(workers=2) as server:
 
         def send(key: str) -> Reply:
             body = json.dumps({**JOB, "description": key}).encode()
-            return server.request("/v1/jobs", body, headers={
-                "Authorization": f"Bearer {secret}", "Idempotency-Key": key}, timeout=30)
+            return server.request(
+                "/v1/jobs",
+                body,
+                headers={"Authorization": f"Bearer {secret}", "Idempotency-Key": key},
+                timeout=30,
+            )
 
         clients = run_outage(server, Outage(lambda: cluster.stop(mode), cluster.start), send)
     keys = [key for key, _ in clients.done]
@@ -248,22 +262,33 @@ def test_test_app_fails_closed_and_resumes_when_postgresql_restarts(cluster: Clu
     environ = {"DATABASE_URL": database}
 
     def django(*args: str) -> None:
-        run_checked([sys.executable, "-m", "django", *args, "--settings", "tests.settings"],
-                    env=dict(os.environ, **environ))
+        run_checked(
+            [sys.executable, "-m", "django", *args, "--settings", "tests.settings"],
+            env=dict(os.environ, **environ),
+        )
 
     django("migrate", "--no-input", "-v", "0")
-    django("shell", "-c", "from django.contrib.auth.models import User; "
-           "User.objects.create_user('alice', password='alice-pw')")
+    django(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; "
+        "User.objects.create_user('alice', password='alice-pw')",
+    )
     with gunicorn(workers=2, database=database) as server:
 
         def send(key: str) -> Reply:
-            return server.request("/t/widgets", json.dumps({"name": key}).encode(),
-                                  headers={"Idempotency-Key": key}, timeout=30)
+            return server.request(
+                "/t/widgets",
+                json.dumps({"name": key}).encode(),
+                headers={"Idempotency-Key": key},
+                timeout=30,
+            )
 
         clients = run_outage(server, Outage(cluster.stop, cluster.start), send)
     with psycopg.connect(database) as conn:
-        names = dict(conn.execute(
-            "SELECT name, count(*) FROM testapp_widget GROUP BY name").fetchall())
+        names = dict(
+            conn.execute("SELECT name, count(*) FROM testapp_widget GROUP BY name").fetchall()
+        )
     assert set(names) == {key for key, _ in clients.done} and set(names.values()) == {1}
 
 
@@ -276,17 +301,27 @@ def test_demo_on_redis_fails_closed_and_resumes_when_redis_restarts(cluster: Clu
         pytest.skip("needs redis-server")
     demo = demo_on(cluster.create_database("demo_redis"))
     secret = demo.api_key("outage", CREDITS)
-    with redis_server() as redis, demo.server(workers=2, env={
-            "REDIS_URL": redis.url, "IDEMPOTENCY_STORE": CACHE_STORE}) as server:
+    with (
+        redis_server() as redis,
+        demo.server(
+            workers=2, env={"REDIS_URL": redis.url, "IDEMPOTENCY_STORE": CACHE_STORE}
+        ) as server,
+    ):
 
         def send(key: str) -> Reply:
             body = json.dumps({**JOB, "description": key}).encode()
-            return server.request("/v1/jobs", body, headers={
-                "Authorization": f"Bearer {secret}", "Idempotency-Key": key}, timeout=30)
+            return server.request(
+                "/v1/jobs",
+                body,
+                headers={"Authorization": f"Bearer {secret}", "Idempotency-Key": key},
+                timeout=30,
+            )
 
         clients = run_outage(server, Outage(redis.stop, redis.start), send)
-    assert any(r.status == 503 and json.loads(r.body)["error"]["type"]
-               == "idempotency_store_unavailable" for r in clients.replies)
+    assert any(
+        r.status == 503 and json.loads(r.body)["error"]["type"] == "idempotency_store_unavailable"
+        for r in clients.replies
+    )
     keys = [key for key, _ in clients.done]
     jobs = dict(demo.sql("SELECT description, count(*) FROM api_job GROUP BY description"))
     assert set(jobs) == set(keys) and set(jobs.values()) == {1}, "every key ran exactly once"

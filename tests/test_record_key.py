@@ -29,8 +29,7 @@ def _given() -> Any:
 
 def charge(client: APIClient, outcome: str = "ok", body: Any = None, key: str = "order-1") -> Any:
     client.raise_request_exception = False
-    return post(client, "/t/charge", body or {"amount": 100}, key=key,
-                HTTP_X_TEST_OUTCOME=outcome)
+    return post(client, "/t/charge", body or {"amount": 100}, key=key, HTTP_X_TEST_OUTCOME=outcome)
 
 
 def test_every_retry_of_one_request_gets_the_same_value(

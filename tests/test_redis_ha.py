@@ -79,8 +79,9 @@ def send(user: User, key: str, **headers: str) -> Any:
     client = APIClient(raise_request_exception=False)
     client.force_authenticate(user)
     try:
-        return client.post("/t/widgets", {"name": key}, format="json",
-                           HTTP_IDEMPOTENCY_KEY=key, **headers)
+        return client.post(
+            "/t/widgets", {"name": key}, format="json", HTTP_IDEMPOTENCY_KEY=key, **headers
+        )
     finally:
         connections.close_all()
 
@@ -182,12 +183,17 @@ def test_the_cluster_client_runs_each_view_once_under_concurrent_duplicates(
 ) -> None:
     with redis_cluster(tmp_path) as cluster:
         # One startup node is enough: the client learns the slot map from it.
-        use_redis(settings, f"redis://127.0.0.1:{cluster.nodes[1].port}/0",
-                  CLIENT_CLASS=CLUSTER_CLIENT)
+        use_redis(
+            settings, f"redis://127.0.0.1:{cluster.nodes[1].port}/0", CLIENT_CLASS=CLUSTER_CLIENT
+        )
         keys = [f"cluster-{i}" for i in range(40)]
         with ThreadPoolExecutor(16) as pool:
-            answers = list(pool.map(lambda key: (key, send(alice, key, HTTP_X_TEST_DELAY="0.05")),
-                                    [key for key in keys for _ in range(4)]))
+            answers = list(
+                pool.map(
+                    lambda key: (key, send(alice, key, HTTP_X_TEST_DELAY="0.05")),
+                    [key for key in keys for _ in range(4)],
+                )
+            )
         for key, answer in answers:
             assert answer.status_code in (201, 409), (key, answer.status_code, answer.content)
             if answer.status_code == 409:
@@ -245,25 +251,34 @@ class FailoverFigures:
     double_runs: int  # every run beyond the first, counted in rows
 
 
-def failover_under_load(tmp_path: Path, settings: Any, user: User, replicas: int) -> FailoverFigures:
+def failover_under_load(
+    tmp_path: Path, settings: Any, user: User, replicas: int
+) -> FailoverFigures:
     with sentinel_set(tmp_path) as deployment:
-        use_redis(settings, f"redis://{deployment.service}/0",
-                  CLIENT_CLASS="django_redis.client.SentinelClient",
-                  CONNECTION_FACTORY="django_redis.pool.SentinelConnectionFactory",
-                  SENTINELS=deployment.addresses)
+        use_redis(
+            settings,
+            f"redis://{deployment.service}/0",
+            CLIENT_CLASS="django_redis.client.SentinelClient",
+            CONNECTION_FACTORY="django_redis.pool.SentinelConnectionFactory",
+            SENTINELS=deployment.addresses,
+        )
         settings.IDEMPOTENCY_REDIS_MIN_REPLICAS = replicas
         settings.IDEMPOTENCY_REDIS_WAIT_TIMEOUT = 0.5
         settings.IDEMPOTENCY_LEASE = 30
         load = Load(user)
-        clients = [threading.Thread(target=load.client, args=(pair, side))
-                   for pair in range(4) for side in range(2)]
+        clients = [
+            threading.Thread(target=load.client, args=(pair, side))
+            for pair in range(4)
+            for side in range(2)
+        ]
         for thread in clients:
             thread.start()
         try:
             time.sleep(2)
             first = deployment.primary_port()
-            deployment.sentinels[0].client().execute_command("SENTINEL", "FAILOVER",
-                                                              deployment.service)
+            deployment.sentinels[0].client().execute_command(
+                "SENTINEL", "FAILOVER", deployment.service
+            )
             second = deployment.wait_primary(not_port=first)
             wait_in_sync(deployment.node(second), 1)
             time.sleep(2)
@@ -278,12 +293,8 @@ def failover_under_load(tmp_path: Path, settings: Any, user: User, replicas: int
             load.stop.set()
             for thread in clients:
                 thread.join(120)
-        lost = sum(
-            1 for key in load.keys
-            if "Idempotent-Replayed" not in send(user, key)
-        )
-        rows = Counter(Widget.objects.filter(name__startswith="ha-")
-                       .values_list("name", flat=True))
+        lost = sum(1 for key in load.keys if "Idempotent-Replayed" not in send(user, key))
+        rows = Counter(Widget.objects.filter(name__startswith="ha-").values_list("name", flat=True))
         return FailoverFigures(
             keys=len(load.keys),
             statuses=dict(sorted(load.statuses.items())),

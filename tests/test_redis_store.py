@@ -68,28 +68,42 @@ def test_check_refuses_a_missing_cache_alias() -> None:
     ],
 )
 def test_check_refuses_a_cache_that_is_not_shared_django_redis(backend: str) -> None:
-    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-              "idem": {"BACKEND": backend, "LOCATION": "redis://127.0.0.1:6379/0"}}
+    caches = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "idem": {"BACKEND": backend, "LOCATION": "redis://127.0.0.1:6379/0"},
+    }
     assert errors(CACHES=caches, IDEMPOTENCY_CACHE="idem") == ["django_idempotency.E012"]
 
 
 def test_check_refuses_the_shard_client() -> None:
-    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-              "idem": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": ["redis://a", "redis://b"],
-                       "OPTIONS": {"CLIENT_CLASS": "django_redis.client.ShardClient"}}}
+    caches = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "idem": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": ["redis://a", "redis://b"],
+            "OPTIONS": {"CLIENT_CLASS": "django_redis.client.ShardClient"},
+        },
+    }
     assert errors(CACHES=caches, IDEMPOTENCY_CACHE="idem") == ["django_idempotency.E012"]
 
 
 def test_check_accepts_django_redis() -> None:
-    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-              "idem": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://127.0.0.1:6379/0"}}
+    caches = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "idem": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:6379/0",
+        },
+    }
     assert errors(CACHES=caches, IDEMPOTENCY_CACHE="idem") == []
 
 
 @pytest.mark.parametrize("lease", [0, -1, "soon", True])
 def test_check_refuses_a_lease_that_is_not_a_positive_duration(lease: Any) -> None:
     assert errors(IDEMPOTENCY_LEASE=lease, IDEMPOTENCY_CACHE="nowhere") == [
-        "django_idempotency.E010", "django_idempotency.E013"]
+        "django_idempotency.E010",
+        "django_idempotency.E013",
+    ]
 
 
 class SubclassedRedisCache(RedisCache):
@@ -97,16 +111,24 @@ class SubclassedRedisCache(RedisCache):
 
 
 def test_check_accepts_a_subclass_of_django_redis() -> None:
-    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-              "idem": {"BACKEND": "tests.test_redis_store.SubclassedRedisCache",
-                       "LOCATION": "redis://127.0.0.1:6379/0"}}
+    caches = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "idem": {
+            "BACKEND": "tests.test_redis_store.SubclassedRedisCache",
+            "LOCATION": "redis://127.0.0.1:6379/0",
+        },
+    }
     assert errors(CACHES=caches, IDEMPOTENCY_CACHE="idem") == []
 
 
 def test_the_hint_for_djangos_own_redis_cache_names_it() -> None:
-    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-              "idem": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                       "LOCATION": "redis://127.0.0.1:6379/0"}}
+    caches = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "idem": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:6379/0",
+        },
+    }
     with override_settings(IDEMPOTENCY_STORE=CACHE_STORE, CACHES=caches, IDEMPOTENCY_CACHE="idem"):
         (error,) = check_settings()
     assert error.id == "django_idempotency.E012"
@@ -132,13 +154,18 @@ def test_check_refuses_a_wait_timeout_that_is_not_a_positive_duration(timeout: A
 
 
 def test_check_refuses_min_replicas_on_the_cluster_client() -> None:
-    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-              "idem": {"BACKEND": "django_redis.cache.RedisCache",
-                       "LOCATION": "redis://127.0.0.1:7000/0",
-                       "OPTIONS": {"CLIENT_CLASS": CLUSTER_CLIENT}}}
+    caches = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "idem": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:7000/0",
+            "OPTIONS": {"CLIENT_CLASS": CLUSTER_CLIENT},
+        },
+    }
     assert errors(CACHES=caches, IDEMPOTENCY_CACHE="idem") == []
     assert errors(CACHES=caches, IDEMPOTENCY_CACHE="idem", IDEMPOTENCY_REDIS_MIN_REPLICAS=1) == [
-        "django_idempotency.E044"]
+        "django_idempotency.E044"
+    ]
 
 
 def test_cluster_redirections_are_logged_as_a_configuration_error(
@@ -230,7 +257,10 @@ def _post_closing(user: User, body: dict[str, str], key: str, **extra: str) -> A
 @redis_only
 @pytest.mark.django_db(transaction=True)
 def test_a_request_that_lost_its_lease_cannot_overwrite_the_new_owner(
-    client_alice: APIClient, alice: User, store: StoreUnderTest, caplog: pytest.LogCaptureFixture,
+    client_alice: APIClient,
+    alice: User,
+    store: StoreUnderTest,
+    caplog: pytest.LogCaptureFixture,
     settings: Any,
 ) -> None:
     settings.IDEMPOTENCY_LEASE = 600  # no renewal comes between the lapse and the retry
@@ -375,8 +405,12 @@ def test_a_killed_worker_holds_the_key_until_its_lease_lapses_then_the_retry_run
     env = {"TEST_IDEMPOTENCY_STORE": CACHE_STORE, "TEST_IDEMPOTENCY_LEASE": "1"}
     with gunicorn(workers=1, env=env) as server:
         pool = ThreadPoolExecutor(1)
-        doomed = pool.submit(server.request, "/t/widgets", body, headers={
-            "Idempotency-Key": "crash", "X-Test-Delay": "30", "X-Test-Mark": str(mark)})
+        doomed = pool.submit(
+            server.request,
+            "/t/widgets",
+            body,
+            headers={"Idempotency-Key": "crash", "X-Test-Delay": "30", "X-Test-Mark": str(mark)},
+        )
         deadline = time.monotonic() + 20
         while not mark.exists():
             assert time.monotonic() < deadline, "the view never started"
@@ -418,14 +452,28 @@ class OwnRedis:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
-             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)],
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
             stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
-        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"],
-                             capture_output=True).stdout.strip() != b"PONG":
+        while (
+            subprocess.run(
+                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True
+            ).stdout.strip()
+            != b"PONG"
+        ):
             assert time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.05)
 
@@ -512,8 +560,10 @@ def test_redis_stopped_while_the_view_runs_sends_the_view_response_and_stores_it
     # The restarted Redis is empty (no persistence here). The completion is
     # retried in the background until it is stored, so the retry of the
     # request is a replay, not a second run.
-    stored = poll(lambda: [n for n in redis_client().scan_iter(
-        match=os.environ["REDIS_TEST_PREFIX"] + ":*")], 30)
+    stored = poll(
+        lambda: [n for n in redis_client().scan_iter(match=os.environ["REDIS_TEST_PREFIX"] + ":*")],
+        30,
+    )
     assert stored, "the completion was never retried"
     replay = post(client_alice, "/t/widgets", {"name": "mid"}, key="mid")
     assert replay["Idempotent-Replayed"] == "true"
@@ -525,7 +575,9 @@ def test_redis_stopped_while_the_view_runs_sends_the_view_response_and_stores_it
 @pytest.mark.parametrize("atomic_requests", [True], indirect=True)
 @pytest.mark.django_db
 def test_in_a_testcase_with_atomic_requests_capture_on_commit_stores_the_response(
-    client_alice: APIClient, store: StoreUnderTest, atomic_requests: bool,
+    client_alice: APIClient,
+    store: StoreUnderTest,
+    atomic_requests: bool,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
     with django_capture_on_commit_callbacks(execute=True):

@@ -142,7 +142,7 @@ def test_w032_says_nothing_when_the_database_cannot_be_reached(
 
 @pytest.fixture
 def read_only_standby(settings: Any) -> Iterator[None]:
-    """"standby" refuses writes, as a hot standby does; the router reads from it."""
+    """ "standby" refuses writes, as a hot standby does; the router reads from it."""
 
     def read_only(sender: Any, connection: Any, **kwargs: Any) -> None:
         if connection.alias != "standby":
@@ -203,9 +203,7 @@ def test_admin_delete_selected_and_delete_one_write_to_the_primary(
     assert response.status_code == 200
     response = client.post(f"{LIST}{records[1].pk}/delete/", {"post": "yes"}, follow=True)
     assert response.status_code == 200
-    assert list(IdempotencyRecord.objects.using("default").values_list("key", flat=True)) == [
-        "k2"
-    ]
+    assert list(IdempotencyRecord.objects.using("default").values_list("key", flat=True)) == ["k2"]
 
 
 # Guarded views read from the primary.
@@ -254,9 +252,7 @@ def test_a_guarded_views_reads_are_pinned_sync_and_async(
 
 
 @pytest.mark.django_db(databases=TWO)
-def test_without_the_router_the_replicas_answer_is_stored(
-    settings: Any, alice: User
-) -> None:
+def test_without_the_router_the_replicas_answer_is_stored(settings: Any, alice: User) -> None:
     # What GuardedReadsRouter prevents: the replica's stale answer, kept for a day.
     settings.DATABASE_ROUTERS = ["tests.routers.LaggingReplicaRouter"]
     settings.ROOT_URLCONF = __name__

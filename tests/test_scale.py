@@ -70,13 +70,21 @@ def app_database(cluster: Cluster, name: str) -> str:
 
     def django(*args: str) -> None:
         environ = {k: v for k, v in os.environ.items() if k != "TEST_STANDBY_URL"}
-        subprocess.run([sys.executable, "-m", "django", *args, "--settings", "tests.settings"],
-                       env=dict(environ, DATABASE_URL=url), check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "django", *args, "--settings", "tests.settings"],
+            env=dict(environ, DATABASE_URL=url),
+            check=True,
+            capture_output=True,
+        )
 
     django("migrate", "--no-input", "-v", "0")
-    django("shell", "-c", "from django.contrib.auth.models import User; "
-           "User.objects.create_user('alice', password='alice-pw'); "
-           "User.objects.create_superuser('root', password='root-pw')")
+    django(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; "
+        "User.objects.create_user('alice', password='alice-pw'); "
+        "User.objects.create_superuser('root', password='root-pw')",
+    )
     return url
 
 
@@ -95,8 +103,10 @@ def race(server: Server, prefix: str) -> list[Reply]:
         deadline = time.monotonic() + 120
         while True:
             reply = server.request(
-                "/t/widgets", json.dumps({"name": key}).encode(),
-                headers={"Idempotency-Key": key, "X-Test-Delay": "0.05"}, timeout=60,
+                "/t/widgets",
+                json.dumps({"name": key}).encode(),
+                headers={"Idempotency-Key": key, "X-Test-Delay": "0.05"},
+                timeout=60,
             )
             in_use = reply.status == 409 and b"idempotency_key_in_use" in reply.body
             if not in_use or time.monotonic() > deadline:
@@ -109,9 +119,15 @@ def race(server: Server, prefix: str) -> list[Reply]:
 
 def assert_exactly_once(replies: list[Reply], url: str, prefix: str) -> None:
     assert [r.status for r in replies if r.status != 201] == [], [
-        r.body[:300] for r in replies if r.status != 201][:3]
-    runs = dict(sql(url, "SELECT name, count(*) FROM testapp_widget WHERE name LIKE %s "
-                         "GROUP BY name", f"{prefix}-%"))
+        r.body[:300] for r in replies if r.status != 201
+    ][:3]
+    runs = dict(
+        sql(
+            url,
+            "SELECT name, count(*) FROM testapp_widget WHERE name LIKE %s GROUP BY name",
+            f"{prefix}-%",
+        )
+    )
     assert len(runs) == KEYS and set(runs.values()) == {1}, runs
     replayed = sum(r.headers.get("Idempotent-Replayed") == "true" for r in replies)
     assert replayed == KEYS * (COPIES - 1)
@@ -129,8 +145,10 @@ def test_exactly_once_behind_pgbouncer(primary: Cluster, mode: str) -> None:
     url = app_database(primary, name)
     # 4 server connections for up to 8 requests at once (2 workers x 4 threads):
     # each guarded request holds one for its whole view, the rest queue.
-    with pgbouncer(primary, pool_mode=mode, pool_size=4) as bouncer, \
-            gunicorn(workers=2, database=bouncer.url(name)) as server:
+    with (
+        pgbouncer(primary, pool_mode=mode, pool_size=4) as bouncer,
+        gunicorn(workers=2, database=bouncer.url(name)) as server,
+    ):
         assert_exactly_once(race(server, "with-function"), url, "with-function")
 
         # Without the claim function every request falls back to the CTE by
@@ -168,8 +186,9 @@ def _caught_up(primary_url: str, standby_url: str) -> Callable[[], bool]:
     lsn = sql(primary_url, "SELECT pg_current_wal_lsn()::text")[0][0]
 
     def done() -> bool:
-        replayed = sql(standby_url, "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), %s::pg_lsn)",
-                       lsn)[0][0]
+        replayed = sql(
+            standby_url, "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), %s::pg_lsn)", lsn
+        )[0][0]
         return replayed is not None and float(str(replayed)) >= 0
 
     return done
@@ -198,8 +217,9 @@ def test_a_lagging_replica_guarded_views_read_the_primary_and_run_once(
 ) -> None:
     primary_url, _ = replica
     with replica_server(replica) as server:
-        (pk,) = sql(primary_url, "INSERT INTO testapp_widget (name, owner) "
-                                 "VALUES ('new', '') RETURNING id")[0]
+        (pk,) = sql(
+            primary_url, "INSERT INTO testapp_widget (name, owner) VALUES ('new', '') RETURNING id"
+        )[0]
         # Unguarded reads come from the replica, which has not seen the row.
         assert server.request(f"/t/widgets/{pk}", method="GET").status == 404
         rename = json.dumps({"name": "renamed"}).encode()
@@ -219,26 +239,41 @@ def test_admin_bulk_actions_write_to_the_primary(replica: tuple[str, str]) -> No
     primary_url, standby_url = replica
     with replica_server(replica) as server:
         for n in range(3):
-            reply = server.request("/t/widgets", json.dumps({"name": f"admin-{n}"}).encode(),
-                                   headers={"Idempotency-Key": f"admin-{n}"})
+            reply = server.request(
+                "/t/widgets",
+                json.dumps({"name": f"admin-{n}"}).encode(),
+                headers={"Idempotency-Key": f"admin-{n}"},
+            )
             assert reply.status == 201
-        pks = [pk for (pk,) in sql(primary_url, "SELECT id FROM django_idempotency_idempotencyrecord"
-                                                " WHERE key LIKE 'admin-%' ORDER BY key")]
+        pks = [
+            pk
+            for (pk,) in sql(
+                primary_url,
+                "SELECT id FROM django_idempotency_idempotencyrecord"
+                " WHERE key LIKE 'admin-%' ORDER BY key",
+            )
+        ]
         assert poll(_caught_up(primary_url, standby_url), 60)  # the changelist reads the replica
         admin = AdminSession(server.base)
         changelist = "/admin/django_idempotency/idempotencyrecord/"
 
         page = admin.post(changelist, {"action": "expire_selected", "_selected_action": pks[:2]})
         assert "Expired 2 keys" in page, page[-3000:]
-        expired = sql(primary_url, "SELECT key FROM django_idempotency_idempotencyrecord "
-                                   "WHERE expires_at <= now() ORDER BY key")
+        expired = sql(
+            primary_url,
+            "SELECT key FROM django_idempotency_idempotencyrecord "
+            "WHERE expires_at <= now() ORDER BY key",
+        )
         assert [k for (k,) in expired if str(k).startswith("admin-")] == ["admin-0", "admin-1"]
 
-        page = admin.post(changelist, {"action": "delete_selected", "_selected_action": pks,
-                                       "post": "yes"})
+        page = admin.post(
+            changelist, {"action": "delete_selected", "_selected_action": pks, "post": "yes"}
+        )
         assert "Successfully deleted 3" in page, page[-3000:]
-        left = sql(primary_url, "SELECT count(*) FROM django_idempotency_idempotencyrecord "
-                                "WHERE key LIKE 'admin-%'")
+        left = sql(
+            primary_url,
+            "SELECT count(*) FROM django_idempotency_idempotencyrecord WHERE key LIKE 'admin-%'",
+        )
         assert left == [(0,)]
 
 
@@ -250,15 +285,17 @@ class AdminSession:
         self.jar = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
         self.opener.open(base + "/admin/login/", timeout=30).read()
-        page = self.post("/admin/login/?next=/admin/",
-                         {"username": "root", "password": "root-pw"})
+        page = self.post("/admin/login/?next=/admin/", {"username": "root", "password": "root-pw"})
         assert "Log out" in page or "logout" in page, page[-2000:]
 
     def post(self, path: str, fields: dict[str, object]) -> str:
         token = next(c.value for c in self.jar if c.name == "csrftoken")
         data = urllib.parse.urlencode({**fields, "csrfmiddlewaretoken": token}, doseq=True)
-        request = urllib.request.Request(self.base + path, data=data.encode(), method="POST",
-                                         headers={"Referer": self.base + path})
+        request = urllib.request.Request(
+            self.base + path,
+            data=data.encode(),
+            method="POST",
+            headers={"Referer": self.base + path},
+        )
         with self.opener.open(request, timeout=60) as response:
             return str(response.read().decode())
-

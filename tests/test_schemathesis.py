@@ -59,9 +59,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str
 # ast.parse from two threads at once, which CPython 3.11 answers with
 # "SystemError: AST constructor recursion depth mismatch": a fuzzer crash,
 # not a finding, that would fail the run.
-def schemathesis(
-    server: Server, secret: str, workdir: Path, *args: str, fresh_keys: bool
-) -> str:
+def schemathesis(server: Server, secret: str, workdir: Path, *args: str, fresh_keys: bool) -> str:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -98,9 +96,7 @@ def test_schemathesis_with_a_fresh_key_per_request(
     assert "Fuzzing" in output and "Coverage" in output
 
 
-def test_schemathesis_with_its_own_generated_keys(
-    demo: tuple[Server, str], tmp_path: Path
-) -> None:
+def test_schemathesis_with_its_own_generated_keys(demo: tuple[Server, str], tmp_path: Path) -> None:
     # Its keys repeat ("0", "a"...), so some requests are replays. One check is
     # left out, for the reason docs/openapi.rst gives: a replay answers the
     # job that the first request created, also after that job was deleted,

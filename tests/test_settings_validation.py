@@ -252,12 +252,15 @@ def test_under_gunicorn_a_bad_scope_is_a_clear_error_on_first_use(tmp_path: Path
     User.objects.create_user("alice", password="alice-pw")
     log = tmp_path / "gunicorn.log"
     overrides = {"IDEMPOTENCY_SCOPE": "myapp.nowhere.scope"}
-    with log.open("wb") as output, gunicorn(
-        workers=1,
-        env={"TEST_SETTINGS_OVERRIDES": json.dumps(overrides)},
-        settings="tests.settings_overrides",
-        output=output,
-    ) as server:
+    with (
+        log.open("wb") as output,
+        gunicorn(
+            workers=1,
+            env={"TEST_SETTINGS_OVERRIDES": json.dumps(overrides)},
+            settings="tests.settings_overrides",
+            output=output,
+        ) as server,
+    ):
         reply = server.request("/t/widgets", b'{"name": "g"}', headers={"Idempotency-Key": "g1"})
         assert reply.status == 500
         again = server.request("/t/widgets", b'{"name": "g"}', headers={"Idempotency-Key": "g2"})

@@ -47,10 +47,15 @@ def rounds(default: int) -> int:
 
 
 def job(key: str, price: int = 50) -> bytes:
-    return json.dumps({
-        "type": "data_collection", "description": key, "files_needed": 10,
-        "accepted_formats": ["image/jpeg"], "price_per_file_cents": price,
-    }).encode()
+    return json.dumps(
+        {
+            "type": "data_collection",
+            "description": key,
+            "files_needed": 10,
+            "accepted_formats": ["image/jpeg"],
+            "price_per_file_cents": price,
+        }
+    ).encode()
 
 
 @dataclass
@@ -60,28 +65,40 @@ class Api:
     secret: str
     store: str
 
-    def post(self, key: str, body: bytes | None = None, *, delay: float = 0,
-             after_commit: float = 0, timeout: float = 60) -> Reply:
+    def post(
+        self,
+        key: str,
+        body: bytes | None = None,
+        *,
+        delay: float = 0,
+        after_commit: float = 0,
+        timeout: float = 60,
+    ) -> Reply:
         headers = {"Authorization": f"Bearer {self.secret}", "Idempotency-Key": key}
         if delay:
             headers["X-Demo-Delay"] = str(delay)
         if after_commit:
             headers["X-Demo-Delay-After-Commit"] = str(after_commit)
-        return self.server.request("/v1/jobs", body if body is not None else job(key),
-                                   headers=headers, timeout=timeout)
+        return self.server.request(
+            "/v1/jobs", body if body is not None else job(key), headers=headers, timeout=timeout
+        )
 
     def jobs(self, key: str | None = None) -> int:
         if key is None:
             return int(self.demo.sql("SELECT count(*) FROM api_job")[0][0])  # type: ignore[call-overload]
-        return int(self.demo.sql(  # type: ignore[call-overload]
-            "SELECT count(*) FROM api_job WHERE description = %s", key)[0][0])
+        return int(
+            self.demo.sql(  # type: ignore[call-overload]
+                "SELECT count(*) FROM api_job WHERE description = %s", key
+            )[0][0]
+        )
 
     def balance(self) -> int:
         return int(self.demo.sql("SELECT credits_cents FROM api_account")[0][0])  # type: ignore[call-overload]
 
     def records(self, key: str) -> list[tuple[Any, ...]]:
         return self.demo.sql(
-            "SELECT state FROM django_idempotency_idempotencyrecord WHERE key = %s", key)
+            "SELECT state FROM django_idempotency_idempotencyrecord WHERE key = %s", key
+        )
 
 
 @contextmanager
@@ -117,8 +134,11 @@ def api(request: pytest.FixtureRequest) -> Iterator[Api]:
             if shutil.which("redis-server") is None:
                 pytest.skip("needs redis-server")
             redis = stack.enter_context(redis_server())
-            env = {"REDIS_URL": redis.url, "IDEMPOTENCY_STORE": CACHE_STORE,
-                   "IDEMPOTENCY_LEASE": str(LEASE)}
+            env = {
+                "REDIS_URL": redis.url,
+                "IDEMPOTENCY_STORE": CACHE_STORE,
+                "IDEMPOTENCY_LEASE": str(LEASE),
+            }
         demo = demo_on(database)
         secret = demo.api_key("fire", CREDITS)
         server = stack.enter_context(demo.server(workers=4, env=env))
@@ -175,7 +195,8 @@ def test_same_key_races_run_once_across_processes(api: Api, books: Books) -> Non
         replies = race(RACERS, lambda i, key=key, delay=delay: api.post(key, delay=delay))
         created = [r for r in replies if r.status == 201]
         assert len(created) + sum(r.status == 409 for r in replies) == RACERS, [
-            (r.status, r.body[:200]) for r in replies]
+            (r.status, r.body[:200]) for r in replies
+        ]
         for reply in replies:
             if reply.status == 409:
                 assert error_type(reply) == "idempotency_key_in_use"
@@ -190,19 +211,21 @@ def test_same_key_races_run_once_across_processes(api: Api, books: Books) -> Non
     books.assert_paid_once(n)
 
 
-def test_mixed_bodies_under_one_key_run_once_across_processes(
-    api: Api, books: Books
-) -> None:
+def test_mixed_bodies_under_one_key_run_once_across_processes(api: Api, books: Books) -> None:
     n = rounds(3)
     cost = 0
     prices = [50 + i % 4 for i in range(RACERS)]  # four different requests
     for round_ in range(n):
         key = f"mixed-{round_}"
         delay = 0.3 if round_ % 2 else 0
-        replies = race(RACERS, lambda i, key=key, delay=delay: api.post(
-            key, job(key, prices[i]), delay=delay))
-        ran = [i for i, r in enumerate(replies) if r.status == 201
-               and "Idempotent-Replayed" not in r.headers]
+        replies = race(
+            RACERS, lambda i, key=key, delay=delay: api.post(key, job(key, prices[i]), delay=delay)
+        )
+        ran = [
+            i
+            for i, r in enumerate(replies)
+            if r.status == 201 and "Idempotent-Replayed" not in r.headers
+        ]
         assert len(ran) == 1
         winner = prices[ran[0]]
         for i, reply in enumerate(replies):
@@ -212,10 +235,12 @@ def test_mixed_bodies_under_one_key_run_once_across_processes(
             else:
                 assert reply.status == 409, (reply.status, reply.body[:200])
                 kinds = {"idempotency_key_in_use"} | (
-                    {"idempotency_conflict"} if prices[i] != winner else set())
+                    {"idempotency_conflict"} if prices[i] != winner else set()
+                )
                 assert error_type(reply) in kinds
-        assert api.demo.sql("SELECT price_per_file_cents FROM api_job WHERE description = %s",
-                            key) == [(winner,)]
+        assert api.demo.sql(
+            "SELECT price_per_file_cents FROM api_job WHERE description = %s", key
+        ) == [(winner,)]
         cost += 10 * winner
     books.assert_paid_once(n, cost)
 
@@ -348,7 +373,12 @@ WHERE r.key LIKE %s AND r.state = 'completed' AND NOT EXISTS (
 # Requests that pause in the view (the job inserted, not committed) or after the
 # commit (the answer not yet sent), so that kills land in both.
 PACES: list[dict[str, float]] = [
-    {}, {"delay": 0.02}, {"delay": 0.1}, {"after_commit": 0.02}, {"after_commit": 0.1}]
+    {},
+    {"delay": 0.02},
+    {"delay": 0.1},
+    {"after_commit": 0.02},
+    {"after_commit": 0.1},
+]
 
 
 def test_workers_killed_at_random_moments_never_run_a_key_twice(api: Api, books: Books) -> None:
@@ -382,7 +412,9 @@ def test_workers_killed_at_random_moments_never_run_a_key_twice(api: Api, books:
                     first_answers[key] = reply
                     break
                 assert reply.status == 409 and error_type(reply) == "idempotency_key_in_use", (
-                    reply.status, reply.body[:300])
+                    reply.status,
+                    reply.body[:300],
+                )
                 time.sleep(0.02)
 
     def killer() -> None:
@@ -418,8 +450,10 @@ def test_workers_killed_at_random_moments_never_run_a_key_twice(api: Api, books:
     for key in keys:
         assert api.jobs(key) == 1, key
     replayed_first = sum("Idempotent-Replayed" in r.headers for r in first_answers.values())
-    print(f"\n{kills} workers killed, {len(seen)} answers; {replayed_first} keys were answered "
-          f"first by a replay (their first run's response was lost with its worker)")
+    print(
+        f"\n{kills} workers killed, {len(seen)} answers; {replayed_first} keys were answered "
+        f"first by a replay (their first run's response was lost with its worker)"
+    )
     books.assert_paid_once(len(keys))
 
 

@@ -69,8 +69,9 @@ def test_a_nul_byte_in_a_guarded_path_is_a_400_not_a_503(
 
 
 def test_a_nul_byte_in_the_key_is_the_key_error(client: APIClient) -> None:
-    assert_envelope(post(client, "/v1/jobs", key="a\x00b", data=SPEC_BODY), 400,
-                    "idempotency_key_invalid")
+    assert_envelope(
+        post(client, "/v1/jobs", key="a\x00b", data=SPEC_BODY), 400, "idempotency_key_invalid"
+    )
 
 
 def _scope_with_nul(request: Any) -> str:

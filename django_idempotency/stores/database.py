@@ -184,9 +184,7 @@ def _sqlite_busy(connection: BaseDatabaseWrapper, exc: BaseException) -> bool:
     past the busy timeout (at BEGIN IMMEDIATE, or at our INSERT): most likely
     the duplicate that is still running, so the answer is "in use, retry"."""
     return (
-        connection.vendor == "sqlite"
-        and isinstance(exc, OperationalError)
-        and "locked" in str(exc)
+        connection.vendor == "sqlite" and isinstance(exc, OperationalError) and "locked" in str(exc)
     )
 
 
@@ -383,8 +381,9 @@ class DatabaseStore(Store):
         except DatabaseError:
             # The claim is gone either way; only the next attempt's
             # request.idempotency_key is new (as after a crash).
-            logger.warning("Could not keep the released attempt of %s", claim.record.key,
-                           exc_info=True)
+            logger.warning(
+                "Could not keep the released attempt of %s", claim.record.key, exc_info=True
+            )
 
     def _keep_released(self, alias: str, claim: Claim) -> None:
         """Write down, after the rollback, that this request's attempt was

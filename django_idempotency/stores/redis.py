@@ -134,8 +134,9 @@ class _Script:
         except NoScriptError:
             return client.eval(self.source, 1, key, *args)
 
-    def waited(self, client: Any, key: str, args: tuple[Any, ...], replicas: int,
-               timeout_ms: int) -> tuple[Any, int]:
+    def waited(
+        self, client: Any, key: str, args: tuple[Any, ...], replicas: int, timeout_ms: int
+    ) -> tuple[Any, int]:
         """Run the script, then ``WAIT`` on the same connection (a pipeline):
         its result and how many replicas acknowledged the write."""
         for _ in range(2):
@@ -286,7 +287,6 @@ class _Held:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-
 class _Keeper:
     """A daemon thread (one per process and job) that extends the lease of the
     live claims it holds, or retries the completions that could not be stored.
@@ -310,9 +310,7 @@ class _Keeper:
             self._held.add(held)
             if self._thread is None or not self._thread.is_alive():
                 # First claim in this process (threads do not survive a fork).
-                self._thread = threading.Thread(
-                    target=self._run, name=self._name, daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
             # Wake the thread only if it would sleep past this claim's renewal.
             # With one lease for all it rarely does: a wake-up on every claim
@@ -480,8 +478,13 @@ def _complete(held: _Held, *, background: bool = False) -> bool:
 class _AwaitingCommit:
     """A completion that waits for the commit of the view's transactions."""
 
-    def __init__(self, store: RedisStore, claim: Claim, completion: tuple[bytes, int, float],
-                 open_on: list[BaseDatabaseWrapper]) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        claim: Claim,
+        completion: tuple[bytes, int, float],
+        open_on: list[BaseDatabaseWrapper],
+    ) -> None:
         self.store = store
         self.claim = claim
         self.held: _Held = claim.state
@@ -504,10 +507,7 @@ class _AwaitingCommit:
         queued = {
             alias
             for alias in self.waiting
-            if any(
-                entry[1] is self.callbacks[alias]
-                for entry in connections[alias].run_on_commit
-            )
+            if any(entry[1] is self.callbacks[alias] for entry in connections[alias].run_on_commit)
         }
         if queued:
             # Still open past the request (a transaction around the test
@@ -675,8 +675,10 @@ class RedisStore(Store):
                     alias,
                     CLUSTER_CLIENT,
                 )
-                raise StoreError(f"cache {alias!r} points at a Redis Cluster without a "
-                                 f"cluster client ({CLUSTER_CLIENT})")
+                raise StoreError(
+                    f"cache {alias!r} points at a Redis Cluster without a "
+                    f"cluster client ({CLUSTER_CLIENT})"
+                )
         _server_checked.add((alias, location))
 
     @staticmethod
@@ -774,15 +776,21 @@ class RedisStore(Store):
             client = cls().client()
             cls()._refuse_cluster(client)
         except StoreError as exc:
-            return [_error(43, f"IDEMPOTENCY_CACHE {alias!r}: {exc}.",
-                           f"Set CACHES[{alias!r}]['OPTIONS']['CLIENT_CLASS'] to "
-                           f"{CLUSTER_CLIENT!r}.")]
+            return [
+                _error(
+                    43,
+                    f"IDEMPOTENCY_CACHE {alias!r}: {exc}.",
+                    f"Set CACHES[{alias!r}]['OPTIONS']['CLIENT_CLASS'] to {CLUSTER_CLIENT!r}.",
+                )
+            ]
         except Exception as exc:  # the server is not reachable from here: not our call
-            return [checks.Warning(
-                f"Could not ask the Redis server of cache {alias!r} whether it is a "
-                f"cluster: {exc}",
-                id="django_idempotency.W043",
-            )]
+            return [
+                checks.Warning(
+                    f"Could not ask the Redis server of cache {alias!r} whether it is a "
+                    f"cluster: {exc}",
+                    id="django_idempotency.W043",
+                )
+            ]
         return []
 
 
@@ -880,13 +888,15 @@ def _check_replicas() -> list[checks.CheckMessage]:
     messages: list[checks.CheckMessage] = []
     replicas = conf.raw("IDEMPOTENCY_REDIS_MIN_REPLICAS")
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
-        messages.append(_error(
-            41,
-            f"IDEMPOTENCY_REDIS_MIN_REPLICAS must be a whole number, 0 or more, not "
-            f"{replicas!r}.",
-            "0 (the default) does not wait for replicas; 1 or more runs WAIT after each "
-            "claim and completion.",
-        ))
+        messages.append(
+            _error(
+                41,
+                f"IDEMPOTENCY_REDIS_MIN_REPLICAS must be a whole number, 0 or more, not "
+                f"{replicas!r}.",
+                "0 (the default) does not wait for replicas; 1 or more runs WAIT after each "
+                "claim and completion.",
+            )
+        )
     timeout = conf.raw("IDEMPOTENCY_REDIS_WAIT_TIMEOUT")
     seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
     if (
@@ -895,21 +905,31 @@ def _check_replicas() -> list[checks.CheckMessage]:
         or not math.isfinite(seconds)
         or seconds <= 0
     ):
-        messages.append(_error(
-            42,
-            f"IDEMPOTENCY_REDIS_WAIT_TIMEOUT {timeout!r} is not a positive duration.",
-            "Seconds (e.g. 0.5) or a datetime.timedelta: how long a claim waits for "
-            "IDEMPOTENCY_REDIS_MIN_REPLICAS replicas before answering 503.",
-        ))
+        messages.append(
+            _error(
+                42,
+                f"IDEMPOTENCY_REDIS_WAIT_TIMEOUT {timeout!r} is not a positive duration.",
+                "Seconds (e.g. 0.5) or a datetime.timedelta: how long a claim waits for "
+                "IDEMPOTENCY_REDIS_MIN_REPLICAS replicas before answering 503.",
+            )
+        )
     alias = conf.raw("IDEMPOTENCY_CACHE")
-    options = getattr(settings, "CACHES", {}).get(alias, {}).get("OPTIONS", {}) \
-        if isinstance(alias, str) else {}
-    if isinstance(replicas, int) and replicas > 0 and \
-            str(options.get("CLIENT_CLASS", "")) == CLUSTER_CLIENT:
-        messages.append(_error(
-            44,
-            "IDEMPOTENCY_REDIS_MIN_REPLICAS needs WAIT on the connection that wrote, which "
-            "the cluster client does not offer.",
-            "Leave IDEMPOTENCY_REDIS_MIN_REPLICAS at 0 on Redis Cluster, or use Sentinel.",
-        ))
+    options = (
+        getattr(settings, "CACHES", {}).get(alias, {}).get("OPTIONS", {})
+        if isinstance(alias, str)
+        else {}
+    )
+    if (
+        isinstance(replicas, int)
+        and replicas > 0
+        and str(options.get("CLIENT_CLASS", "")) == CLUSTER_CLIENT
+    ):
+        messages.append(
+            _error(
+                44,
+                "IDEMPOTENCY_REDIS_MIN_REPLICAS needs WAIT on the connection that wrote, which "
+                "the cluster client does not offer.",
+                "Leave IDEMPOTENCY_REDIS_MIN_REPLICAS at 0 on Redis Cluster, or use Sentinel.",
+            )
+        )
     return messages
