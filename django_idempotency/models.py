@@ -13,6 +13,9 @@ class IdempotencyRecord(models.Model):
     class State(models.TextChoices):
         IN_FLIGHT = "in_flight", _("in flight")
         COMPLETED = "completed", _("completed")
+        # A failed attempt (it raised, or answered 5xx): kept until the request's
+        # TTL ends only so that its retry gets the same request.idempotency_key.
+        RELEASED = "released", _("released")
 
     id = models.BigAutoField(primary_key=True)
     scope = models.CharField(_("scope"), max_length=255, help_text=_("Whose key this is."))

@@ -148,9 +148,9 @@ State = IdempotencyRecord.State
 _IN_FLIGHT = str(State.IN_FLIGHT)
 _COMPLETED = str(State.COMPLETED)
 # A released attempt, kept until its TTL ends so that the next attempt of the
-# same request gets the same request.idempotency_key (see release()). Not a
-# State choice: no view, replay or conflict ever sees it.
-_RELEASED = "released"
+# same request gets the same request.idempotency_key (see release()). No view,
+# replay or conflict ever sees it; the admin shows it as "released".
+_RELEASED = str(State.RELEASED)
 
 
 class _Released:
