@@ -9,6 +9,15 @@ from typing import Any
 REPLICATED_APPS = frozenset({"django_idempotency", "testapp"})
 
 
+class StandbyIsReadOnly:
+    """The default router of the tests: nothing is ever migrated on "standby",
+    a read-only copy of "default" (so Django 6's model checks, which ask each
+    database that a model may be migrated to, leave it alone)."""
+
+    def allow_migrate(self, db: str, app_label: str, **hints: Any) -> bool | None:
+        return False if db == "standby" else None
+
+
 class PrimaryStandbyRouter:
     """Writes to "default"; reads of the replicated apps from "standby"."""
 

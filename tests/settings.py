@@ -96,6 +96,7 @@ if os.environ.get("TEST_STANDBY_URL"):
 else:
     DATABASES["standby"] = copy.deepcopy(DATABASES["default"])
     DATABASES["standby"]["TEST"] = {"MIRROR": "default"}
+    DATABASE_ROUTERS = ["tests.routers.StandbyIsReadOnly"]
 
 CACHES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},

@@ -28,15 +28,16 @@ def test_default_settings_pass() -> None:
 
 
 # Django 6 runs the database-dependent checks too (a JSONField asks SQLite
-# whether it supports JSON), so these two need the test database.
-@pytest.mark.django_db
+# whether it supports JSON), on each database that may be migrated, so these
+# two need the test databases ("standby" is never migrated: tests.routers).
+@pytest.mark.django_db(databases=["default", "second"])
 def test_manage_py_check_is_clean() -> None:
     out = StringIO()
     call_command("check", fail_level="WARNING", stdout=out, stderr=out)
     assert "no issues" in out.getvalue()
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(databases=["default", "second"])
 def test_checks_are_registered_with_django() -> None:
     with override_settings(IDEMPOTENCY_TTL=0):
         found = [message.id for message in checks.run_checks()]

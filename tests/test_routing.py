@@ -119,8 +119,16 @@ def test_w032_no_table_in_the_store_database(settings: Any) -> None:
 @pytest.mark.django_db(databases=TWO)
 def test_the_checks_without_database_tag_send_no_query(settings: Any) -> None:
     settings.DATABASE_ROUTERS = ELSEWHERE
+    # Ours only: Django 6's own model checks ask each database about JSON support.
+    ours = [
+        check
+        for check in checks.registry.registry.get_checks()
+        if check.__module__.startswith("django_idempotency")
+    ]
+    assert ours
     with CaptureQueriesContext(connections["second"]) as queries:
-        checks.run_checks()
+        for check in ours:
+            check(app_configs=None)
     assert not queries.captured_queries
 
 
