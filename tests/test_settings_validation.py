@@ -157,6 +157,8 @@ def test_the_database_store_checks_its_own_alias() -> None:
     with override_settings(IDEMPOTENCY_DATABASE="nowhere"):
         assert [m.id for m in DatabaseStore.check()] == ["django_idempotency.E011"]
     assert DatabaseStore.check() == []
+    with override_settings(IDEMPOTENCY_DATABASE="default"):
+        assert DatabaseStore.check() == []
 
 
 # IDEMPOTENCY_SCOPE: something that can be called with the request.
