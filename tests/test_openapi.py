@@ -144,6 +144,21 @@ def test_header_name_and_ttl_come_from_settings() -> None:
     assert "2 hours" in parameter["description"]
 
 
+@pytest.mark.parametrize(
+    ("ttl", "said"),
+    [
+        (timedelta(seconds=90), "90 seconds"),
+        (timedelta(minutes=1), "1 minute"),
+        (timedelta(days=1), "24 hours"),
+        (timedelta(days=7), "7 days"),
+    ],
+)
+def test_the_ttl_is_documented_in_its_largest_whole_unit(ttl: timedelta, said: str) -> None:
+    with override_settings(IDEMPOTENCY_TTL=ttl):
+        operation = generate()["paths"]["/t/widgets"]["post"]
+    assert f"{said}" in key_parameter(operation)["description"]
+
+
 # Views that also use drf-spectacular's own decorators, in each order.
 
 
