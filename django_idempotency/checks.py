@@ -46,6 +46,7 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> M
         *_check_scope(),
         *_check_released_statuses(),
         *_check_header(),
+        *_check_should_retry_headers(),
         *_check_retry_after(),
         *_check_admin_masked_fields(),
         *_check_cache_store(),
@@ -262,6 +263,23 @@ def _check_header() -> Messages:
                 f"IDEMPOTENCY_HEADER {header!r} has an underscore: Django's runserver, nginx "
                 "and other servers drop such headers, and WSGI cannot tell '_' from '-'.",
                 "Use '-' instead of '_'.",
+            )
+        ]
+    return []
+
+
+def _check_should_retry_headers() -> Messages:
+    names = conf.raw("IDEMPOTENCY_SHOULD_RETRY_HEADERS")
+    if not isinstance(names, list | tuple) or not all(
+        isinstance(name, str) and _TOKEN.fullmatch(name) for name in names
+    ):
+        return [
+            _error(
+                15,
+                "IDEMPOTENCY_SHOULD_RETRY_HEADERS must be a list or tuple of HTTP header "
+                f"names (tokens of letters, digits and !#$%&'*+-.^_`|~), not {names!r}.",
+                'For example ("X-Should-Retry", "Stripe-Should-Retry"); a single string '
+                "would be read as its letters. Use () to send no retry hint.",
             )
         ]
     return []

@@ -592,7 +592,12 @@ def _parsed_content(media_type: str, data: Any, files: Any) -> bytes:
         ]
     else:
         fields = [("", [json.dumps(data, sort_keys=True, default=str)])]
-    uploads = [_form_file(field, upload) for field in files for upload in files.getlist(field)]
+    # A MultiValueDict, or a plain dict of one file per field (FileUploadParser's).
+    uploads = [
+        _form_file(field, upload)
+        for field in files
+        for upload in (files.getlist(field) if hasattr(files, "getlist") else [files[field]])
+    ]
     return f"parsed {media_type}\n".encode("utf-8", "surrogateescape") + canonical_form(
         fields, uploads
     )

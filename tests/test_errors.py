@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.test import override_settings
+from django.test import Client, override_settings
 from rest_framework.exceptions import APIException
 from rest_framework.response import Response
 from rest_framework.test import APIClient
@@ -193,6 +193,24 @@ def test_unrouted_urls_use_the_envelope(client_alice: APIClient) -> None:
     response = client_alice.get("/no/such/page")
     assert response.status_code == 404
     assert error_of(response)["type"] == "not_found"
+
+
+@override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=100)
+def test_a_too_large_body_on_an_unguarded_view_uses_the_envelope(db: None) -> None:
+    # Django's RequestDataTooBig, answered by handler400: 413, not a bare 400.
+    response = Client().post("/t/login", {"username": "x" * 200, "password": "p"})
+    assert response.status_code == 413
+    assert error_of(response)["type"] == "request_too_large"
+    assert hints(response) == ("false", None)
+
+
+@override_settings(ALLOWED_HOSTS=["testserver"])
+def test_a_suspicious_request_uses_the_envelope(db: None) -> None:
+    # A Host that ALLOWED_HOSTS refuses: Django's DisallowedHost, through handler400.
+    response = Client().get("/t/login", HTTP_HOST="evil.example")
+    assert response.status_code == 400
+    assert error_of(response)["type"] == "invalid_request"
+    assert hints(response) == ("false", None)
 
 
 # -- a project's own EXCEPTION_HANDLER -----------------------------------------

@@ -182,3 +182,89 @@ def test_json_read_by_drfs_csrf_check_gets_the_fingerprint_of_its_bytes(alice: U
         HTTP_IDEMPOTENCY_KEY="json",
     )
     assert other.status_code == 409
+
+
+# A body that a DRF parser read from the stream before the decorator (DRF's
+# CSRF check parses it for a session caller): the fingerprint is taken from
+# that parse, and a caller whose body is read by nobody first gets the same one.
+
+
+def _session(alice: User) -> tuple[APIClient, dict[str, str]]:
+    session = APIClient(enforce_csrf_checks=True)
+    session.login(username="alice", password="alice-pw")
+    session.get("/t/login")
+    return session, {"HTTP_X_CSRFTOKEN": session.cookies["csrftoken"].value}
+
+
+def _token(alice: User) -> APIClient:
+    from rest_framework.authtoken.models import Token
+
+    by_token = APIClient()
+    by_token.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=alice).key}")
+    return by_token
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "same", "other"),
+    [
+        ("text/plain", b"hello", b"hello", b"hullo"),
+        ("application/merge-patch+json", b'{"b": 1, "a": 2}', b'{"a":2,"b":1}', b'{"a":1}'),
+    ],
+)
+def test_a_body_parsed_from_the_stream_before_the_decorator_is_fingerprinted_by_its_parse(
+    alice: User, content_type: str, body: bytes, same: bytes, other: bytes
+) -> None:
+    session, csrf = _session(alice)
+    first = session.post(
+        "/t/stream-parsed", body, content_type=content_type, HTTP_IDEMPOTENCY_KEY="s", **csrf
+    )
+    assert first.status_code == 201, first.content
+    again = session.post(
+        "/t/stream-parsed", same, content_type=content_type, HTTP_IDEMPOTENCY_KEY="s", **csrf
+    )
+    assert again["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    changed = session.post(
+        "/t/stream-parsed", other, content_type=content_type, HTTP_IDEMPOTENCY_KEY="s", **csrf
+    )
+    assert changed.status_code == 409
+    assert changed.json()["error"]["type"] == "idempotency_conflict"
+    assert Widget.objects.count() == 1
+
+
+def test_a_file_parsed_from_the_stream_before_the_decorator_is_fingerprinted_by_its_hash(
+    alice: User,
+) -> None:
+    session, csrf = _session(alice)
+
+    def upload(content: bytes, name: str = "a.bin") -> Any:
+        return session.post(
+            "/t/stream-parsed",
+            content,
+            content_type="application/octet-stream",
+            HTTP_CONTENT_DISPOSITION=f"attachment; filename={name}",
+            HTTP_IDEMPOTENCY_KEY="file",
+            **csrf,
+        )
+
+    assert upload(b"abc").status_code == 201
+    assert upload(b"abc")["Idempotent-Replayed"] == "true"
+    assert upload(b"abd").status_code == 409
+    assert upload(b"abc", name="b.bin").status_code == 409
+    assert Widget.objects.count() == 1
+
+
+def test_a_plain_view_whose_body_was_read_before_the_decorator_is_refused(alice: User) -> None:
+    # The bytes are gone and no parse kept them: 400, and the view never runs.
+    client = APIClient()
+    client.force_login(alice)
+    response = client.post(
+        "/t/plain-read-first",
+        b'{"a": 1}',
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="r",
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "request_body_invalid"
+    assert Widget.objects.count() == 0
+    assert not IdempotencyRecord.objects.exists()

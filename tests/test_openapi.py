@@ -144,6 +144,21 @@ def test_header_name_and_ttl_come_from_settings() -> None:
     assert "2 hours" in parameter["description"]
 
 
+@pytest.mark.parametrize(
+    ("ttl", "said"),
+    [
+        (timedelta(seconds=90), "90 seconds"),
+        (timedelta(minutes=1), "1 minute"),
+        (timedelta(days=1), "24 hours"),
+        (timedelta(days=7), "7 days"),
+    ],
+)
+def test_the_ttl_is_documented_in_its_largest_whole_unit(ttl: timedelta, said: str) -> None:
+    with override_settings(IDEMPOTENCY_TTL=ttl):
+        operation = generate()["paths"]["/t/widgets"]["post"]
+    assert f"{said}" in key_parameter(operation)["description"]
+
+
 # Views that also use drf-spectacular's own decorators, in each order.
 
 
@@ -439,3 +454,69 @@ def test_drf_spectacular_registry_still_lists_view_extensions() -> None:
 
     assert other_view_extensions(ReplacedView) == [ReplacedViewExtension]
     assert other_view_extensions(ThingViewSet) == []
+
+
+# idempotent_options: what the extension documents, decided by the handler alone.
+
+
+def _unguarded(request: Any) -> Response:  # pragma: no cover - never called
+    return Response(status=201)
+
+
+def _wrapping(function: Any) -> Any:
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:  # pragma: no cover - never called
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def _with_an_empty_cell() -> Any:
+    later = _unguarded
+
+    def handler(request: Any) -> Any:  # pragma: no cover - never called
+        return later(request)  # noqa: F821 - deleted below, so its cell is empty
+
+    del later
+    return handler
+
+
+def _cyclic() -> Any:
+    def handler(request: Any) -> Any:  # pragma: no cover - never called
+        return None
+
+    handler.__wrapped__ = handler  # type: ignore[attr-defined]
+    return handler
+
+
+def test_unguarded_handlers_are_not_documented() -> None:
+    from django_idempotency.openapi import idempotent_options
+
+    @api_view(["POST"])
+    def drf_function(request: Any) -> Response:  # pragma: no cover - never called
+        return Response(status=201)
+
+    guarded_below_others = _wrapping(_wrapping(idempotent(ttl=timedelta(hours=2))(_unguarded)))
+    assert idempotent_options(guarded_below_others) == (True, timedelta(hours=2))
+    assert idempotent_options(_unguarded) is None
+    assert idempotent_options(None) is None
+    assert idempotent_options(_wrapping(_unguarded)) is None
+    # An @api_view function that is not guarded: its closure holds an unmarked function.
+    assert idempotent_options(drf_function.cls.post) is None  # type: ignore[attr-defined]
+    # A closure with an empty cell.
+    assert idempotent_options(_with_an_empty_cell()) is None
+
+
+def test_a_cyclic_wraps_chain_is_not_followed_forever() -> None:
+    from django_idempotency.openapi import idempotent_options
+
+    assert idempotent_options(_cyclic()) is None
+
+    cycle = _cyclic()
+
+    def holder(request: Any) -> Any:  # pragma: no cover - never called
+        return cycle(request)
+
+    assert idempotent_options(holder) is None

@@ -113,3 +113,25 @@ def test_on_the_database_store_what_atomic_requests_changes(
     charge(client_alice, "raise", key="order-2")
     charge(client_alice, "ok", key="order-2")
     assert (key_views.given[2] == key_views.given[3]) is not atomic_requests
+
+
+@pytest.mark.usefixtures("database_store")
+def test_a_marker_that_cannot_be_written_is_logged_and_the_retry_gets_a_new_value(
+    client_alice: APIClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from django.db import DatabaseError
+
+    from django_idempotency.stores.database import DatabaseStore
+
+    def fail(self: DatabaseStore, alias: str, claim: Any) -> None:
+        raise DatabaseError("connection lost")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(DatabaseStore, "_keep_released", fail)
+        assert charge(client_alice, "500").status_code == 500  # released, marker lost
+    assert "Could not keep the released attempt of order-1" in caplog.text
+    assert not IdempotencyRecord.objects.exists()
+    # As after a crash: the retry runs, under a new value.
+    retry = charge(client_alice)
+    assert retry.status_code == 201
+    assert key_views.given[0] != key_views.given[1] == retry.json()["key"]

@@ -157,6 +157,8 @@ def test_the_database_store_checks_its_own_alias() -> None:
     with override_settings(IDEMPOTENCY_DATABASE="nowhere"):
         assert [m.id for m in DatabaseStore.check()] == ["django_idempotency.E011"]
     assert DatabaseStore.check() == []
+    with override_settings(IDEMPOTENCY_DATABASE="default"):
+        assert DatabaseStore.check() == []
 
 
 # IDEMPOTENCY_SCOPE: something that can be called with the request.
@@ -178,6 +180,44 @@ def test_e006_scope_cannot_take_the_request(scope: object) -> None:
 )
 def test_scopes_that_take_the_request_pass(scope: object) -> None:
     assert ids(IDEMPOTENCY_SCOPE=scope) == []
+
+
+# IDEMPOTENCY_SHOULD_RETRY_HEADERS: a list or tuple of header names, never one string.
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        "X-Should-Retry",
+        b"X-Should-Retry",
+        None,
+        {"X-Should-Retry"},
+        [""],
+        ["X Should Retry"],
+        ["X-Should-Retry", 1],
+        ("X-Should-Retry:",),
+    ],
+)
+def test_e015_should_retry_headers_must_be_header_names(names: object) -> None:
+    assert ids(IDEMPOTENCY_SHOULD_RETRY_HEADERS=names) == ["django_idempotency.E015"]
+
+
+@pytest.mark.parametrize(
+    "names", [(), ["X-Should-Retry"], ("X-Should-Retry", "Stripe-Should-Retry")]
+)
+def test_should_retry_header_lists_pass(names: object) -> None:
+    assert ids(IDEMPOTENCY_SHOULD_RETRY_HEADERS=names) == []
+
+
+@pytest.mark.django_db
+def test_a_string_of_should_retry_headers_stops_requests_not_letter_headers(
+    client_alice: APIClient,
+) -> None:
+    with (
+        override_settings(IDEMPOTENCY_SHOULD_RETRY_HEADERS="X-Should-Retry"),
+        pytest.raises(ImproperlyConfigured, match=r"django_idempotency\.E015"),
+    ):
+        post(client_alice, "/t/widgets", {"name": "w"}, key="k")
 
 
 # @idempotent options: refused when the decorator is applied (at import time).

@@ -9,6 +9,7 @@ creates one Widget, so a test counts runs by counting rows.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect, ensure_csrf_cookie
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.parsers import BaseParser, FileUploadParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -95,3 +97,49 @@ def login_view(request: HttpRequest) -> HttpResponse:
         return JsonResponse({}, status=403)
     login(request, user)
     return JsonResponse({"user": user.get_username()})
+
+
+class TextParser(BaseParser):
+    """A parser that reads the stream itself (as DRF's own JSON and form parsers
+    no longer do): plain text, as a string."""
+
+    media_type = "text/plain"
+
+    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
+        return stream.read().decode("utf-8")
+
+
+class MergePatchParser(BaseParser):
+    """A JSON media type with its own parser, not DRF's JSONParser: it reads the stream."""
+
+    media_type = "application/merge-patch+json"
+
+    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
+        return json.loads(stream.read())
+
+
+class StreamParsedView(APIView):
+    """A DRF view whose parsers read the stream, behind session authentication:
+    DRF's CSRF check parses the body before the decorator runs."""
+
+    authentication_classes = [TokenAuthentication, SessionAuthentication]
+    parser_classes = [TextParser, MergePatchParser, FileUploadParser]
+
+    @idempotent
+    def post(self, request: Request, filename: str = "") -> Response:
+        widget = Widget.objects.create(name="parsed", owner=request.user.username)
+        return Response({"run": widget.pk}, status=201)
+
+
+def _read_first(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """A wrapper (say, a middleware-like logger) that reads the body from the stream."""
+
+    def wrapper(request: HttpRequest) -> HttpResponse:
+        request.read()
+        return view(request)
+
+    return wrapper
+
+
+#: A plain Django view whose body something read from the stream before the decorator.
+plain_read_first = csrf_exempt(_read_first(idempotent(_plain_upload)))

@@ -14,6 +14,8 @@ urlpatterns = [
     path("plain-upload", upload_views.plain_upload),
     path("plain-upload-token", upload_views.plain_upload_token),
     path("login", upload_views.login_view),
+    path("stream-parsed", upload_views.StreamParsedView.as_view()),
+    path("plain-read-first", upload_views.plain_read_first),
     path("download", stream_views.download),
     path("charge", key_views.charge),
     path("sync-stream", stream_views.sync_stream),
