@@ -288,6 +288,9 @@ def test_large_unfiltered_list_uses_the_estimate(
     assert admin_client.get(f"{LIST}?expired=yes").context["cl"].result_count == 1
 
 
+# With DATABASE_ROUTERS set (tests/settings.py), makemigrations checks the
+# migration history of every database the routers let it migrate.
+@pytest.mark.django_db(databases=["default", "second"])
 def test_no_missing_migrations() -> None:
     call_command("makemigrations", "django_idempotency", "--check", "--dry-run", verbosity=0)
 
