@@ -115,59 +115,24 @@ def gunicorn(
 
     ``output``, a file, receives the server's stdout and stderr (else inherited)."""
     port = free_port()
-    environ = dict(os.environ)
-    environ.update(
-        {
-            "DATABASE_URL": database or database_url(),
-            "DJANGO_SETTINGS_MODULE": settings,
-            "PYTHONPATH": str(ROOT),
-            "DJANGO_DEBUG": "0",
-        }
-    )
-    environ.update(env or {})
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            app,
-            "--workers",
-            str(workers),
-            "--threads",
-            "4",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--timeout",
-            "120",
-            "--graceful-timeout",
-            "1",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=environ,
-        stdout=output,
-        stderr=output,
-    )
-    server = Server(process, f"http://127.0.0.1:{port}")
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("gunicorn did not start") from None
-                time.sleep(0.1)
+    command = [
+        "gunicorn",
+        app,
+        "--workers",
+        str(workers),
+        "--threads",
+        "4",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--timeout",
+        "120",
+        "--graceful-timeout",
+        "1",
+        "--log-level",
+        "warning",
+    ]
+    with _served(command, port, env, settings, database, output, stop_seconds=10) as server:
         yield server
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @contextmanager
@@ -182,35 +147,49 @@ def uvicorn(
     """uvicorn (a real ASGI server) serving ``app`` on a free port; ``database``
     defaults to the test database."""
     port = free_port()
+    command = [
+        "uvicorn",
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--timeout-graceful-shutdown",
+        "5",
+        "--log-level",
+        "warning",
+    ]
+    with _served(command, port, env, settings, database, None, stop_seconds=15) as server:
+        yield server
+
+
+@contextmanager
+def _served(
+    command: list[str],
+    port: int,
+    env: dict[str, str] | None,
+    settings: str,
+    database: str | None,
+    output: Any,
+    *,
+    stop_seconds: float,
+) -> Iterator[Server]:
+    """``python -m <command>``, a server of the test app listening on ``port``:
+    started, waited for, and stopped with SIGTERM (SIGKILL after ``stop_seconds``)."""
     environ = dict(os.environ)
     environ.update(
         {
             "DATABASE_URL": database or database_url(),
             "DJANGO_SETTINGS_MODULE": settings,
             "PYTHONPATH": str(ROOT),
-            "DEBUG": "0",
+            "DJANGO_DEBUG": "0",
         }
     )
     environ.update(env or {})
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            app,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--timeout-graceful-shutdown",
-            "5",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=environ,
+        [sys.executable, "-m", *command], cwd=ROOT, env=environ, stdout=output, stderr=output
     )
     server = Server(process, f"http://127.0.0.1:{port}")
     try:
@@ -221,13 +200,13 @@ def uvicorn(
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("uvicorn did not start") from None
+                    raise RuntimeError(f"{command[0]} did not start") from None
                 time.sleep(0.1)
         yield server
     finally:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(15)
+            process.wait(stop_seconds)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
@@ -386,17 +365,18 @@ def demo_on(database: str) -> Demo:
     return demo
 
 
+def on_postgresql() -> bool:
+    """Whether this pass of the suite runs on PostgreSQL (scripts/test's second pass)."""
+    return os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
+
+
 @contextmanager
-def demo_database(tmp_path: Path, suffix: str) -> Iterator[str]:
-    """A database of the pass's kind for the demo: a SQLite file, or a scratch
-    database on the suite's PostgreSQL server, dropped afterwards."""
-    base = os.environ.get("DATABASE_URL", "")
-    if not base.startswith(("postgres://", "postgresql://")):
-        yield f"sqlite:///{tmp_path / (suffix + '.sqlite3')}"
-        return
+def scratch_database(suffix: str) -> Iterator[str]:
+    """A new database on the PostgreSQL server of ``DATABASE_URL``, named after
+    the test database and ``suffix``, dropped afterwards."""
     import psycopg
 
-    parts = urlsplit(base)
+    parts = urlsplit(os.environ["DATABASE_URL"])
     name = f"{parts.path.lstrip('/')}_{suffix}"
     admin = urlunsplit(parts._replace(path="/postgres"))
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -407,6 +387,17 @@ def demo_database(tmp_path: Path, suffix: str) -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def demo_database(tmp_path: Path, suffix: str) -> Iterator[str]:
+    """A database of the pass's kind for the demo: a SQLite file, or a scratch
+    database on the suite's PostgreSQL server, dropped afterwards."""
+    if not on_postgresql():
+        yield f"sqlite:///{tmp_path / (suffix + '.sqlite3')}"
+        return
+    with scratch_database(suffix) as url:
+        yield url
 
 
 # A Redis of our own, to stop and start: the shared one must never go down.

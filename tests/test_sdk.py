@@ -29,7 +29,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -40,6 +40,7 @@ from django_idempotency.client import (
     IdempotentSession,
     RetryPolicy,
 )
+from tests import servers
 from tests.conftest import CACHE_STORE
 from tests.servers import Demo, Server, demo_on, redis_server
 
@@ -142,22 +143,10 @@ class Api:
 
 @contextmanager
 def scratch_database(suffix: str) -> Iterator[str]:
-    import psycopg
-
-    base = os.environ.get("DATABASE_URL", "")
-    if not base.startswith(("postgres://", "postgresql://")):
+    if not servers.on_postgresql():
         pytest.skip("runs in the PostgreSQL pass of scripts/test")
-    parts = urlsplit(base)
-    name = parts.path.lstrip("/") + "_sdk_" + suffix
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(parts._replace(path="/" + name))
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with servers.scratch_database("sdk_" + suffix) as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=["database", pytest.param("redis", marks=pytest.mark.redis)])

@@ -27,15 +27,7 @@ from django_idempotency.conf import conf
 from django_idempotency.stores.base import Store
 from tests.conftest import post
 from tests.servers import gunicorn
-
-
-def ids(**settings: Any) -> list[str]:
-    with override_settings(**settings):
-        messages = check_settings()
-    for message in messages:
-        assert message.hint, f"{message.id} has no hint"
-    return [message.id for message in messages]
-
+from tests.test_checks import ids
 
 # IDEMPOTENCY_FAIL_OPEN: a boolean, not anything truthy.
 

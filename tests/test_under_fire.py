@@ -24,11 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
 
+from tests import servers
 from tests.conftest import CACHE_STORE, poll
 from tests.servers import Demo, Reply, Server, demo_on, redis_server, worker_of_connection
 
@@ -103,21 +102,10 @@ class Api:
 
 @contextmanager
 def scratch_database(suffix: str) -> Iterator[str]:
-    """A new database on the suite's PostgreSQL server, dropped afterwards."""
-    base = os.environ.get("DATABASE_URL", "")
-    if not base.startswith(("postgres://", "postgresql://")):
+    if not servers.on_postgresql():
         pytest.skip("runs in the PostgreSQL pass of scripts/test")
-    parts = urlsplit(base)
-    name = parts.path.lstrip("/") + "_fire_" + suffix
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(parts._replace(path="/" + name))
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with servers.scratch_database("fire_" + suffix) as url:
+        yield url
 
 
 # The Redis store's lease in these tests: short, so that its window is quick to see.
