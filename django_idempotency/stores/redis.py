@@ -231,6 +231,19 @@ def encode(meta: dict[str, Any], body: bytes = b"") -> bytes:
     return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + body
 
 
+def _head(state: str, record: RequestRecord, **more: Any) -> dict[str, Any]:
+    """The head of a stored value: its state and the request it is about, then ``more``."""
+    return {
+        "state": state,
+        "scope": record.scope,
+        "key": record.key,
+        "fingerprint": record.fingerprint,
+        "method": record.method,
+        "path": record.path,
+        **more,
+    }
+
+
 def decode(value: bytes) -> CachedRecord:
     """Read a value written by :class:`RedisStore`."""
     head, _, body = value.partition(b"\n")
@@ -641,17 +654,13 @@ class RedisStore(Store):
     @staticmethod
     def _in_flight(record: RequestRecord, first_claimed_at: datetime) -> bytes:
         return encode(
-            {
-                "state": IN_FLIGHT,
+            _head(
+                IN_FLIGHT,
+                record,
                 # The owner: finish, release and renew act only on this exact value.
-                "owner": os.urandom(16).hex(),
-                "scope": record.scope,
-                "key": record.key,
-                "fingerprint": record.fingerprint,
-                "method": record.method,
-                "path": record.path,
-                "first": instant(first_claimed_at),
-            }
+                owner=os.urandom(16).hex(),
+                first=instant(first_claimed_at),
+            )
         )
 
     def _refuse_cluster(self, client: Any) -> None:
@@ -708,16 +717,7 @@ class RedisStore(Store):
             return
         record = claim.record
         value = encode(
-            {
-                "state": COMPLETED,
-                "scope": record.scope,
-                "key": record.key,
-                "fingerprint": record.fingerprint,
-                "method": record.method,
-                "path": record.path,
-                "status": response.status,
-                "headers": response.headers,
-            },
+            _head(COMPLETED, record, status=response.status, headers=response.headers),
             response.body,
         )
         seconds = (record.expires_at - timezone.now()).total_seconds()
@@ -740,17 +740,7 @@ class RedisStore(Store):
             return
         _drop(held)
         record = claim.record
-        released = encode(
-            {
-                "state": RELEASED,
-                "scope": record.scope,
-                "key": record.key,
-                "fingerprint": record.fingerprint,
-                "method": record.method,
-                "path": record.path,
-                "first": instant(claim.anchor),
-            }
-        )
+        released = encode(_head(RELEASED, record, first=instant(claim.anchor)))
         remaining = (claim.anchor_expires_at - timezone.now()).total_seconds()
         ttl_ms = max(1, round(remaining * 1000))
         try:
