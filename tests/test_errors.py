@@ -288,3 +288,27 @@ def test_every_response_of_a_guarded_view_carries_request_id_whatever_the_handle
     for response in responses:
         assert REQUEST_ID.match(response["Request-Id"]), response.content
     assert json.loads(responses[2].content) == {"failure": {"code": {"name": ["required"]}}}
+
+
+@pytest.mark.parametrize(
+    ("millis", "random"),
+    [
+        (0, bytes(10)),
+        (2**48 - 1, b"\xff" * 10),
+        (1_764_460_800_000, bytes(range(10))),
+        (1_764_460_800_123, bytes(range(246, 256))),
+    ],
+)
+def test_a_ulid_is_its_128_bits_in_crockford_base32(
+    monkeypatch: pytest.MonkeyPatch, millis: int, random: bytes
+) -> None:
+    """new_ulid() encodes with base64.b32encode: the same 26 digits as the
+    ULID spec's digit-by-digit encoding (the first digit carries 3 bits)."""
+    from django_idempotency import errors
+
+    monkeypatch.setattr(errors.time, "time_ns", lambda: millis * 1_000_000 + 999_999)
+    monkeypatch.setattr(errors.os, "urandom", lambda n: random)
+    value = millis << 80 | int.from_bytes(random, "big")
+    expected = "".join(errors._CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+    assert errors.new_ulid() == expected
+    assert re.fullmatch(r"[0-7][0-9A-HJKMNP-TV-Z]{25}", expected)
