@@ -227,10 +227,13 @@ def _canonical_json(body: bytes) -> bytes | None:
     return _dumps(data)
 
 
+# json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+# the canonical form, with one encoder for every call instead of one per call.
+_canonical_encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def _dumps(data: Any) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8", "surrogatepass"
-    )
+    return _canonical_encoder.encode(data).encode("utf-8", "surrogatepass")
 
 
 def _too_deep(body: bytes | None, data: Any) -> bool:
@@ -243,6 +246,9 @@ def _too_deep(body: bytes | None, data: Any) -> bool:
         node, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
             return True
-        children = node.values() if isinstance(node, dict) else node
+        # A scalar has no children: canonical_json() may be given one (a body of `5`).
+        children = (
+            node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        )
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return False
