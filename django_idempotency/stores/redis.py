@@ -82,12 +82,14 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.core import checks
 from django.core.cache import caches
-from django.core.signals import request_finished
+from django.core.signals import request_finished, setting_changed
 from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.dispatch import receiver
 from django.utils import timezone
 from django.utils.module_loading import import_string
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -121,6 +123,44 @@ DJANGO_REDIS_BACKEND = "django_redis.cache.RedisCache"
 CLUSTER_CLIENT = "django_idempotency.stores.redis_cluster.RedisClusterClient"
 
 
+# Before redis-py 5.3, ConnectionPool.get_connection() took the command's name;
+# since then, passing it is deprecated.
+_POOL_TAKES_NAME = tuple(int(part) for part in redis.__version__.split(".")[:2]) < (5, 3)
+
+
+def _execute(client: Any, *args: Any) -> Any:
+    """``client.execute_command(*args)`` for a command whose reply needs no
+    parsing (EVALSHA, EVAL), with fewer of redis-py's layers per call.
+
+    A plain ``redis.Redis`` (django-redis's default and Sentinel clients):
+    a connection from its pool, the command sent and its reply read under the
+    connection's own ``Retry`` (a connection error disconnects, then the
+    command is sent again, as ``execute_command`` does), the connection
+    given back. Any other client (Redis Cluster, a single-connection client,
+    a subclass) goes through its own ``execute_command``. What is skipped is
+    what our replies do not need: response callbacks, and redis-py 8's
+    per-command metrics and event hooks.
+    """
+    if type(client) is not redis.Redis or client.connection is not None:
+        return client.execute_command(*args)
+    pool: Any = client.connection_pool
+    conn: Any = pool.get_connection(args[0]) if _POOL_TAKES_NAME else pool.get_connection()
+    try:
+        # An error reply (NoScriptError) leaves the connection usable; a broken
+        # send or read disconnects it there, in redis-py, as for any command.
+        retry = getattr(conn, "retry", None)
+        if retry is None:
+            return _send(conn, args)
+        return retry.call_with_retry(lambda: _send(conn, args), lambda _: conn.disconnect())
+    finally:
+        pool.release(conn)
+
+
+def _send(conn: Any, args: tuple[Any, ...]) -> Any:
+    conn.send_command(*args)
+    return conn.read_response()
+
+
 class _Script:
     """A Lua script run by SHA (EVALSHA), loaded on first use on each server."""
 
@@ -130,9 +170,9 @@ class _Script:
 
     def __call__(self, client: Any, key: str, *args: Any) -> Any:
         try:
-            return client.evalsha(self.sha, 1, key, *args)
+            return _execute(client, "EVALSHA", self.sha, 1, key, *args)
         except NoScriptError:
-            return client.eval(self.source, 1, key, *args)
+            return _execute(client, "EVAL", self.source, 1, key, *args)
 
     def waited(
         self, client: Any, key: str, args: tuple[Any, ...], replicas: int, timeout_ms: int
@@ -226,9 +266,14 @@ class CachedRecord:
     response: StoredResponse | None
 
 
+# What json.dumps(meta, separators=(",", ":")) makes, without building an
+# encoder per call (json.dumps reuses one only for its default arguments).
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def encode(meta: dict[str, Any], body: bytes = b"") -> bytes:
     # json.dumps escapes newlines inside strings, so the first b"\n" ends the head.
-    return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + body
+    return _encode_json(meta).encode() + b"\n" + body
 
 
 def _head(state: str, record: RequestRecord, **more: Any) -> dict[str, Any]:
@@ -564,6 +609,28 @@ def _on_request_finished(**kwargs: Any) -> None:
 
 request_finished.connect(_on_request_finished, dispatch_uid="django_idempotency.stores.redis")
 
+# The django-redis cache object of each alias, found once: ``caches[alias]``
+# is a lookup in an asgiref Local, which costs more than anything else that
+# names the Redis key or picks the client. Sharing it between threads is safe:
+# its client is thread-safe, and the connection pools are shared anyway
+# (django-redis keeps one per server). Forgotten when a setting changes.
+_caches: dict[str, Any] = {}
+
+
+def _cache(alias: str) -> Any:
+    try:
+        return _caches[alias]
+    except KeyError:
+        cache = _caches[alias] = caches[alias]
+        return cache
+
+
+@receiver(setting_changed)
+def _forget_caches(*, setting: str, **kwargs: Any) -> None:
+    if setting == "CACHES" or setting.startswith("IDEMPOTENCY_"):
+        _caches.clear()
+
+
 # Redis Cluster detection, once per cache alias and process (see _refuse_cluster).
 _server_checked: set[tuple[str, str]] = set()
 
@@ -579,13 +646,16 @@ class RedisStore(Store):
 
     def redis_key(self, scope: str, key: str) -> str:
         """The Redis key of (scope, key), with the cache's prefix and version."""
-        return str(caches[self.alias].make_key(KEY_NAMESPACE + scoped_key(scope, key)))
+        return str(_cache(self.alias).make_key(KEY_NAMESPACE + scoped_key(scope, key)))
 
     def client(self) -> Any:
-        """The raw redis-py client of the cache alias (the primary, for writes)."""
-        from django_redis import get_redis_connection
-
-        return get_redis_connection(self.alias, write=True)
+        """The raw redis-py client of the cache alias (the primary, for writes):
+        what ``django_redis.get_redis_connection(alias, write=True)`` returns."""
+        try:
+            get_client = _cache(self.alias).client.get_client
+        except AttributeError:  # as get_redis_connection: not a django-redis cache
+            raise NotImplementedError("This backend does not support this feature") from None
+        return get_client(write=True)
 
     def lookup(self, scope: str, key: str) -> CachedRecord | None:
         """The record of (scope, key), for inspection; ``None`` if there is none."""
