@@ -20,6 +20,8 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
+from .keys import header_meta_name
+
 DEFAULT_STORE = "django_idempotency.stores.database.DatabaseStore"
 DEFAULT_SCOPE = "django_idempotency.keys.user_scope"
 # Rejections that the client is expected to fix and then retry with the same
@@ -121,6 +123,9 @@ class Settings:
 
     def __init__(self) -> None:
         self._values: dict[str, Any] = {}
+        # Values computed from settings on every request (a timedelta, a META
+        # name), computed once and kept as the settings are.
+        self._derived: dict[str, Any] = {}
         #: For checks.ensure_checked(): False until the checks ran for the values
         #: now configured, then True, or the message of the errors they found.
         self.checked: bool | str = False
@@ -136,6 +141,7 @@ class Settings:
     def reload(self) -> None:
         """Forget the values read so far: the next access reads settings again."""
         self._values.clear()
+        self._derived.clear()
         self.checked = False
 
     @property
@@ -143,8 +149,21 @@ class Settings:
         return str(self.raw("IDEMPOTENCY_HEADER"))
 
     @property
+    def header_meta_name(self) -> str:
+        """``IDEMPOTENCY_HEADER`` as a WSGI environ name (``HTTP_IDEMPOTENCY_KEY``)."""
+        try:
+            return str(self._derived["header_meta_name"])
+        except KeyError:
+            value = self._derived["header_meta_name"] = header_meta_name(self.IDEMPOTENCY_HEADER)
+            return value
+
+    @property
     def IDEMPOTENCY_TTL(self) -> timedelta:
-        return timedelta(seconds=self.ttl_seconds)
+        try:
+            ttl: timedelta = self._derived["ttl"]
+        except KeyError:
+            ttl = self._derived["ttl"] = timedelta(seconds=self.ttl_seconds)
+        return ttl
 
     @property
     def ttl_seconds(self) -> float:

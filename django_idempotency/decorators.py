@@ -36,7 +36,6 @@ from .keys import (
     canonical_json,
     file_sha256,
     fingerprint_content,
-    header_meta_name,
     is_json,
     media_type_of,
     parse_key,
@@ -299,7 +298,7 @@ def _start(
     a view where it is optional)."""
     ensure_checked()  # once per process: manage.py's checks do not run under gunicorn
     http_request: HttpRequest = getattr(request, "_request", request)
-    raw_key = http_request.META.get(header_meta_name(conf.IDEMPOTENCY_HEADER))
+    raw_key = http_request.META.get(conf.header_meta_name)
     if raw_key is None:
         if required:
             return _refuse(request, errors.KEY_MISSING)
