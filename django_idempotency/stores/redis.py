@@ -629,10 +629,14 @@ def _cache(alias: str) -> Any:
 def _forget_caches(*, setting: str, **kwargs: Any) -> None:
     if setting == "CACHES" or setting.startswith("IDEMPOTENCY_"):
         _caches.clear()
+        _aliases_checked.clear()
 
 
 # Redis Cluster detection, once per cache alias and process (see _refuse_cluster).
 _server_checked: set[tuple[str, str]] = set()
+# The aliases whose (alias, LOCATION) is in _server_checked, forgotten when a
+# setting changes: most requests need not look the location up.
+_aliases_checked: set[str] = set()
 
 
 class RedisStore(Store):
@@ -737,8 +741,11 @@ class RedisStore(Store):
         """A cluster node answers MOVED for most keys to a client that does not
         follow the cluster: say so once, plainly, instead of 503s for most keys."""
         alias = self.alias
+        if alias in _aliases_checked:  # since the last change of settings
+            return
         location = repr(getattr(settings, "CACHES", {}).get(alias, {}).get("LOCATION"))
         if (alias, location) in _server_checked:
+            _aliases_checked.add(alias)
             return
         from redis.cluster import RedisCluster
 
@@ -759,6 +766,7 @@ class RedisStore(Store):
                     f"cluster client ({CLUSTER_CLIENT})"
                 )
         _server_checked.add((alias, location))
+        _aliases_checked.add(alias)
 
     @staticmethod
     def _log_failure(exc: BaseException) -> None:
