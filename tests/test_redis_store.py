@@ -585,3 +585,30 @@ def test_in_a_testcase_with_atomic_requests_capture_on_commit_stores_the_respons
     replay = post(client_alice, "/t/apiview", {"outcome": "ok"}, key="tc")
     assert replay["Idempotent-Replayed"] == "true"
     assert replay.content == first.content
+
+
+@redis_only
+@pytest.mark.django_db(transaction=True)
+def test_the_scripts_survive_a_connection_that_the_server_closed(
+    client_alice: APIClient, store: StoreUnderTest
+) -> None:
+    """The store sends its scripts on a connection of the client's pool itself
+    (stores/redis.py, _execute): one that Redis closed while it sat in the pool
+    is replaced, as redis-py's execute_command would, and the claim, the
+    completion and the replay go through."""
+    import redis
+
+    from django_idempotency.stores.redis import RedisStore
+
+    client = RedisStore().client()
+    # Another connection than the pool's (CLIENT KILL skips the caller's own).
+    with redis.Redis.from_url(os.environ["REDIS_URL"]) as killer:
+        # client_id() runs on the pool's idle connection, which the claim takes next.
+        assert killer.client_kill_filter(_id=client.client_id()) == 1
+        first = post(client_alice, "/t/widgets", {"name": "a"}, key="closed")
+        assert first.status_code == 201
+        assert killer.client_kill_filter(_id=client.client_id()) == 1
+    replay = post(client_alice, "/t/widgets", {"name": "a"}, key="closed")
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == first.content
+    assert Widget.objects.count() == 1
