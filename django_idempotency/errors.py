@@ -36,9 +36,9 @@ _TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.
 def new_ulid() -> str:
     """A ULID: 48 bits of milliseconds then 80 random bits, in Crockford base32.
 
-    Encoded in C, not digit by digit: 160 bits are exactly 32 base32 digits
-    with no padding, so the last 26 of the 20-byte big-endian value are the
-    ULID's 130 bits (its first digit carries the top 3)."""
+    Encoded by base64.b32encode, 40 bits a step, not 5: 160 bits are exactly
+    32 base32 digits with no padding, so the last 26 of the 20-byte big-endian
+    value are the ULID's 130 bits (its first digit carries the top 3)."""
     value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
     return base64.b32encode(value.to_bytes(20, "big"))[6:].translate(_TO_CROCKFORD).decode()
 
