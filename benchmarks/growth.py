@@ -21,13 +21,14 @@ Its databases (``<PG_DB_NAME>_growth``, ``<PG_DB_NAME>_growth_purge``) are
 dropped and created anew at the start, so nothing depends on an earlier run,
 and dropped again at the end (ten million rows take gigabytes).
 
-    python growth.py --rows 0 1000000 10000000 --rounds 3 --duration 3 \\
+    python growth.py --rows 0 1000000 10000000 --rounds 3 --duration 2 \\
         --purge-rows 10000000 --out results/tmp/growth.json
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import statistics
 import subprocess
@@ -122,6 +123,74 @@ def summarize(
     return summary
 
 
+class RedisKeys:
+    """Live records in the Redis store: ``count`` keys named as the store names them.
+
+    Each holds a copy of a value that the store itself wrote during an earlier
+    run (a real completed record), and expires by itself within the hour; the
+    shared Redis is never flushed, so ``remove`` deletes exactly these keys.
+    """
+
+    TTL_MS = 3_600_000
+
+    def __init__(self) -> None:
+        from django.conf import settings
+        from django.core.cache import caches
+        from django_redis import get_redis_connection
+
+        self.cache = caches[settings.IDEMPOTENCY_CACHE]
+        self.client = get_redis_connection(settings.IDEMPOTENCY_CACHE, write=True)
+        self.count = 0
+
+    def name(self, number: int) -> str:
+        digest = hashlib.sha256(f"growth-{number}".encode()).hexdigest()
+        return str(self.cache.make_key("idempotency:" + digest))
+
+    def template(self) -> bytes:
+        pattern = str(self.cache.make_key("idempotency:*"))
+        small = None
+        for number, key in enumerate(self.client.scan_iter(match=pattern, count=1000)):
+            value = self.client.get(key)
+            # A record of the 70-byte answer (not of a sized one), completed if any.
+            if value and len(value) < 1024:
+                if b'"completed"' in value:
+                    return bytes(value)
+                small = small or bytes(value)
+            if number > 10_000 and small:
+                break
+        if small is None:
+            raise RuntimeError("no record of the Redis store to copy")
+        return small
+
+    def fill(self, total: int) -> dict[str, Any]:
+        value = self.template()
+        used = int(self.client.info("memory")["used_memory"])
+        started = time.perf_counter()
+        pipe = self.client.pipeline(transaction=False)
+        for number in range(self.count, total):
+            pipe.set(self.name(number), value, px=self.TTL_MS)
+            if number % 10_000 == 9_999:
+                pipe.execute()
+        pipe.execute()
+        added, self.count = total - self.count, total
+        grown = int(self.client.info("memory")["used_memory"]) - used
+        return {
+            "redis_keys": total,
+            "redis_fill_s": round(time.perf_counter() - started, 1),
+            "redis_value_bytes": len(value),
+            "redis_bytes_per_key": round(grown / added) if added >= 10_000 else None,
+        }
+
+    def remove(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for number in range(self.count):
+            pipe.unlink(self.name(number))
+            if number % 10_000 == 9_999:
+                pipe.execute()
+        pipe.execute()
+        self.count = 0
+
+
 class Measure:
     """Groups of runs against their baseline, on the servers that growth.py started."""
 
@@ -176,6 +245,7 @@ def measure_http(args: argparse.Namespace) -> dict[str, Any]:
     port = int(os.environ.get("BENCH_PORT", "18400")) + 50
     kinds = ["db"] + (["redis"] if os.environ.get("REDIS_URL") else [])
     data: dict[str, Any] = {"rows": [], "bodies": [], "connections": []}
+    redis_keys: RedisKeys | None = None
     try:
         for kind in kinds:
             port = free_port(port)
@@ -187,12 +257,25 @@ def measure_http(args: argparse.Namespace) -> dict[str, Any]:
         baseline = BY_NAME["baseline"]
         db_pair = [BY_NAME["ours-db-first"], BY_NAME["ours-db-replay"]]
 
+        if "redis" in servers:
+            redis_keys = RedisKeys()
+        redis_pair = [BY_NAME["ours-redis-first"], BY_NAME["ours-redis-replay"]]
+
         def rows_point(target: int, fill_s: float | None) -> None:
             started = time.perf_counter()
-            results = measure(baseline, db_pair)
+            # Redis: as many live keys as the table has rows, up to --redis-rows.
+            point: dict[str, Any] = {}
+            others = db_pair
+            if redis_keys and target <= args.redis_rows:
+                if target:
+                    log(f"rows: {target:,} live keys in Redis")
+                    point = redis_keys.fill(target)
+                others = db_pair + redis_pair
+            results = measure(baseline, others)
             size = table_size()
             data["rows"].append(
                 {
+                    **point,
                     "live_rows": target,
                     "fill_s": None if fill_s is None else round(fill_s, 1),
                     **size,
@@ -231,6 +314,8 @@ def measure_http(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for server in servers.values():
             server.stop()
+        if redis_keys:
+            redis_keys.remove()
         from django.db import connections as db_connections
 
         db_connections.close_all()
@@ -264,8 +349,14 @@ def main() -> None:
     parser.add_argument(
         "--rows", type=int, nargs="*", default=[0, 1_000_000, 10_000_000], help="live records"
     )
+    parser.add_argument(
+        "--redis-rows",
+        type=int,
+        default=1_000_000,
+        help="the points with at most this many records run on Redis too, with as many keys",
+    )
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    parser.add_argument("--duration", type=int, default=2, help="seconds per wrk run")
     parser.add_argument("--threads", type=int, default=4, help="wrk threads (= connections)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per server")
     parser.add_argument("--purge-rows", type=int, default=10_000_000, help="0: no purge")

@@ -95,6 +95,10 @@ def year_reading(growth: dict[str, Any]) -> list[str]:
     if purge.get("purge", {}).get("wall_s"):
         purge_rate = purge["rows_expired"] / purge["purge"]["wall_s"]
     held_s = TTL_S + PURGE_INTERVAL_S
+    per_key = next(
+        (p["redis_bytes_per_key"] for p in reversed(rows_points) if p.get("redis_bytes_per_key")),
+        None,
+    )
     lines = [
         "### What a year of traffic costs",
         "",
@@ -106,6 +110,12 @@ def year_reading(growth: dict[str, Any]) -> list[str]:
         f"baseline's, read off the measured points (linear between them; beyond the "
         f"largest, extended by the last two points' slope per decade of rows, marked *). "
         + (
+            f"Redis holds exactly a day (its keys expire by themselves), at the measured "
+            f"{per_key} bytes per key. "
+            if per_key
+            else ""
+        )
+        + (
             f"Purge: the measured {purge['rows_expired']:,}-row purge deleted "
             f"{purge_rate:,.0f} rows/s."
             if purge_rate
@@ -113,8 +123,9 @@ def year_reading(growth: dict[str, Any]) -> list[str]:
         ),
         "",
         "| first requests/s | rows held | table + indexes on disk | first-request ratio "
-        "| store CPU ms/req | record bytes written per day | daily purge time |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| store CPU ms/req | record bytes written per day | daily purge time "
+        "| or on Redis: memory |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rate in RATES:
         held = rate * held_s
@@ -124,7 +135,8 @@ def year_reading(growth: dict[str, Any]) -> list[str]:
         purge_time = f"{rate * TTL_S / purge_rate:.0f} s" if purge_rate else "-"
         lines.append(
             f"| {rate:,} | {held:,} | {_mb(held * per_row)} | {ratio:.2f}{mark} "
-            f"| {cpu:.2f}{mark} | {_mb(rate * TTL_S * per_row)} | {purge_time} |"
+            f"| {cpu:.2f}{mark} | {_mb(rate * TTL_S * per_row)} | {purge_time} "
+            f"| {_mb(rate * TTL_S * per_key) if per_key else '-'} |"
         )
     return lines
 
@@ -165,15 +177,29 @@ def render_growth(growth: dict[str, Any] | None) -> list[str]:
             "### Live records in the table (database store)",
             "",
             "| live records filled | rows counted after the runs | table + indexes "
-            "| bytes per row | heap / indexes | fill s |",
-            "|---:|---:|---:|---:|---|---:|",
+            "| bytes per row | heap / indexes | fill s | Redis keys filled "
+            "| Redis bytes per key (value) |",
+            "|---:|---:|---:|---:|---|---:|---:|---:|",
         ]
         for p in rows:
+            redis = "- | -"
+            if p.get("redis_keys"):
+                redis = (
+                    f"{p['redis_keys']:,} | {p.get('redis_bytes_per_key') or '-'} "
+                    f"({p['redis_value_bytes']})"
+                )
             lines.append(
                 f"| {p['live_rows']:,} | {p['rows']:,} | {_mb(p['total_bytes'])} "
                 f"| {p['bytes_per_row'] or '-'} | {_mb(p['heap_bytes'])} / "
-                f"{_mb(p['index_bytes'])} | {p['fill_s'] if p['fill_s'] is not None else '-'} |"
+                f"{_mb(p['index_bytes'])} | {p['fill_s'] if p['fill_s'] is not None else '-'} "
+                f"| {redis} |"
             )
+        lines += [
+            "",
+            "Redis runs at the points up to its filled keys (each key a copy of a record "
+            "that the store wrote); the bytes per key are Redis's `used_memory` growth "
+            "over the keys added, on a Redis that others share.",
+        ]
         lines += [
             "",
             *_results_table("live records", [(f"{p['live_rows']:,}", p["results"]) for p in rows]),
