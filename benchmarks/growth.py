@@ -68,9 +68,31 @@ def recreate_database(url: str, *, create: bool = True) -> None:
     parts = urlsplit(url)
     name = parts.path.lstrip("/")
     with psycopg.connect(parts._replace(path="/postgres").geturl(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        # Not WITH (FORCE): that would need the right to end autovacuum's workers,
+        # which DROP DATABASE ends by itself. This run's own sessions may linger.
+        for attempt in range(20):
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND usename = current_user AND pid <> pg_backend_pid()",
+                [name],
+            )
+            try:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                break
+            except psycopg.errors.ObjectInUse:
+                if attempt == 19:
+                    raise
+                time.sleep(0.5)
         if create:
             conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def drop_quietly(url: str) -> None:
+    """Drop a database at the end of a run; a failure costs disk, not the results."""
+    try:
+        recreate_database(url, create=False)
+    except Exception as exc:
+        log(f"WARNING: could not drop {urlsplit(url).path.lstrip('/')}: {exc}")
 
 
 def body_configs(size: int) -> tuple[Config, list[Config]]:
@@ -334,7 +356,7 @@ def measure_purge(rows: int, out: Path) -> dict[str, Any] | None:
             check=False,
         )
     finally:
-        recreate_database(url, create=False)
+        drop_quietly(url)
     # purge.py exits 1 when its 1M-row targets are missed; a missing result is a failure.
     if not out.exists():
         raise RuntimeError(f"purge.py failed ({done.returncode}) and wrote no result")
@@ -370,7 +392,7 @@ def main() -> None:
     try:
         data = measure_http(args)
     finally:
-        recreate_database(own, create=False)
+        drop_quietly(own)
     data["http_seconds"] = round(time.perf_counter() - started, 1)
     if args.purge_rows:
         log(f"purge of {args.purge_rows:,} expired rows")
