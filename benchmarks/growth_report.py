@@ -104,7 +104,8 @@ def year_reading(growth: dict[str, Any]) -> list[str]:
         "",
         f"With the 24 h TTL the table holds about one day of keys: rate x 86,400, plus up "
         f"to an hour's worth more that an hourly purge has not yet deleted, so a year of "
-        f"traffic costs no more table than a day of it. Bytes per row: {per_row} (table, "
+        f"traffic costs no more table than a day of it; what a year adds is 365 times the "
+        f"daily writes and purge time below. Bytes per row: {per_row} (table, "
         f"TOAST and indexes over {largest['rows']:,} rows, measured above). Per-request "
         f"cost: the first request's ratio to the undecorated view and its CPU beyond the "
         f"baseline's, read off the measured points (linear between them; beyond the "
