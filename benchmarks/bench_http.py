@@ -143,6 +143,24 @@ def worker_pids(server: Server) -> list[int]:
     return [pid, *map(int, children)]
 
 
+def settle(server: Server, timeout: float = 10) -> None:
+    """Wait until ``server``'s workers are idle.
+
+    With more connections than workers, requests that wrk sent before it
+    stopped still wait in the listen queue; they would run (and insert rows)
+    during the next run. A run ends when the workers stop using CPU.
+    """
+    pids = worker_pids(server)
+    deadline = time.monotonic() + timeout
+    used = _cpu_ms(pids)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = _cpu_ms(pids)
+        if now - used <= _TICK_MS:
+            return
+        used = now
+
+
 def backend_pids() -> list[int]:
     """The PostgreSQL backends serving the benchmark database, except this process's own."""
     from django.db import connection
@@ -205,7 +223,11 @@ def prepare_database() -> None:
         cursor.execute("ANALYZE")
 
 
-def wrk_run(config: Config, server: Server, duration: float, threads: int) -> dict[str, object]:
+def wrk_run(
+    config: Config, server: Server, duration: float, threads: int, connections: int | None = None
+) -> dict[str, object]:
+    """One wrk run of ``config``: ``threads`` threads, one connection each unless
+    ``connections`` says more (growth.py); a replay primes one key per thread."""
     port = server.port
     run_id = uuid.uuid4().hex[:8]
     if config.mode == "replay":
@@ -225,7 +247,7 @@ def wrk_run(config: Config, server: Server, duration: float, threads: int) -> di
         "-t",
         str(threads),
         "-c",
-        str(threads),
+        str(connections or threads),
         "-d",
         f"{max(1, round(duration))}s",
         "--timeout",
@@ -244,6 +266,8 @@ def wrk_run(config: Config, server: Server, duration: float, threads: int) -> di
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     cpu_after = _cpu_ms(pids[0]), _cpu_ms(pids[1])
     rows = order_count() - before
+    if connections and connections > threads:
+        settle(server)
     line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH_RESULT "))
     result: dict[str, object] = json.loads(line[len("BENCH_RESULT ") :])
     requests = int(result["requests"])  # type: ignore[arg-type]
@@ -275,6 +299,7 @@ def run_group(
     servers: dict[str, Server],
     duration: float,
     threads: int,
+    connections: int | None = None,
 ) -> dict[str, dict[str, object]]:
     """One round of ``others`` against ``baseline``: B X B Y B ..., the order rotated by round.
 
@@ -284,11 +309,11 @@ def run_group(
     shift = number % max(1, len(others))
     order = others[shift:] + others[:shift]
     baseline_server = servers[baseline.server]
-    runs = [wrk_run(baseline, baseline_server, duration, threads)]
+    runs = [wrk_run(baseline, baseline_server, duration, threads, connections)]
     results: dict[str, dict[str, object]] = {}
     for config in order:
-        result = wrk_run(config, servers[config.server], duration, threads)
-        runs.append(wrk_run(baseline, baseline_server, duration, threads))
+        result = wrk_run(config, servers[config.server], duration, threads, connections)
+        runs.append(wrk_run(baseline, baseline_server, duration, threads, connections))
         # The baseline just before and just after this run.
         around = (float(runs[-2]["rps"]) + float(runs[-1]["rps"])) / 2  # type: ignore[arg-type]
         result["ratio"] = float(result["rps"]) / around  # type: ignore[arg-type]

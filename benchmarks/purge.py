@@ -74,38 +74,26 @@ def ensure_database() -> None:
             conn.execute(f'CREATE DATABASE "{db["NAME"]}"')
 
 
-def fill(rows: int, live: int) -> None:
+def fill(rows: int, live: int) -> dict[str, float]:
+    """The expired rows and the live ones (benchmarks/fill.py: indexes rebuilt once)."""
     from django.core.management import call_command
     from django.db import connection
-
-    from django_idempotency.models import IdempotencyRecord
+    from fill import Batch, bulk_insert, record_table, table_size
 
     call_command("migrate", "django_idempotency", verbosity=0)
-    table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
-    insert = f"""
-        INSERT INTO {table} (scope, key, fingerprint, method, path, state, response_status,
-                             response_headers, response_body, created_at, expires_at)
-        SELECT 'user:' || (g %% 1000), %(prefix)s || g, md5(g::text) || md5(%(prefix)s || g),
-               'POST', '/v1/jobs', 'completed', 201,
-               '[["Content-Type", "application/json"], ["Location", "/v1/jobs/job_' || g || '"]]',
-               convert_to('{{"id": "job_' || g || '", "status": "queued", "queue": "default", '
-                          || '"payload": {{"kind": "report", "pages": ' || (g %% 97) || '}}}}',
-                          'UTF8'),
-               now() + %(created)s::interval - (g %% 3600) * interval '1 second',
-               now() + %(expires)s::interval - (g %% 3600) * interval '1 second'
-        FROM generate_series(1, %(n)s) AS g
-    """
-    started = time.perf_counter()
     with connection.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {table}")
-        cursor.execute(
-            insert, {"prefix": "expired-", "n": rows, "created": "-25 hours", "expires": "-1 hour"}
-        )
-        cursor.execute(
-            insert, {"prefix": "live-", "n": live, "created": "-1 hour", "expires": "23 hours"}
-        )
-        cursor.execute(f"VACUUM ANALYZE {table}")
-    log(f"filled {rows} expired + {live} live rows in {time.perf_counter() - started:.1f} s")
+        cursor.execute(f"TRUNCATE {record_table()}")
+    # Keys that the claimers below can recompute: scope user:(g % 1000), key expired-g.
+    seconds = bulk_insert(
+        Batch(rows, key="'expired-' || g", users=1000, created="-25 hours", expires="-1 hour"),
+        Batch(live, key="'live-' || g", users=1000),
+    )
+    log(f"filled {rows} expired + {live} live rows in {seconds:.1f} s")
+    size = table_size()
+    return {
+        "fill_s": round(seconds, 1),
+        "bytes_per_row": round(size["total_bytes"] / max(1, size["rows"])),
+    }
 
 
 class Claimers:
@@ -241,7 +229,7 @@ def main() -> None:
 
     setup_django()
     ensure_database()
-    fill(args.rows, args.live)
+    filled = fill(args.rows, args.live)
 
     from django.db import connection
 
@@ -273,6 +261,8 @@ def main() -> None:
         "claimers": args.claimers,
         "claim_interval_s": args.interval,
         "purge": purge,
+        "fill_s": filled["fill_s"],
+        "bytes_per_row": filled["bytes_per_row"],
         "claims_before": summary(claimers.latencies["baseline"]),
         "claims_during": summary(claimers.latencies["purge"]),
         "takeover_claims_during": summary(claimers.latencies["takeover"]),

@@ -2,8 +2,9 @@
 """Merge the benchmark parts into results/latest.json, results/latest.md and results/chart.png.
 
 Reads results/tmp/http.json (bench_http.py), results/tmp/queries.json
-(count_queries.py) and, where present, results/purge.json (purge.py), and
-checks each against the targets of the benchmarks issue.
+(count_queries.py) and, where present, results/purge.json (purge.py) and
+results/tmp/growth.json (growth.py: "How cost grows", with results/growth.png),
+and checks each against the targets of the benchmarks issue.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
 from configs import BY_NAME, CONFIGS  # noqa: E402
+from growth_report import render_growth, render_growth_chart  # noqa: E402
 
 # (configuration, minimum ratio to the baseline, aim)
 RATIO_TARGETS = [
@@ -389,6 +391,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     if data["purge"]:
         lines += ["", "## Purge", "", "```json", json.dumps(data["purge"], indent=2), "```"]
     lines += ["", "![chart](chart.png)", ""]
+    lines += render_growth(data.get("growth"))
     return "\n".join(lines)
 
 
@@ -451,6 +454,7 @@ def main() -> None:
         "http": _read(RESULTS / "tmp" / "http.json"),
         "queries": _read(RESULTS / "tmp" / "queries.json"),
         "purge": _read(RESULTS / "purge.json"),
+        "growth": _read(RESULTS / "tmp" / "growth.json"),
     }
     data["targets"] = check_targets(data["http"], data["queries"], data["purge"])
     data["floors"] = compare_floors(data["http"], data["queries"])
@@ -459,6 +463,7 @@ def main() -> None:
     markdown = render_markdown(data)
     (RESULTS / "latest.md").write_text(markdown)
     render_chart(data, RESULTS / "chart.png")
+    render_growth_chart(data["growth"], RESULTS / "growth.png")
     print(markdown)
 
 

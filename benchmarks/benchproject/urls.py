@@ -15,6 +15,9 @@ urlpatterns = [
     path("asgi/async-plain/", async_views.async_plain),
     path("asgi/async-ours/", async_views.async_guarded),
     path("asgi/sync-ours/", async_views.sync_guarded),
+    # growth.py: the same view answering with a body of <size> bytes.
+    path("sized/<int:size>/", views.SizedPlainOrderView.as_view()),
+    path("ours-sized/<int:size>/", views.SizedIdempotentOrderView.as_view()),
 ]
 
 _peer_view = views._idempotencykey_view()

@@ -6,6 +6,7 @@ one row, answer 201 with the row. Only the idempotency mechanism differs.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -169,3 +170,29 @@ def _idempotencykey_view() -> Any:
         """drf-idempotencykey's mixin on the same view."""
 
     return IdempotencyKeyOrderView
+
+
+def create_sized_order(request: Request, size: int) -> Response:
+    """The plain create, answering with the row padded to about ``size`` bytes of JSON."""
+    serializer = OrderSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    serializer.save()
+    data = dict(serializer.data)
+    data["padding"] = ""
+    data["padding"] = "x" * max(0, size - len(json.dumps(data)))
+    return Response(data, status=status.HTTP_201_CREATED)
+
+
+class SizedPlainOrderView(APIView):
+    """The baseline, answering with a body of ``size`` bytes (growth.py: cost by body size)."""
+
+    def post(self, request: Request, size: int) -> Response:
+        return create_sized_order(request, size)
+
+
+class SizedIdempotentOrderView(APIView):
+    """``@idempotent`` on the same sized answer: the store keeps and replays ``size`` bytes."""
+
+    @idempotent
+    def post(self, request: Request, size: int) -> Response:
+        return create_sized_order(request, size)
