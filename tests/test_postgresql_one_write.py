@@ -96,8 +96,7 @@ def finish(conn: psycopg.Connection[Any], r: RequestRecord, pk: int | None) -> N
     if pk is None:
         params = [r.scope, r.key, r.fingerprint, r.method, r.path, "completed", 201]
         params += ["[]", b"{}", r.created_at, r.expires_at]
-        sql = database.DatabaseStore._FINISH_INSERT_SQL.format(table=TABLE)
-        assert conn.execute(sql, params).fetchone() is not None
+        conn.execute(database.DatabaseStore._FINISH_INSERT_SQL.format(table=TABLE), params)
     else:
         sql = database.DatabaseStore._FINISH_SQL.format(table=TABLE)
         conn.execute(sql, ["completed", 201, "[]", b"{}", pk])
@@ -186,6 +185,23 @@ def test_a_first_request_writes_the_record_once(client_alice: APIClient) -> None
         assert replay["Idempotent-Replayed"] == "true"
         assert written() == after
     assert IdempotencyRecord.objects.get().state == "completed"
+
+
+def test_an_expired_record_is_taken_over_with_one_write(client_alice: APIClient) -> None:
+    assert post(client_alice, "/t/widgets", {"name": "old"}).status_code == 201
+    IdempotencyRecord.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    r = IdempotencyRecord.objects.get()
+    with raw() as conn:
+        outcome = claim(conn, record(r.key, scope=r.scope), database.CLAIM_FUNCTION)
+        assert outcome == ("expired", None)
+        conn.rollback()
+    created = post(client_alice, "/t/widgets", {"name": "new"})
+    assert created.status_code == 201
+    assert "Idempotent-Replayed" not in created
+    taken = IdempotencyRecord.objects.get()  # the same row, taken over in place
+    assert (taken.pk, taken.state) == (r.pk, "completed")
+    assert taken.expires_at > timezone.now()
+    assert Widget.objects.count() == 2
 
 
 def test_while_the_view_runs_there_is_no_row_and_a_duplicate_is_in_use_at_once(

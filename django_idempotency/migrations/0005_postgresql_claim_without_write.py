@@ -31,9 +31,12 @@ Steps, under READ COMMITTED (PostgreSQL's default):
 
    Found: 'existing'. A released marker is found here as in step 1, and the
    store takes it over as before (two writes there; it is rare).
-4. else 'claimed' with a NULL record id: nothing written. The store's ``finish``
-   inserts the finished record (``ON CONFLICT (scope, key) DO UPDATE ... WHERE``
-   the old row expired, so an expired record is taken over in place).
+4. else nothing is written, and the answer says how ``finish`` will write the
+   record: 'claimed' (no record of the key at all: a plain INSERT, the
+   cheapest write) or 'expired' (an expired record that the purge has not
+   deleted yet: ``INSERT ... ON CONFLICT (scope, key) DO UPDATE ... WHERE`` it
+   expired, taking it over in place). The re-read of step 3 finds both in the
+   same statement.
 
 Under REPEATABLE READ or SERIALIZABLE (a DATABASES ``isolation_level``, or
 ``ATOMIC_REQUESTS`` whose snapshot was taken at an earlier query) step 3
@@ -67,6 +70,8 @@ RETURNS TABLE (
 )
 LANGUAGE plpgsql VOLATILE
 AS $body$
+DECLARE
+    v_live boolean;
 BEGIN
     RETURN QUERY
         SELECT 'existing'::text, NULL::bigint, r.fingerprint, r.state,
@@ -85,16 +90,23 @@ BEGIN
 
     IF current_setting('transaction_isolation') = 'read committed' THEN
         -- A new statement, so a new snapshot: sees what the lock's previous
-        -- holder committed.
-        RETURN QUERY
-            SELECT 'existing'::text, NULL::bigint, r.fingerprint, r.state,
-                   r.response_status, r.response_headers, r.response_body
-            FROM django_idempotency_idempotencyrecord AS r
-            WHERE r.scope = p_scope AND r.key = p_key AND r.expires_at > p_now;
+        -- holder committed. Expired records too, to tell finish how to write.
+        SELECT r.fingerprint, r.state, r.response_status, r.response_headers,
+               r.response_body, r.expires_at > p_now
+        INTO stored_fingerprint, stored_state, stored_status, stored_headers,
+             stored_body, v_live
+        FROM django_idempotency_idempotencyrecord AS r
+        WHERE r.scope = p_scope AND r.key = p_key;
         IF NOT FOUND THEN
-            RETURN QUERY SELECT 'claimed'::text, NULL::bigint, NULL::varchar,
-                                NULL::varchar, NULL::smallint, NULL::text, NULL::bytea;
+            outcome := 'claimed';  -- finish inserts
+        ELSIF v_live THEN
+            outcome := 'existing';
+        ELSE
+            outcome := 'expired';  -- claimed; finish takes the expired record over
+            stored_fingerprint := NULL; stored_state := NULL; stored_status := NULL;
+            stored_headers := NULL; stored_body := NULL;
         END IF;
+        RETURN NEXT;
         RETURN;
     END IF;
 

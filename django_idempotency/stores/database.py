@@ -166,12 +166,17 @@ class _Released:
 _RELEASED_FOUND = _Released()
 
 
+@dataclass(frozen=True)
 class _Unwritten:
     """What begin() got on PostgreSQL under READ COMMITTED: the key, held by
-    the advisory lock alone; finish() inserts the record."""
+    the advisory lock alone; finish() inserts the record, taking an expired
+    one over in place if ``take_over``."""
+
+    take_over: bool
 
 
-_UNWRITTEN = _Unwritten()
+_UNWRITTEN = _Unwritten(take_over=False)
+_UNWRITTEN_OVER = _Unwritten(take_over=True)
 # Adapts the body for the database at hand, as the ORM would (bytea, BLOB, ...).
 _BODY_FIELD = cast(
     "models.BinaryField[Any, Any]", IdempotencyRecord._meta.get_field("response_body")
@@ -188,6 +193,8 @@ class _Held:
     #: The claimed row, or None when the claim wrote none (the advisory lock
     #: holds the key) and finish() inserts the record.
     pk: int | None
+    #: With pk None: an expired record of the key is there, to take over.
+    take_over: bool = False
 
 
 def _lock_id(record: RequestRecord) -> int:
@@ -359,7 +366,7 @@ class DatabaseStore(Store):
         if isinstance(outcome, int):
             return Claim(record, _Held(alias, atomic, outcome), first_claimed_at)
         if isinstance(outcome, _Unwritten):
-            return Claim(record, _Held(alias, atomic, None))
+            return Claim(record, _Held(alias, atomic, None, outcome.take_over))
         # Nothing claimed: end the block now.
         atomic.__exit__(None, None, None)
         return outcome
@@ -370,10 +377,18 @@ class DatabaseStore(Store):
     )
 
     # The claim wrote no row (PostgreSQL, READ COMMITTED): the one write of the
-    # record. An expired record is taken over in place, as the claim would.
-    # No row back means a live record that we could not have missed while
-    # holding the advisory lock: someone who does not take it wrote it.
+    # record, a plain INSERT when the key has no record at all. Should it meet
+    # one (a unique violation: a live record that we could not have missed
+    # while holding the advisory lock, so someone who does not take it wrote
+    # it), the transaction rolls back and the request answers "unavailable".
     _FINISH_INSERT_SQL = (
+        "INSERT INTO {table} (scope, key, fingerprint, method, path, state, "
+        "response_status, response_headers, response_body, created_at, expires_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    )
+    # An expired record is there: taken over in place, as the claim would. No
+    # row back means it became live meanwhile, as above.
+    _FINISH_TAKE_OVER_SQL = (
         "INSERT INTO {table} AS r (scope, key, fingerprint, method, path, state, "
         "response_status, response_headers, response_body, created_at, expires_at) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
@@ -400,8 +415,9 @@ class DatabaseStore(Store):
             with connection.cursor() as cursor:
                 if held.pk is None:
                     record = claim.record
+                    sql = self._FINISH_TAKE_OVER_SQL if held.take_over else self._FINISH_INSERT_SQL
                     cursor.execute(
-                        self._FINISH_INSERT_SQL.format(table=table),
+                        sql.format(table=table),
                         [
                             record.scope,
                             record.key,
@@ -416,7 +432,7 @@ class DatabaseStore(Store):
                             record.expires_at,
                         ],
                     )
-                    if cursor.fetchone() is None:
+                    if held.take_over and cursor.fetchone() is None:
                         raise StoreError(
                             f"A live record of key {record.key!r} was written by a request "
                             "that did not take the claim's lock; nothing was committed."
@@ -597,6 +613,8 @@ SELECT 'locked', NULL, NULL, NULL, NULL, NULL, NULL FROM lock WHERE NOT lock.got
         if row[0] == "claimed":
             pk: int | None = row[1]
             return _UNWRITTEN if pk is None else pk
+        if row[0] == "expired":
+            return _UNWRITTEN_OVER
         if row[0] == "locked":
             return InUse()
         return self._outcome(record, *row[2:])
