@@ -340,3 +340,41 @@ def test_a_live_record_written_without_the_lock_rolls_the_request_back(alice: Us
     assert response.json()["error"]["type"] == "idempotency_store_unavailable"
     assert Widget.objects.count() == 0  # the view's writes were rolled back
     assert IdempotencyRecord.objects.get().fingerprint == "fp"  # theirs, untouched
+
+
+def test_the_admin_shows_the_requests_running_right_now(alice: User) -> None:
+    from django.test import Client
+
+    admin_user = User.objects.create_superuser("root", password="x")
+    browser = Client()
+    browser.force_login(admin_user)
+
+    def notice() -> str:
+        response = browser.get("/admin/django_idempotency/idempotencyrecord/")
+        assert response.status_code == 200
+        return " ".join(str(m) for m in response.context["messages"])
+
+    assert notice() == "No request is running right now."
+    views.hold.clear()
+    views.started.clear()
+
+    def send() -> Any:
+        client = APIClient()
+        client.force_authenticate(alice)
+        try:
+            return post(client, "/t/widgets", {"name": "slow"}, key="slow")
+        finally:
+            connections.close_all()
+
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(send)
+            assert views.started.wait(10)
+            shown = notice()
+            assert shown.startswith("1 request is running right now"), shown
+            assert rows() == 0
+            views.hold.set()
+            assert running.result(timeout=30).status_code == 201
+    finally:
+        views.hold.set()
+    assert notice() == "No request is running right now."
