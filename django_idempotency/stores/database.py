@@ -3,42 +3,57 @@
 Why one transaction
 -------------------
 ``begin`` opens a transaction (a savepoint under ``ATOMIC_REQUESTS``) on the
-store's database and inserts the claim in it; the view runs inside it; ``finish``
-writes the response and commits. So the view's database writes and the stored
+store's database and claims the key in it; the view runs inside it; ``finish``
+writes the record with the response and commits. So the view's database writes and the stored
 response commit together or not at all:
 
 * the view raises, answers 5xx or a released status: the block rolls back,
   taking the claim and the view's writes with it, and a retry runs cleanly;
 * the worker dies: its connection drops, the server aborts the transaction,
   and again nothing is left behind: no lease to expire, no key wedged;
-* while the first request's transaction is open, its row is invisible to other
-  transactions and its claim holds the key, so a duplicate can never run.
+* while the first request's transaction is open, its claim (an advisory lock
+  on PostgreSQL, an uncommitted row elsewhere) holds the key, so a duplicate
+  can never run.
 
 The price is that a request holds a transaction open for as long as the view
 runs, which is what ``ATOMIC_REQUESTS`` does anyway.
 
 Claiming on PostgreSQL
 ----------------------
-One statement claims or fetches: a call of the PL/pgSQL function that
-migration 0003 creates (its docstring says why a function: a statement this
-complex cost more to plan, on every request, than all the rest a first
-request adds). A duplicate's INSERT would wait on the unique index until the
-first transaction ends; to answer "in use" at once instead, every claimant
-first takes ``pg_try_advisory_xact_lock`` on a hash of (scope, key), which
-never waits and is held exactly as long as the claim. The unique constraint on
-(scope, key) stays the guarantee; the lock only decides who waits. A ``SET
-LOCAL lock_timeout`` would do the same but costs two more statements per
+One statement claims or fetches: a call of a PL/pgSQL function (migration
+0003's docstring says why a function: a statement this complex cost more to
+plan, on every request, than all the rest a first request adds). Every
+claimant takes ``pg_try_advisory_xact_lock`` on a hash of (scope, key), which
+never waits and is held exactly as long as the claim's transaction, so a
+duplicate answers "in use" at once instead of waiting on the unique index. A
+``SET LOCAL lock_timeout`` would do the same but costs two more statements per
 request (set, then restore for the view) and still makes a duplicate wait.
-Where the function is missing, the same steps go as one CTE (``_PG_SQL``).
 
-When the function is missing is decided per error, by its SQLSTATE (see
+Migration 0005's function (``CLAIM_FUNCTION``, v2) makes that lock the whole
+claim under READ COMMITTED: it re-reads the record after taking the lock (its
+docstring cites why the re-read sees what the previous holder committed) and
+writes nothing, and ``finish`` inserts the finished record: one write of the
+record per first request instead of two (an INSERT, then an UPDATE). A row
+with ``_Held.pk`` None is that case. Under REPEATABLE READ or SERIALIZABLE the
+function inserts the in-flight row first, as v1 does, because the re-read could
+not see a later commit there. The unique constraint on (scope, key) still
+guards the table: a live record that finish meets (written by someone not
+taking the lock) raises StoreError, rolling the request back.
+
+Where v2 is missing (migration 0005 not run yet), v1 (``CLAIM_FUNCTION_V1``,
+migration 0003: write first, update at finish) claims; both compute the same
+lock id, so old and new code exclude each other during a rolling deploy.
+Where both are missing, v1's steps go as one CTE (``_PG_SQL``).
+
+When a function is missing is decided per error, by its SQLSTATE (see
 ``_FUNCTION_MISSING``): every claim whose call failed that way is retried with
-the CTE at once, whichever thread or coroutine it runs in, so no request fails
-for it. After such an error the alias sends the CTE first, and tries the
-function again every ``CLAIM_FUNCTION_RETRY`` seconds, so a ``migrate`` that
-restores it is noticed without a restart. The state is one number per alias
-(written whole, never read-then-updated), so threads and async tasks need no
-lock for correctness; a lock only keeps the warning to one line per change.
+the next function (v2, then v1), then the CTE, at once, whichever thread or
+coroutine it runs in, so no request fails for it. After such an error the
+alias skips that function, and tries it again every ``CLAIM_FUNCTION_RETRY``
+seconds, so a ``migrate`` that restores it is noticed without a restart. The
+state is one number per (alias, function) (written whole, never
+read-then-updated), so threads and async tasks need no lock for correctness;
+a lock only keeps the warning to one line per change.
 
 Other databases
 ---------------
@@ -49,10 +64,11 @@ sees the finished record; a claim that cannot get the lock in time answers "in u
 
 Why each claim path is kept
 ---------------------------
-* The PL/pgSQL function (``_PG_CALL``): the common production case, and the
-  one that a measured cost (planning the CTE on every request) decided.
-* The CTE (``_PG_SQL``): the same steps, for a PostgreSQL database that has the
-  table but not the function. Test databases made with ``--nomigrations``
+* The PL/pgSQL functions (``_PG_CALLS``): the common production case, and the
+  one that a measured cost (planning the CTE on every request) decided. v1
+  stays for databases that have not run migration 0005 yet.
+* The CTE (``_PG_SQL``): v1's steps, for a PostgreSQL database that has the
+  table but neither function. Test databases made with ``--nomigrations``
   (pytest-django, a common setup) are built from the models and never run
   migration 0003; without the CTE every guarded request there would fail.
 * SQLite (``_SQLITE_SQL``): SQLite must write first so that a duplicate waits
