@@ -82,6 +82,16 @@ CONFIGS = [
         reference=True,
     ),
     Config(
+        "floor-db-insert",
+        "undecorated view in a transaction + a trivial statement + one INSERT of a record "
+        "as plain SQL (reference: floor of a store that claims without writing and keeps "
+        "its record with one write in the view's transaction)",
+        "db",
+        "/floor-db-insert/",
+        "first",
+        reference=True,
+    ),
+    Config(
         "floor-redis",
         "undecorated view + 2 trivial Redis round trips "
         "(reference: round-trip floor of a Redis store)",

@@ -54,6 +54,13 @@ FLOORS = {
             "the undecorated view in a transaction with the store's INSERT and UPDATE as plain SQL",
             "keeps a durable record per request in the view's transaction",
         ),
+        (
+            "floor-db-insert",
+            "the undecorated view in a transaction with a `SELECT 1` and one INSERT of the "
+            "finished record as plain SQL",
+            "claims without writing and keeps one durable record per request in the view's "
+            "transaction",
+        ),
     ],
     "ours-redis-first": [
         (

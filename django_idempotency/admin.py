@@ -11,6 +11,12 @@ distinct values of a column, and list columns that are all in the row.
 Stored bodies are shown escaped, JSON pretty-printed, with the values of
 sensitive fields (``IDEMPOTENCY_ADMIN_MASKED_FIELDS``) masked, as are sensitive
 response headers.
+
+On PostgreSQL a request that is still running has no row (the claim is an
+advisory transaction lock; see stores/database.py), so the changelist says how
+many such locks are held right now, and for how long the oldest has been, from
+``pg_locks`` and ``pg_stat_activity`` (:func:`held_claims`). Only the admin
+asks; the requests themselves pay nothing for it.
 """
 
 from __future__ import annotations
@@ -185,6 +191,37 @@ class DrillDownQuerySet(QuerySet):  # type: ignore[type-arg]
         return periods
 
 
+# The store's claims are advisory locks taken with one bigint (objsubid 1) in
+# the transaction of a backend connected to the store's database. Another
+# application's bigint advisory locks in the same database look the same: the
+# lock id is a hash of (scope, key), which must stay what older versions
+# computed so that they and this one exclude each other during a deploy.
+_HELD_CLAIMS_SQL = """
+SELECT activity.xact_start
+FROM pg_locks AS locks
+JOIN pg_stat_activity AS activity ON activity.pid = locks.pid
+WHERE locks.locktype = 'advisory' AND locks.objsubid = 1 AND locks.granted
+  AND locks.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND locks.pid <> pg_backend_pid()
+"""
+
+
+def held_claims(alias: str) -> tuple[int, datetime | None] | None:
+    """On PostgreSQL, (how many claims are held right now, when the oldest
+    one's transaction began) in database ``alias``; None elsewhere.
+
+    Counts every granted bigint advisory lock of other sessions in that
+    database: the store's claims, and any of another application's."""
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(_HELD_CLAIMS_SQL)
+        starts = [start for (start,) in cursor.fetchall() if start is not None]
+    # One row per held lock: bounded by the server's connections.
+    return len(starts), min(starts, default=None)
+
+
 def _local(moment: datetime) -> datetime:
     # With USE_TZ = False the database gives naive local times, as Django's
     # own datetimes() does then; localtime() refuses them.
@@ -291,6 +328,23 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # The detail page stays viewable (view permission) but never editable.
         return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        held = held_claims(store_database())
+        if held is not None:
+            count, oldest = held
+            if count:
+                message = ngettext(
+                    "%(count)d request is running right now (its key is held by a lock, "
+                    "not a row), for %(age)s.",
+                    "%(count)d requests are running right now (their keys are held by "
+                    "locks, not rows), the oldest for %(age)s.",
+                    count,
+                ) % {"count": count, "age": timesince(oldest) if oldest else "?"}
+            else:
+                message = str(_("No request is running right now."))
+            self.message_user(request, message, messages.INFO)
+        return super().changelist_view(request, extra_context)
 
     def get_queryset(self, request: HttpRequest) -> Records:
         # Bodies can be large; the detail page loads its one body when shown.

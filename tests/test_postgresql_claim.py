@@ -1,5 +1,6 @@
-"""The database store's claim on PostgreSQL: migration 0003's function, and the
-CTE that stands in for it where the function is missing.
+"""The database store's claim on PostgreSQL: migration 0005's function (and
+0003's, which stands in for it where 0005 has not run), and the CTE that stands
+in for both where neither is there.
 
 The contract, race and outage tests run the function path on PostgreSQL; these
 check what is particular to it.
@@ -31,34 +32,49 @@ pytestmark = pytest.mark.django_db
 postgresql_only = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="the claim function is PostgreSQL's"
 )
-SIGNATURE = (
-    f"{database.CLAIM_FUNCTION}(varchar, varchar, varchar, varchar, text, varchar, "
-    "timestamptz, timestamptz, bigint)"
-)
+ARGUMENTS = "(varchar, varchar, varchar, varchar, text, varchar, timestamptz, timestamptz, bigint)"
+SIGNATURE = database.CLAIM_FUNCTION + ARGUMENTS
+SIGNATURE_V1 = database.CLAIM_FUNCTION_V1 + ARGUMENTS
+
+
+def on_cte() -> bool:
+    """Whether claims on the default database skip both functions for the CTE."""
+    return (connection.alias, database.CLAIM_FUNCTION_V1) in database._missing_until
+
+
+def forget_missing() -> None:
+    for function in (database.CLAIM_FUNCTION, database.CLAIM_FUNCTION_V1):
+        database._missing_until.pop((connection.alias, function), None)
 
 
 @pytest.fixture
 def without_claim_function() -> Iterator[None]:
-    """The function dropped, inside the test's transaction (undone with it)."""
+    """Both functions dropped, inside the test's transaction (undone with it)."""
     with connection.cursor() as cursor:
         cursor.execute(f"DROP FUNCTION {SIGNATURE}")
+        cursor.execute(f"DROP FUNCTION {SIGNATURE_V1}")
     yield
-    database._cte_until.pop(connection.alias, None)
+    forget_missing()
 
 
+@pytest.mark.parametrize(
+    ("migration", "function"),
+    [("0003", database.CLAIM_FUNCTION_V1), ("0005", database.CLAIM_FUNCTION)],
+)
 @pytest.mark.django_db(transaction=True)  # SQLite's schema editor refuses to run in a transaction
-def test_sqlmigrate_shows_the_function_on_postgresql_only() -> None:
+def test_sqlmigrate_shows_the_function_on_postgresql_only(migration: str, function: str) -> None:
     out = io.StringIO()
-    call_command("sqlmigrate", "django_idempotency", "0003", stdout=out)
-    created = f"CREATE OR REPLACE FUNCTION {database.CLAIM_FUNCTION}(" in out.getvalue()
+    call_command("sqlmigrate", "django_idempotency", migration, stdout=out)
+    created = f"CREATE OR REPLACE FUNCTION {function}(" in out.getvalue()
     assert created == (connection.vendor == "postgresql")
 
 
 @postgresql_only
-def test_migrate_installs_the_function() -> None:
+def test_migrate_installs_both_functions() -> None:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT to_regprocedure(%s) IS NOT NULL", [SIGNATURE])
-        assert cursor.fetchone() == (True,)
+        for signature in (SIGNATURE, SIGNATURE_V1):
+            cursor.execute("SELECT to_regprocedure(%s) IS NOT NULL", [signature])
+            assert cursor.fetchone() == (True,)
 
 
 @postgresql_only
@@ -70,7 +86,8 @@ def test_a_first_request_claims_with_one_call_and_a_replay_reads_with_one(
     store_sql = [q["sql"] for q in first.captured_queries if _is_store(q["sql"])]
     assert len(store_sql) == 2
     assert store_sql[0].startswith(f"SELECT * FROM {database.CLAIM_FUNCTION}(")
-    assert store_sql[1].startswith("UPDATE ")
+    # The claim wrote nothing; the finished record is inserted once.
+    assert store_sql[1].startswith("INSERT ")
 
     with CaptureQueriesContext(connection) as replay:
         response = post(client_alice, "/t/widgets", {"name": "a"})
@@ -90,7 +107,7 @@ def test_without_the_function_the_cte_claims_and_a_warning_says_why(
     assert created.status_code == 201
     assert Widget.objects.count() == 1
     assert [r.getMessage() for r in caplog.records if database.CLAIM_FUNCTION in r.getMessage()]
-    assert connection.alias in database._cte_until
+    assert on_cte()
 
     # Every outcome still comes out right on the CTE, and it warns only once.
     caplog.clear()
@@ -123,7 +140,7 @@ def test_without_the_function_under_atomic_requests_the_outer_transaction_surviv
 
 
 def _is_store(sql: str) -> bool:
-    return IdempotencyRecord._meta.db_table in sql or database.CLAIM_FUNCTION in sql
+    return IdempotencyRecord._meta.db_table in sql or "django_idempotency_claim_" in sql
 
 
 # The fallback under concurrency, and back to the function (issue 15).
@@ -131,6 +148,7 @@ def _is_store(sql: str) -> bool:
 RACERS = 200
 THREADS = 20
 _migration_0003 = import_module("django_idempotency.migrations.0003_postgresql_claim_function")
+_migration_0005 = import_module("django_idempotency.migrations.0005_postgresql_claim_without_write")
 
 
 @postgresql_only
@@ -138,9 +156,10 @@ _migration_0003 = import_module("django_idempotency.migrations.0003_postgresql_c
 def test_with_the_function_gone_200_concurrent_requests_all_succeed_and_it_comes_back(
     alice: User, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    database._cte_until.pop(connection.alias, None)
+    forget_missing()
     with connection.cursor() as cursor:
         cursor.execute(f"DROP FUNCTION {SIGNATURE}")
+        cursor.execute(f"DROP FUNCTION {SIGNATURE_V1}")
     try:
         # The first THREADS requests call the missing function at the same moment.
         barrier = threading.Barrier(THREADS)
@@ -167,15 +186,17 @@ def test_with_the_function_gone_200_concurrent_requests_all_succeed_and_it_comes
         assert statuses.count(503) == 0, [body for status, body in replies if status != 201][:3]
         assert statuses == [201] * RACERS
         assert Widget.objects.count() == RACERS  # each view ran once
-        assert connection.alias in database._cte_until
+        assert on_cte()
     finally:
         with connection.cursor() as cursor:
             cursor.execute(_migration_0003.CREATE)
+            cursor.execute(_migration_0005.CREATE)
 
     # migrate put it back: the next attempt (every CLAIM_FUNCTION_RETRY seconds,
     # here at once) finds it, and claims use it from then on.
     monkeypatch.setattr(database, "CLAIM_FUNCTION_RETRY", 0.0)
-    database._cte_until[connection.alias] = 0.0
+    for function in (database.CLAIM_FUNCTION, database.CLAIM_FUNCTION_V1):
+        database._missing_until[connection.alias, function] = 0.0
     client = APIClient()
     client.force_authenticate(alice)
     for n in range(2):
@@ -183,7 +204,7 @@ def test_with_the_function_gone_200_concurrent_requests_all_succeed_and_it_comes
             assert post(client, "/t/widgets", {"name": "back"}, key=f"back-{n}").status_code == 201
         claim = next(q["sql"] for q in queries.captured_queries if _is_store(q["sql"]))
         assert claim.startswith(f"SELECT * FROM {database.CLAIM_FUNCTION}(")
-        assert connection.alias not in database._cte_until
+        assert (connection.alias, database.CLAIM_FUNCTION) not in database._missing_until
 
 
 @postgresql_only
@@ -194,14 +215,16 @@ def test_after_a_fallback_the_cte_is_used_until_the_retry_time(
     # Within CLAIM_FUNCTION_RETRY: straight to the CTE, no failed call first.
     with CaptureQueriesContext(connection) as queries:
         assert post(client_alice, "/t/widgets", {"name": "b"}, key="k2").status_code == 201
-    assert not any(database.CLAIM_FUNCTION in q["sql"] for q in queries.captured_queries)
+    assert not any("django_idempotency_claim_" in q["sql"] for q in queries.captured_queries)
     # Past it: the function is tried once more, fails, and the CTE claims anyway.
-    database._cte_until[connection.alias] = 0.0
+    for function in (database.CLAIM_FUNCTION, database.CLAIM_FUNCTION_V1):
+        database._missing_until[connection.alias, function] = 0.0
     with CaptureQueriesContext(connection) as queries:
         assert post(client_alice, "/t/widgets", {"name": "c"}, key="k3").status_code == 201
-    calls = [q["sql"] for q in queries.captured_queries if database.CLAIM_FUNCTION in q["sql"]]
-    assert len(calls) == 1
-    assert database._cte_until[connection.alias] > 0
+    for function in (database.CLAIM_FUNCTION, database.CLAIM_FUNCTION_V1):
+        calls = [q["sql"] for q in queries.captured_queries if function in q["sql"]]
+        assert len(calls) == 1
+        assert database._missing_until[connection.alias, function] > 0
     assert Widget.objects.count() == 3
 
 
@@ -212,7 +235,8 @@ def test_a_missing_table_is_not_taken_for_a_missing_function(client_alice: APICl
     response = post(client_alice, "/t/widgets", {"name": "a"})
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "idempotency_store_unavailable"
-    assert connection.alias not in database._cte_until
+    assert not on_cte()
+    assert (connection.alias, database.CLAIM_FUNCTION) not in database._missing_until
 
 
 @postgresql_only
@@ -221,10 +245,11 @@ def test_a_role_without_execute_on_the_function_falls_back_too(client_alice: API
         cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
         if cursor.fetchone()[0]:
             pytest.skip("a superuser may call any function")
-        cursor.execute(f"REVOKE EXECUTE ON FUNCTION {SIGNATURE} FROM PUBLIC, CURRENT_USER")
+        for signature in (SIGNATURE, SIGNATURE_V1):
+            cursor.execute(f"REVOKE EXECUTE ON FUNCTION {signature} FROM PUBLIC, CURRENT_USER")
     try:
         assert post(client_alice, "/t/widgets", {"name": "a"}).status_code == 201
-        assert connection.alias in database._cte_until
+        assert on_cte()
         assert Widget.objects.count() == 1
     finally:
-        database._cte_until.pop(connection.alias, None)
+        forget_missing()

@@ -48,10 +48,9 @@ KEYS = 40
 COPIES = 3  # concurrent sends of each key
 CLIENTS = 16
 _migration_0003 = import_module("django_idempotency.migrations.0003_postgresql_claim_function")
-SIGNATURE = (
-    f"{_migration_0003.FUNCTION}(varchar, varchar, varchar, varchar, text, varchar, "
-    "timestamptz, timestamptz, bigint)"
-)
+_migration_0005 = import_module("django_idempotency.migrations.0005_postgresql_claim_without_write")
+ARGUMENTS = "(varchar, varchar, varchar, varchar, text, varchar, timestamptz, timestamptz, bigint)"
+SIGNATURES = [m.FUNCTION + ARGUMENTS for m in (_migration_0005, _migration_0003)]
 
 
 @pytest.fixture(scope="module")
@@ -151,13 +150,15 @@ def test_exactly_once_behind_pgbouncer(primary: Cluster, mode: str) -> None:
     ):
         assert_exactly_once(race(server, "with-function"), url, "with-function")
 
-        # Without the claim function every request falls back to the CTE by
+        # Without the claim functions every request falls back to the CTE by
         # itself, whichever worker and thread it runs in: none answers 503.
-        sql(url, f"DROP FUNCTION {SIGNATURE}")
+        for signature in SIGNATURES:
+            sql(url, f"DROP FUNCTION {signature}")
         try:
             assert_exactly_once(race(server, "without"), url, "without")
         finally:
             sql(url, _migration_0003.CREATE)
+            sql(url, _migration_0005.CREATE)
     pools = bouncer.log()
     assert "FATAL" not in pools, pools[-2000:]
 

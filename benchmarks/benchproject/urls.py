@@ -8,6 +8,7 @@ urlpatterns = [
     path("ours/", views.IdempotentOrderView.as_view()),
     path("floor-db/", views.FloorDatabaseOrderView.as_view()),
     path("floor-db-writes/", views.FloorDatabaseWritesOrderView.as_view()),
+    path("floor-db-insert/", views.FloorDatabaseInsertOrderView.as_view()),
     path("floor-redis/", views.FloorRedisOrderView.as_view()),
     path("baseline-token/", views.TokenPlainOrderView.as_view()),
     path("ours-token/", views.TokenIdempotentOrderView.as_view()),

@@ -124,6 +124,44 @@ class FloorDatabaseWritesOrderView(APIView):
         return response
 
 
+class FloorDatabaseInsertOrderView(APIView):
+    """No idempotency handling: the view in a transaction, plus a trivial
+    statement before it and one INSERT of a finished record after it.
+
+    A reference point, not a store: the floor of a store that claims without
+    writing (one statement that looks the key up, here ``SELECT 1``) and keeps
+    its record with one write in the view's transaction (an INSERT of the
+    finished record into the store's own table, same columns and indexes), with
+    none of the store's lock, fingerprint or Python.
+    """
+
+    @transaction.atomic
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+        response = create_order(request)
+        now = timezone.now()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {_RECORDS} (scope, key, fingerprint, method, path, state, "
+                "response_status, response_headers, response_body, created_at, expires_at) "
+                "VALUES (%s, %s, %s, 'POST', %s, 'completed', %s, %s, %s, %s, %s)",
+                [
+                    f"floor:{request.user.pk}",
+                    uuid.uuid4().hex,  # a new record every time, whatever the client sends
+                    "f" * 64,
+                    request.path,
+                    201,
+                    '[["Content-Type", "application/json"]]',
+                    _FLOOR_BODY,
+                    now,
+                    now + timedelta(minutes=10),
+                ],
+            )
+        return response
+
+
 _FLOOR_REDIS_KEY = f"{settings.REDIS_PREFIX}:floor"
 
 

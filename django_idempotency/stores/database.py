@@ -3,42 +3,57 @@
 Why one transaction
 -------------------
 ``begin`` opens a transaction (a savepoint under ``ATOMIC_REQUESTS``) on the
-store's database and inserts the claim in it; the view runs inside it; ``finish``
-writes the response and commits. So the view's database writes and the stored
+store's database and claims the key in it; the view runs inside it; ``finish``
+writes the record with the response and commits. So the view's database writes and the stored
 response commit together or not at all:
 
 * the view raises, answers 5xx or a released status: the block rolls back,
   taking the claim and the view's writes with it, and a retry runs cleanly;
 * the worker dies: its connection drops, the server aborts the transaction,
   and again nothing is left behind: no lease to expire, no key wedged;
-* while the first request's transaction is open, its row is invisible to other
-  transactions and its claim holds the key, so a duplicate can never run.
+* while the first request's transaction is open, its claim (an advisory lock
+  on PostgreSQL, an uncommitted row elsewhere) holds the key, so a duplicate
+  can never run.
 
 The price is that a request holds a transaction open for as long as the view
 runs, which is what ``ATOMIC_REQUESTS`` does anyway.
 
 Claiming on PostgreSQL
 ----------------------
-One statement claims or fetches: a call of the PL/pgSQL function that
-migration 0003 creates (its docstring says why a function: a statement this
-complex cost more to plan, on every request, than all the rest a first
-request adds). A duplicate's INSERT would wait on the unique index until the
-first transaction ends; to answer "in use" at once instead, every claimant
-first takes ``pg_try_advisory_xact_lock`` on a hash of (scope, key), which
-never waits and is held exactly as long as the claim. The unique constraint on
-(scope, key) stays the guarantee; the lock only decides who waits. A ``SET
-LOCAL lock_timeout`` would do the same but costs two more statements per
+One statement claims or fetches: a call of a PL/pgSQL function (migration
+0003's docstring says why a function: a statement this complex cost more to
+plan, on every request, than all the rest a first request adds). Every
+claimant takes ``pg_try_advisory_xact_lock`` on a hash of (scope, key), which
+never waits and is held exactly as long as the claim's transaction, so a
+duplicate answers "in use" at once instead of waiting on the unique index. A
+``SET LOCAL lock_timeout`` would do the same but costs two more statements per
 request (set, then restore for the view) and still makes a duplicate wait.
-Where the function is missing, the same steps go as one CTE (``_PG_SQL``).
 
-When the function is missing is decided per error, by its SQLSTATE (see
+Migration 0005's function (``CLAIM_FUNCTION``, v2) makes that lock the whole
+claim under READ COMMITTED: it re-reads the record after taking the lock (its
+docstring cites why the re-read sees what the previous holder committed) and
+writes nothing, and ``finish`` inserts the finished record: one write of the
+record per first request instead of two (an INSERT, then an UPDATE). A row
+with ``_Held.pk`` None is that case. Under REPEATABLE READ or SERIALIZABLE the
+function inserts the in-flight row first, as v1 does, because the re-read could
+not see a later commit there. The unique constraint on (scope, key) still
+guards the table: a live record that finish meets (written by someone not
+taking the lock) raises StoreError, rolling the request back.
+
+Where v2 is missing (migration 0005 not run yet), v1 (``CLAIM_FUNCTION_V1``,
+migration 0003: write first, update at finish) claims; both compute the same
+lock id, so old and new code exclude each other during a rolling deploy.
+Where both are missing, v1's steps go as one CTE (``_PG_SQL``).
+
+When a function is missing is decided per error, by its SQLSTATE (see
 ``_FUNCTION_MISSING``): every claim whose call failed that way is retried with
-the CTE at once, whichever thread or coroutine it runs in, so no request fails
-for it. After such an error the alias sends the CTE first, and tries the
-function again every ``CLAIM_FUNCTION_RETRY`` seconds, so a ``migrate`` that
-restores it is noticed without a restart. The state is one number per alias
-(written whole, never read-then-updated), so threads and async tasks need no
-lock for correctness; a lock only keeps the warning to one line per change.
+the next function (v2, then v1), then the CTE, at once, whichever thread or
+coroutine it runs in, so no request fails for it. After such an error the
+alias skips that function, and tries it again every ``CLAIM_FUNCTION_RETRY``
+seconds, so a ``migrate`` that restores it is noticed without a restart. The
+state is one number per (alias, function) (written whole, never
+read-then-updated), so threads and async tasks need no lock for correctness;
+a lock only keeps the warning to one line per change.
 
 Other databases
 ---------------
@@ -49,10 +64,11 @@ sees the finished record; a claim that cannot get the lock in time answers "in u
 
 Why each claim path is kept
 ---------------------------
-* The PL/pgSQL function (``_PG_CALL``): the common production case, and the
-  one that a measured cost (planning the CTE on every request) decided.
-* The CTE (``_PG_SQL``): the same steps, for a PostgreSQL database that has the
-  table but not the function. Test databases made with ``--nomigrations``
+* The PL/pgSQL functions (``_PG_CALLS``): the common production case, and the
+  one that a measured cost (planning the CTE on every request) decided. v1
+  stays for databases that have not run migration 0005 yet.
+* The CTE (``_PG_SQL``): v1's steps, for a PostgreSQL database that has the
+  table but neither function. Test databases made with ``--nomigrations``
   (pytest-django, a common setup) are built from the models and never run
   migration 0003; without the CTE every guarded request there would fail.
 * SQLite (``_SQLITE_SQL``): SQLite must write first so that a duplicate waits
@@ -127,9 +143,15 @@ from .base import (
 
 logger = logging.getLogger(__name__)
 
-#: The claim function of migration 0003 (PostgreSQL only).
-CLAIM_FUNCTION = "django_idempotency_claim_v1"
-#: Seconds between attempts to use the claim function again once it was missing.
+#: The claim function that the store calls on PostgreSQL: migration 0005's,
+#: which claims without writing under READ COMMITTED.
+CLAIM_FUNCTION = "django_idempotency_claim_v2"
+#: Migration 0003's claim function, which writes the in-flight row first. Called
+#: where CLAIM_FUNCTION is missing (migration 0005 has not run yet).
+CLAIM_FUNCTION_V1 = "django_idempotency_claim_v1"
+# The functions in the order the store tries them; past the last, the CTE.
+_CLAIM_FUNCTIONS = (CLAIM_FUNCTION, CLAIM_FUNCTION_V1)
+#: Seconds between attempts to use a claim function again once it was missing.
 CLAIM_FUNCTION_RETRY = 30.0
 # SQLSTATEs that mean "the claim function cannot be called here" while its
 # table may be fine, so the CTE can claim instead: undefined_function (dropped,
@@ -137,10 +159,10 @@ CLAIM_FUNCTION_RETRY = 30.0
 # insufficient_privilege (a role without EXECUTE on it). Both are checked to
 # name the function: a missing table or a denied table is the CTE's problem too.
 _FUNCTION_MISSING = frozenset({"42883", "42501"})
-# Alias -> time.monotonic() until which claims send the CTE instead of the
-# function. Absent: the function is used.
-_cte_until: dict[str, float] = {}
-_cte_lock = threading.Lock()
+# (alias, function) -> time.monotonic() until which claims skip that function
+# (the next one, or the CTE after the last). Absent: the function is used.
+_missing_until: dict[tuple[str, str], float] = {}
+_missing_lock = threading.Lock()
 
 State = IdempotencyRecord.State
 # The stored strings. (str(), not .value: mypy with python_version 3.10 types
@@ -158,6 +180,19 @@ class _Released:
 
 
 _RELEASED_FOUND = _Released()
+
+
+@dataclass(frozen=True)
+class _Unwritten:
+    """What begin() got on PostgreSQL under READ COMMITTED: the key, held by
+    the advisory lock alone; finish() inserts the record, taking an expired
+    one over in place if ``take_over``."""
+
+    take_over: bool
+
+
+_UNWRITTEN = _Unwritten(take_over=False)
+_UNWRITTEN_OVER = _Unwritten(take_over=True)
 # Adapts the body for the database at hand, as the ORM would (bytea, BLOB, ...).
 _BODY_FIELD = cast(
     "models.BinaryField[Any, Any]", IdempotencyRecord._meta.get_field("response_body")
@@ -171,7 +206,11 @@ class _Held:
 
     alias: str
     atomic: transaction.Atomic
-    pk: int
+    #: The claimed row, or None when the claim wrote none (the advisory lock
+    #: holds the key) and finish() inserts the record.
+    pk: int | None
+    #: With pk None: an expired record of the key is there, to take over.
+    take_over: bool = False
 
 
 def _lock_id(record: RequestRecord) -> int:
@@ -188,56 +227,67 @@ def _sqlite_busy(connection: BaseDatabaseWrapper, exc: BaseException) -> bool:
     )
 
 
-def _claim_function_missing(connection: BaseDatabaseWrapper, exc: BaseException) -> bool:
-    """Whether the claim failed only because migration 0003's function cannot be
-    called in this database; then later claims send the CTE for a while.
+def _claim_function_missing(
+    connection: BaseDatabaseWrapper, exc: BaseException, function: str
+) -> bool:
+    """Whether the claim failed only because ``function`` cannot be called in
+    this database; then later claims skip it (for the next function, or the
+    CTE) for a while.
 
     Decided by this error alone, never by what another thread saw: every
-    request whose call failed this way retries with the CTE."""
+    request whose call failed this way retries without the function."""
     if connection.vendor != "postgresql" or not isinstance(exc, DatabaseError):
         return False
     cause = exc.__cause__
     sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
-    if sqlstate not in _FUNCTION_MISSING or CLAIM_FUNCTION not in str(exc):
+    if sqlstate not in _FUNCTION_MISSING or function not in str(exc):
         return False
     alias = connection.alias
-    with _cte_lock:
-        warn = alias not in _cte_until
-        _cte_until[alias] = time.monotonic() + CLAIM_FUNCTION_RETRY
+    with _missing_lock:
+        warn = (alias, function) not in _missing_until
+        _missing_until[alias, function] = time.monotonic() + CLAIM_FUNCTION_RETRY
     if warn:
+        following = _CLAIM_FUNCTIONS.index(function) + 1
+        if following < len(_CLAIM_FUNCTIONS):
+            instead = f"claims try {_CLAIM_FUNCTIONS[following]} instead"
+        else:
+            instead = "claims fall back to a statement that costs more to plan on every request"
         logger.warning(
             "The PostgreSQL function %s cannot be called in database %r (%s; its tables "
             "were made without migrations, or `manage.py migrate django_idempotency` has "
-            "not run): claims fall back to a statement that costs more to plan on every "
-            "request, and try the function again every %g s.",
-            CLAIM_FUNCTION,
+            "not run): %s, and try the function again every %g s.",
+            function,
             alias,
             str(exc).splitlines()[0],
+            instead,
             CLAIM_FUNCTION_RETRY,
         )
     return True
 
 
-def _use_claim_function(alias: str) -> bool:
-    """Whether this claim should call the function (else send the CTE)."""
-    until = _cte_until.get(alias)
-    if until is None:
-        return True
-    if time.monotonic() < until:
-        return False
-    # Time to try the function again. The first claim here pushes the next
-    # attempt out, so a burst sends one or a few calls, not all of them; any
-    # call that fails falls back by itself (_claim_function_missing).
-    _cte_until[alias] = time.monotonic() + CLAIM_FUNCTION_RETRY
-    return True
+def _claim_function(alias: str, start: int) -> str | None:
+    """The claim function this claim should call, trying them from ``start``
+    on; None: send the CTE."""
+    for function in _CLAIM_FUNCTIONS[start:]:
+        until = _missing_until.get((alias, function))
+        if until is None:
+            return function
+        if time.monotonic() >= until:
+            # Time to try it again. The first claim here pushes the next
+            # attempt out, so a burst sends one or a few calls, not all of
+            # them; any call that fails falls back by itself
+            # (_claim_function_missing).
+            _missing_until[alias, function] = time.monotonic() + CLAIM_FUNCTION_RETRY
+            return function
+    return None
 
 
-def _claim_function_worked(alias: str) -> None:
+def _claim_function_worked(alias: str, function: str) -> None:
     """The function answered: use it from now on (it was migrated back)."""
-    if _cte_until.pop(alias, None) is not None:
+    if _missing_until.pop((alias, function), None) is not None:
         logger.info(
             "The PostgreSQL function %s is back in database %r: claims use it again.",
-            CLAIM_FUNCTION,
+            function,
             alias,
         )
 
@@ -290,7 +340,7 @@ class DatabaseStore(Store):
     def begin(self, record: RequestRecord) -> Outcome:
         alias = self.alias
         connection = connections[alias]
-        cte = False
+        start = 0  # of _CLAIM_FUNCTIONS: the first one to try
         while True:
             atomic = transaction.atomic(using=alias)
             try:
@@ -300,10 +350,12 @@ class DatabaseStore(Store):
                     return InUse()
                 raise StoreError(str(exc)) from exc
             first_claimed_at = None
+            function = None
             try:
-                outcome: Outcome | int | _Released
+                outcome: Outcome | int | _Released | _Unwritten
                 if connection.vendor == "postgresql":
-                    outcome = self._begin_postgresql(connection, record, cte)
+                    function = _claim_function(alias, start)
+                    outcome = self._begin_postgresql(connection, record, function)
                 elif connection.vendor == "sqlite":
                     if connection.features.can_return_columns_from_insert:
                         outcome = self._begin_sqlite(connection, record)
@@ -320,15 +372,17 @@ class DatabaseStore(Store):
                 atomic.__exit__(type(exc), exc, exc.__traceback__)
                 if _sqlite_busy(connection, exc):
                     return InUse()
-                if not cte and _claim_function_missing(connection, exc):
-                    cte = True
-                    continue  # again, with the CTE
+                if function is not None and _claim_function_missing(connection, exc, function):
+                    start = _CLAIM_FUNCTIONS.index(function) + 1
+                    continue  # again, with the next function or the CTE
                 if isinstance(exc, DatabaseError):
                     raise StoreError(str(exc)) from exc
                 raise
             break
         if isinstance(outcome, int):
             return Claim(record, _Held(alias, atomic, outcome), first_claimed_at)
+        if isinstance(outcome, _Unwritten):
+            return Claim(record, _Held(alias, atomic, None, outcome.take_over))
         # Nothing claimed: end the block now.
         atomic.__exit__(None, None, None)
         return outcome
@@ -338,26 +392,72 @@ class DatabaseStore(Store):
         "response_body = %s WHERE id = %s"
     )
 
+    # The claim wrote no row (PostgreSQL, READ COMMITTED): the one write of the
+    # record, a plain INSERT when the key has no record at all. Should it meet
+    # one (a unique violation: a live record that we could not have missed
+    # while holding the advisory lock, so someone who does not take it wrote
+    # it), the transaction rolls back and the request answers "unavailable".
+    _FINISH_INSERT_SQL = (
+        "INSERT INTO {table} (scope, key, fingerprint, method, path, state, "
+        "response_status, response_headers, response_body, created_at, expires_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    )
+    # An expired record is there: taken over in place, as the claim would. No
+    # row back means it became live meanwhile, as above.
+    _FINISH_TAKE_OVER_SQL = (
+        "INSERT INTO {table} AS r (scope, key, fingerprint, method, path, state, "
+        "response_status, response_headers, response_body, created_at, expires_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (scope, key) DO UPDATE SET "
+        "fingerprint = EXCLUDED.fingerprint, method = EXCLUDED.method, "
+        "path = EXCLUDED.path, state = EXCLUDED.state, "
+        "response_status = EXCLUDED.response_status, "
+        "response_headers = EXCLUDED.response_headers, "
+        "response_body = EXCLUDED.response_body, created_at = EXCLUDED.created_at, "
+        "expires_at = EXCLUDED.expires_at "
+        "WHERE r.expires_at <= EXCLUDED.created_at RETURNING r.id"
+    )
+
     def finish(self, claim: Claim, response: StoredResponse) -> None:
         held: _Held = claim.state
         connection = connections[held.alias]
-        # One plain UPDATE by primary key. The ORM's queryset.update() builds
-        # and compiles a query on every call, which the profile of a first
-        # request showed to cost more client CPU than the claim statement.
+        table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
+        headers = json.dumps(response.headers)
+        body = _BODY_FIELD.get_db_prep_value(response.body, connection)
+        # One plain statement. The ORM's queryset.update() builds and compiles
+        # a query on every call, which the profile of a first request showed
+        # to cost more client CPU than the claim statement.
         try:
             with connection.cursor() as cursor:
-                cursor.execute(
-                    self._FINISH_SQL.format(
-                        table=connection.ops.quote_name(IdempotencyRecord._meta.db_table)
-                    ),
-                    [
-                        _COMPLETED,
-                        response.status,
-                        json.dumps(response.headers),
-                        _BODY_FIELD.get_db_prep_value(response.body, connection),
-                        held.pk,
-                    ],
-                )
+                if held.pk is None:
+                    record = claim.record
+                    sql = self._FINISH_TAKE_OVER_SQL if held.take_over else self._FINISH_INSERT_SQL
+                    cursor.execute(
+                        sql.format(table=table),
+                        [
+                            record.scope,
+                            record.key,
+                            record.fingerprint,
+                            record.method,
+                            record.path,
+                            _COMPLETED,
+                            response.status,
+                            headers,
+                            body,
+                            record.created_at,
+                            record.expires_at,
+                        ],
+                    )
+                    if held.take_over and cursor.fetchone() is None:
+                        raise StoreError(
+                            f"A live record of key {record.key!r} was written by a request "
+                            "that did not take the claim's lock; nothing was committed."
+                        )
+                else:
+                    cursor.execute(
+                        self._FINISH_SQL.format(table=table),
+                        [_COMPLETED, response.status, headers, body, held.pk],
+                    )
         except BaseException as exc:
             held.atomic.__exit__(type(exc), exc, exc.__traceback__)
             if isinstance(exc, DatabaseError):
@@ -490,17 +590,17 @@ SELECT 'locked', NULL, NULL, NULL, NULL, NULL, NULL FROM lock WHERE NOT lock.got
         created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
     WHERE {table}.expires_at <= EXCLUDED.created_at"""
 
-    _PG_CALL = (
-        f"SELECT * FROM {CLAIM_FUNCTION}(%(scope)s, %(key)s, %(fingerprint)s, %(method)s, "
-        "%(path)s, %(state)s, %(now)s, %(expires)s, %(lock)s)"
-    )
+    _PG_CALLS = {
+        function: f"SELECT * FROM {function}(%(scope)s, %(key)s, %(fingerprint)s, "
+        "%(method)s, %(path)s, %(state)s, %(now)s, %(expires)s, %(lock)s)"
+        for function in _CLAIM_FUNCTIONS
+    }
 
     def _begin_postgresql(
-        self, connection: BaseDatabaseWrapper, record: RequestRecord, cte: bool = False
-    ) -> Outcome | int | _Released:
-        use_function = not cte and _use_claim_function(connection.alias)
-        if use_function:
-            sql = self._PG_CALL
+        self, connection: BaseDatabaseWrapper, record: RequestRecord, function: str | None
+    ) -> Outcome | int | _Released | _Unwritten:
+        if function is not None:
+            sql = self._PG_CALLS[function]
         else:
             table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
             sql = self._PG_SQL.format(
@@ -520,15 +620,17 @@ SELECT 'locked', NULL, NULL, NULL, NULL, NULL, NULL FROM lock WHERE NOT lock.got
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             row = cursor.fetchone()
-        if use_function and connection.alias in _cte_until:
-            _claim_function_worked(connection.alias)
+        if function is not None and (connection.alias, function) in _missing_until:
+            _claim_function_worked(connection.alias, function)
         if row is None:
             # A record committed after this statement's snapshot was taken: the
             # INSERT met it but the SELECT could not see it. Read it now.
             return self._fetch(connection.alias, record) or InUse()
         if row[0] == "claimed":
-            pk: int = row[1]
-            return pk
+            pk: int | None = row[1]
+            return _UNWRITTEN if pk is None else pk
+        if row[0] == "expired":
+            return _UNWRITTEN_OVER
         if row[0] == "locked":
             return InUse()
         return self._outcome(record, *row[2:])
