@@ -28,12 +28,17 @@ sys.path.insert(0, str(HERE))
 from configs import BY_NAME, CONFIGS  # noqa: E402
 from growth_report import render_growth, render_growth_chart  # noqa: E402
 
-# (configuration, minimum ratio to the baseline, aim)
+# (configuration, minimum ratio to its baseline, aim): the targets of the
+# performance issues (round two: first requests 0.80, 0.85 with token auth,
+# Redis 0.80, replays kept at 1.6 or more).
 RATIO_TARGETS = [
     ("ours-db-first", 0.8, 0.85),
-    ("ours-db-replay", 1.2, 1.5),
-    ("ours-redis-first", 0.9, None),
+    ("ours-db-first-token", 0.85, None),
+    ("ours-db-replay", 1.6, None),
+    ("ours-redis-first", 0.8, None),
 ]
+# Where a peer must be beaten by more than a tie: (ours, peer) -> the lead asked for.
+LEADS = {("ours-redis-first", "drfi-redis-first"): 0.05}
 STATEMENT_TARGETS = [("ours-db-first", 2), ("ours-db-replay", 1)]
 # A ratio target and the reference configuration that makes the same round
 # trips with no store behind them: what a missed target is compared to.
@@ -143,7 +148,9 @@ def check_targets(http: Any, queries: Any, purge: Any) -> list[dict[str, Any]]:
         checks.append({"target": target, "value": value, "met": ok, "note": note})
 
     for name, minimum, aim in RATIO_TARGETS:
-        label = f"{name}: ratio to baseline >= {minimum}" + (f" (aim {aim})" if aim else "")
+        label = f"{name}: ratio to {BY_NAME[name].baseline} >= {minimum}" + (
+            f" (aim {aim})" if aim else ""
+        )
         if name in results:
             ratio = results[name]["ratio"]
             add(label, round(ratio, 2), ratio >= minimum)
@@ -165,16 +172,24 @@ def check_targets(http: Any, queries: Any, purge: Any) -> list[dict[str, Any]]:
                 if mode == "replay" and not config.scoped:
                     continue  # the target only asks to beat peers that scope per user
                 peer = results.get(config.name)
-                label = f"{ours}-{mode} faster than {config.name}"
+                wanted = LEADS.get((f"{ours}-{mode}", config.name))
+                label = f"{ours}-{mode} faster than {config.name}" + (
+                    f" by >= {wanted}" if wanted else ""
+                )
                 if mine and peer:
                     # Medians closer than TIE apart are within what moves from round to
                     # round: neither is faster.
                     lead = mine["ratio"] - peer["ratio"]
+                    note = ""
+                    if abs(lead) < TIE:
+                        note = f"a tie: the medians are less than {TIE} apart"
+                    if wanted and not note:
+                        note = f"lead {lead:+.2f}"
                     add(
                         label,
                         f"{mine['ratio']:.2f} vs {peer['ratio']:.2f}",
-                        lead >= TIE,
-                        f"a tie: the medians are less than {TIE} apart" if abs(lead) < TIE else "",
+                        lead >= max(TIE, wanted or 0.0),
+                        note,
                     )
                 else:
                     add(label, None, None, "not measured")
