@@ -104,6 +104,15 @@ CONFIGS = [
     Config("ours-db-first", "@idempotent, database, first", "db", "/ours/", "first"),
     Config("ours-db-replay", "@idempotent, database, replay", "db", "/ours/", "replay"),
     Config(
+        "ours-db-first-write-first",
+        "@idempotent, database, first, claim that writes first (reference: the design before "
+        "migration 0005, an INSERT at the claim and an UPDATE at the end)",
+        "db-write-first",
+        "/ours/",
+        "first",
+        reference=True,
+    ),
+    Config(
         "ours-redis-first",
         "@idempotent, Redis, first",
         "redis",

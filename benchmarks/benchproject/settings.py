@@ -93,6 +93,9 @@ IDEMPOTENCY_TTL = 600
 IDEMPOTENCY_CACHE = "idempotency"
 if SERVER == "redis":
     IDEMPOTENCY_STORE = "django_idempotency.stores.redis.RedisStore"
+# The claim as it was before migration 0005, for comparison in the same run.
+if SERVER == "db-write-first":
+    IDEMPOTENCY_STORE = "benchproject.stores.WriteFirstStore"
 
 # bench_asgi.py: plain Django views under uvicorn. Django's persistent
 # connections do not work under ASGI (each request runs its sync code in a
