@@ -1,12 +1,11 @@
 """Stored response bodies compressed with LZ4 on PostgreSQL 14 and newer.
 
 PostgreSQL compresses a value of more than about 2 kB before it moves it out
-of line (TOAST), by default with its own pglz. For the bodies that APIs
-answer with, pglz is the slow part of storing a large response: writing a
-1 MB JSON body took about 7.5 ms of server CPU with pglz against about 1 ms
-with LZ4, for a stored size about 15 % larger (the benchmark's "How cost
-grows" part, and ``psql`` over 50 such bodies; see the changelog). Replays
-decompress faster too. Values of less than about 2 kB are never compressed,
+of line (TOAST), by default with its own pglz. Compressing 1 MB of JSON took
+about 7.5 ms of server CPU with pglz against about 1 ms with LZ4, for a
+stored size about 15 % larger (``psql``, 50 such bodies); the benchmark's "How
+cost grows" part had found a 1 MB first request spending 16.6 ms of database
+CPU. Replays decompress faster too. Values of less than about 2 kB are never compressed,
 so small responses are unchanged.
 
 ``ALTER COLUMN ... SET COMPRESSION`` changes how new values are compressed
