@@ -34,7 +34,7 @@ from django.core.paginator import Paginator
 from django.db import connections
 from django.db.models import Max, Min, QuerySet
 from django.http import HttpRequest
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.functional import cached_property
@@ -392,10 +392,15 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         if match is None or not self.admin_site.is_registered(user_model):
             return obj.scope
         opts = user_model._meta
-        url = reverse(
-            f"{self.admin_site.name}:{opts.app_label}_{opts.model_name}_change",
-            args=[match.group(1)],
-        )
+        try:
+            url = reverse(
+                f"{self.admin_site.name}:{opts.app_label}_{opts.model_name}_change",
+                args=[match.group(1)],
+            )
+        except NoReverseMatch:
+            # Registered, but this site's URLs are not mounted, or its user
+            # admin has no change page: the scope is still worth showing.
+            return obj.scope
         return format_html('<a href="{}">{}</a>', url, obj.scope)
 
     @admin.display(description=_("created"), ordering="created_at")

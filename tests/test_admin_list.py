@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import User
 from django.test import Client
+from django.urls import URLPattern, path
 
+from django_idempotency.admin import IdempotencyRecordAdmin
+from django_idempotency.models import IdempotencyRecord
 from tests.conftest import make_record
 
 pytestmark = pytest.mark.django_db
@@ -44,17 +49,50 @@ def test_a_user_scope_links_to_the_users_admin_page(admin_client: Client) -> Non
     assert "client:ci" in client_row and "/admin/auth/" not in client_row
 
 
-def test_a_user_scope_is_plain_text_when_the_user_admin_is_not_registered(
-    admin_client: Client,
+# Admin sites of their own, mounted by this module's URLconf, so that no test
+# changes the default site's registry (its URL patterns are built once, when
+# the root URLconf is first imported: a registry changed before that import
+# would leave every later test without the user's change URL).
+no_user_admin = admin.AdminSite(name="no_user_admin")
+no_user_admin.register(IdempotencyRecord, IdempotencyRecordAdmin)
+
+
+class UserAdminWithoutChangePage(UserAdmin):
+    """A user admin that is registered but has no change URL (a project that
+    shows users read-only elsewhere, or removed the page)."""
+
+    def get_urls(self) -> list[URLPattern]:
+        return [url for url in super().get_urls() if not str(url.name).endswith("_change")]
+
+
+user_admin_without_change_url = admin.AdminSite(name="user_admin_without_change_url")
+user_admin_without_change_url.register(IdempotencyRecord, IdempotencyRecordAdmin)
+user_admin_without_change_url.register(User, UserAdminWithoutChangePage)
+
+urlpatterns = [
+    path("no-user-admin/", no_user_admin.urls),
+    path("no-change-url/", user_admin_without_change_url.urls),
+]
+
+
+@pytest.mark.parametrize("site", ["no-user-admin", "no-change-url"])
+def test_a_user_scope_is_plain_text_when_the_users_change_page_cannot_be_reversed(
+    admin_client: Client, settings: Any, site: str
 ) -> None:
+    settings.ROOT_URLCONF = __name__
     make_record("k-user", scope="user:1")
-    registered = admin.site._registry.pop(User)
-    try:
-        html = admin_client.get(LIST).content.decode()
-    finally:
-        admin.site._registry[User] = registered
-    row = next(r for r in rows(html) if "k-user" in r)
-    assert "user:1" in row and "/admin/auth/user/" not in row
+    response = admin_client.get(f"/{site}/django_idempotency/idempotencyrecord/")
+    assert response.status_code == 200
+    row = next(r for r in rows(response.content.decode()) if "k-user" in r)
+    assert "user:1" in row and "/auth/user/" not in row
+
+
+def test_a_user_scope_on_a_site_that_is_not_mounted_is_plain_text() -> None:
+    # Registered on a site whose URLs no URLconf includes: nothing to link to.
+    site = admin.AdminSite(name="not_mounted")
+    site.register(User, UserAdmin)
+    model_admin = IdempotencyRecordAdmin(IdempotencyRecord, site)
+    assert model_admin.scope_link(make_record("k-user", scope="user:1")) == "user:1"
 
 
 @pytest.mark.parametrize(
