@@ -48,7 +48,17 @@ def envelope_type(response: Any) -> str:
 # System checks: no Redis needed.
 
 
+# The checks read settings only: a django-redis alias of their own, so that they
+# mean the same with or without the REDIS_URL that adds the suite's "redis" alias.
+CHECKED_CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "redis": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"},
+}
+
+
 def errors(**settings: Any) -> list[str]:
+    settings.setdefault("CACHES", CHECKED_CACHES)
+    settings.setdefault("IDEMPOTENCY_CACHE", "redis")
     with override_settings(IDEMPOTENCY_STORE=CACHE_STORE, **settings):
         found = check_settings()
     assert all(isinstance(e, Error) for e in found)
@@ -198,7 +208,7 @@ def test_the_old_dotted_path_still_works_and_warns() -> None:
 
 
 def test_check_warns_about_the_old_dotted_path() -> None:
-    with override_settings(IDEMPOTENCY_STORE=OLD_PATH):
+    with override_settings(IDEMPOTENCY_STORE=OLD_PATH, CACHES=CHECKED_CACHES):
         found = check_settings()
     assert [(type(m), m.id) for m in found] == [(Warning, "django_idempotency.W040")]
     assert "django_idempotency.stores.redis.RedisStore" in found[0].hint
