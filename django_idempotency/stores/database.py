@@ -59,8 +59,11 @@ Other databases
 ---------------
 The portable path reads, then inserts in a savepoint and relies on the unique
 constraint (IntegrityError means someone else won). SQLite serialises writers,
-so there a duplicate waits on the database lock (its ``timeout`` option) and then
-sees the finished record; a claim that cannot get the lock in time answers "in use".
+so there every claim, a duplicate or a new key alike, waits for the database's
+write lock (its ``timeout`` option, the busy timeout) while another request's
+transaction holds it; a duplicate then sees the finished record. A claim that
+cannot get the lock in time answers 503 (StoreError), never "in use": the
+holder's claim is uncommitted, so nothing can tell whether it holds this key.
 
 Why each claim path is kept
 ---------------------------
@@ -220,10 +223,19 @@ def _lock_id(record: RequestRecord) -> int:
 
 def _sqlite_busy(connection: BaseDatabaseWrapper, exc: BaseException) -> bool:
     """SQLite has one writer at a time, and another request kept the write lock
-    past the busy timeout (at BEGIN IMMEDIATE, or at our INSERT): most likely
-    the duplicate that is still running, so the answer is "in use, retry"."""
+    past the busy timeout (at BEGIN IMMEDIATE, or at our INSERT)."""
     return (
         connection.vendor == "sqlite" and isinstance(exc, OperationalError) and "locked" in str(exc)
+    )
+
+
+def _sqlite_busy_error(exc: BaseException) -> StoreError:
+    # Whoever holds the lock may be running any key: its uncommitted claim
+    # cannot be read, so "in use" would be a guess, and a wrong one for every
+    # other key. Busy is the truth, and a retry can succeed.
+    return StoreError(
+        "The SQLite database stayed locked by another request's transaction for longer "
+        f"than its busy timeout (the 'timeout' database option): {exc}"
     )
 
 
@@ -347,7 +359,7 @@ class DatabaseStore(Store):
                 atomic.__enter__()
             except DatabaseError as exc:
                 if _sqlite_busy(connection, exc):
-                    return InUse()
+                    raise _sqlite_busy_error(exc) from exc
                 raise StoreError(str(exc)) from exc
             first_claimed_at = None
             function = None
@@ -371,7 +383,7 @@ class DatabaseStore(Store):
                 # Rolls back the block (or its savepoint): nothing was claimed.
                 atomic.__exit__(type(exc), exc, exc.__traceback__)
                 if _sqlite_busy(connection, exc):
-                    return InUse()
+                    raise _sqlite_busy_error(exc) from exc
                 if function is not None and _claim_function_missing(connection, exc, function):
                     start = _CLAIM_FUNCTIONS.index(function) + 1
                     continue  # again, with the next function or the CTE
