@@ -131,7 +131,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from ..conf import conf
+from ..conf import conf, store_database
 from ..models import IdempotencyRecord
 from .base import (
     Claim,
@@ -304,6 +304,44 @@ def _claim_function_worked(alias: str, function: str) -> None:
         )
 
 
+#: Database vendors (Django's ``connection.vendor``) whose claim path the
+#: test suite proves against real servers; docs/databases.rst says where.
+PROVEN_VENDORS = frozenset({"postgresql", "sqlite", "mysql"})
+
+
+def _check_vendor(alias: str) -> list[checks.CheckMessage]:
+    allow = conf.raw("IDEMPOTENCY_ALLOW_UNTESTED_DATABASE")
+    if not isinstance(allow, bool):
+        return [
+            checks.Error(
+                f"IDEMPOTENCY_ALLOW_UNTESTED_DATABASE must be True or False, not {allow!r}.",
+                hint="A string such as 'false' (read from an environment variable) is not a "
+                "boolean; convert it, e.g. os.environ.get(...) == 'true'.",
+                id="django_idempotency.E021",
+            )
+        ]
+    if alias not in settings.DATABASES or allow:
+        return []
+    connection = connections[alias]
+    if connection.vendor in PROVEN_VENDORS:
+        return []
+    return [
+        checks.Error(
+            f"The database store keeps its records in {alias!r}, on {connection.display_name} "
+            f"(vendor {connection.vendor!r}). django-idempotency proves its claim "
+            "(one run per key under concurrent duplicates, what a duplicate gets, the view's "
+            "writes committed with the response, crashes) on PostgreSQL, MariaDB/MySQL and "
+            f"SQLite only. On {connection.display_name} the store would use its portable path "
+            "(read, then insert under the unique constraint), which no test proves there.",
+            hint="Keep the records on PostgreSQL, MariaDB/MySQL or SQLite (IDEMPOTENCY_DATABASE "
+            "or your DATABASE_ROUTERS), use the Redis store, or set "
+            "IDEMPOTENCY_ALLOW_UNTESTED_DATABASE = True to accept the untested path knowingly "
+            "(see the Databases page of the docs).",
+            id="django_idempotency.E033",
+        )
+    ]
+
+
 class DatabaseStore(Store):
     """Stores records with the Django ORM, in the view's own transaction."""
 
@@ -316,9 +354,8 @@ class DatabaseStore(Store):
     @classmethod
     def check(cls) -> list[checks.CheckMessage]:
         alias = conf.raw("IDEMPOTENCY_DATABASE")
-        if alias is None:  # unset: the routers decide (checks.check_database_routing)
-            return []
-        if not isinstance(alias, str) or alias not in settings.DATABASES:
+        # Unset: the routers decide (checks.check_database_routing).
+        if alias is not None and (not isinstance(alias, str) or alias not in settings.DATABASES):
             return [
                 checks.Error(
                     f"IDEMPOTENCY_DATABASE {alias!r} is not a database alias in DATABASES.",
@@ -328,7 +365,7 @@ class DatabaseStore(Store):
                     id="django_idempotency.E011",
                 )
             ]
-        return []
+        return _check_vendor(store_database())
 
     def purge_expired(
         self,
