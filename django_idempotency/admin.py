@@ -330,7 +330,8 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return False
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
-        held = held_claims(store_database())
+        # Only on GET: an action's POST redirects to a GET that adds it again.
+        held = held_claims(store_database()) if request.method == "GET" else None
         if held is not None:
             count, oldest = held
             if count:
