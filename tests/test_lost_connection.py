@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
 from asgiref.sync import async_to_sync
+from django.contrib.auth.models import User
 from django.db import connection, connections
 from django.test import AsyncClient
 from rest_framework.test import APIClient
