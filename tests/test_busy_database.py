@@ -16,8 +16,8 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
