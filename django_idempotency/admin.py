@@ -330,7 +330,8 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return False
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
-        held = held_claims(store_database())
+        # Only on GET: an action's POST redirects to a GET that adds it again.
+        held = held_claims(store_database()) if request.method == "GET" else None
         if held is not None:
             count, oldest = held
             if count:
@@ -349,10 +350,24 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def get_queryset(self, request: HttpRequest) -> Records:
         # Bodies can be large; the detail page loads its one body when shown.
         queryset: Records = super().get_queryset(request).defer("response_body")
+        if self._acts_on_rows(request):
+            queryset = queryset.using(store_database())
         # The same query with a faster date drill-down; the model's own
         # manager keeps Django's datetimes().
         return DrillDownQuerySet(
             model=queryset.model, query=queryset.query.chain(), using=queryset.db
+        )
+
+    def _acts_on_rows(self, request: HttpRequest) -> bool:
+        """Whether the request deletes or changes the rows it reads (an action,
+        the delete page): those are read where they are written. Under a
+        primary/replica router the list is read on a replica, which may not
+        have a new row yet: an action would silently skip it, a delete say it
+        does not exist."""
+        match = request.resolver_match
+        opts = self.model._meta
+        return request.method == "POST" or (
+            match is not None and match.url_name == f"{opts.app_label}_{opts.model_name}_delete"
         )
 
     def get_search_results(

@@ -79,6 +79,8 @@ DEFAULTS: dict[str, Any] = {
     "IDEMPOTENCY_ADMIN_MASKED_FIELDS": DEFAULT_ADMIN_MASKED_FIELDS,
     "IDEMPOTENCY_LEASE": DEFAULT_LEASE,
     "IDEMPOTENCY_FAIL_OPEN": False,
+    # The database store on a vendor its tests do not cover (stores/database.py).
+    "IDEMPOTENCY_ALLOW_UNTESTED_DATABASE": False,
     # The Redis store's optional replication guarantee (stores/redis.py).
     "IDEMPOTENCY_REDIS_MIN_REPLICAS": 0,
     "IDEMPOTENCY_REDIS_WAIT_TIMEOUT": timedelta(seconds=1),

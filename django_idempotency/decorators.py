@@ -150,6 +150,8 @@ def _sync_wrapper(
                 response = view(*args, **kwargs)
             except BaseException as exc:
                 _release(store, claim, request, exc)
+                if _rolled_back_by_outage(store, exc):
+                    return _refuse_outage(store, request, claim, exc)
                 drf_view = _drf_view(request) if isinstance(exc, Exception) else None
                 if drf_view is None:
                     raise
@@ -173,6 +175,7 @@ def _async_wrapper(
     start = sync_to_async(_start, thread_sensitive=True)
     finish = sync_to_async(_finish, thread_sensitive=True)
     release = sync_to_async(_release, thread_sensitive=True)
+    refuse_outage = sync_to_async(_refuse_outage, thread_sensitive=True)
 
     @functools.wraps(view)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -206,6 +209,8 @@ def _async_wrapper(
                     response, cancelled = await _to_the_end(_run(view, args, kwargs))
             except BaseException as exc:
                 await _to_the_end(release(store, claim, request, exc))
+                if _rolled_back_by_outage(store, exc):
+                    return await refuse_outage(store, request, claim, exc)
                 raise
             answer, late = await _to_the_end(
                 finish(store, claim, response, request, view_self, args, kwargs)
@@ -216,6 +221,20 @@ def _async_wrapper(
             return answer
 
     return wrapper
+
+
+def _rolled_back_by_outage(store: Store, exc: BaseException) -> bool:
+    """Whether the view failed on a database outage (its connection lost, the
+    server restarting...) on a store that rolls the view's writes back with the
+    claim: then nothing was done, and the answer is the store's retryable 503,
+    not a 500. On other stores the view's own commits may stand: the error
+    goes on (to DatabaseUnavailableMiddleware, if installed)."""
+    return store.rolls_back_view_writes and errors.is_database_outage(exc)
+
+
+def _refuse_outage(store: Store, request: Any, claim: Claim, exc: BaseException) -> Any:
+    _notify(signals.store_unavailable, store, request, claim.record, exception=exc)
+    return _refuse(request, errors.STORE_UNAVAILABLE)
 
 
 async def _run(view: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpResponse
 
 from .conf import conf
@@ -116,6 +117,28 @@ STORE_UNAVAILABLE = ErrorType(
 )
 
 
+# PostgreSQL ends a session whose transaction outlived its timeout
+# (idle_in_transaction_session_timeout: 25P03; transaction_timeout, PostgreSQL 17:
+# 25P04), and drivers report that as an InternalError.
+_SESSION_TIMEOUTS = frozenset({"25P03", "25P04"})
+
+
+def is_database_outage(exception: BaseException) -> bool:
+    """Whether ``exception`` is a database outage, worth a retry: an
+    ``OperationalError`` or ``InterfaceError`` (connection refused or lost,
+    server shutting down, a lock or serialisation failure), or the
+    ``InternalError`` of a PostgreSQL session ended for holding its transaction
+    too long. Other database errors (``IntegrityError``, ``ProgrammingError``)
+    are bugs."""
+    if isinstance(exception, (OperationalError, InterfaceError)):
+        return True
+    if not isinstance(exception, DatabaseError):
+        return False
+    cause = exception.__cause__
+    code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    return code in _SESSION_TIMEOUTS
+
+
 def envelope(request: Any, type: str, message: str, **extra: Any) -> dict[str, Any]:
     """The envelope's body: ``{"error": {"type", "message", "request_id", **extra}}``."""
     return {
@@ -174,6 +197,7 @@ __all__ = [
     "envelope",
     "error_response",
     "get_request_id",
+    "is_database_outage",
     "new_ulid",
     "retry_headers",
     "should_retry",

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from . import errors
@@ -40,10 +39,10 @@ SERVICE_UNAVAILABLE = errors.ErrorType(
 class DatabaseUnavailableMiddleware:
     """Answer a view's database outage with ``503 service_unavailable``.
 
-    An outage is an ``OperationalError`` or ``InterfaceError`` (connection refused
-    or lost, server shutting down, a lock or serialisation failure), or the
-    ``InternalError`` of a PostgreSQL session ended for holding its transaction
-    too long. All are worth a retry. Other database errors (``IntegrityError``,
+    An outage is what :func:`errors.is_database_outage` says it is: connection
+    refused or lost, server shutting down, a lock or serialisation failure, a
+    PostgreSQL session ended for holding its transaction too long. All are
+    worth a retry. Other database errors (``IntegrityError``,
     ``ProgrammingError``) are bugs and stay 500s.
     """
 
@@ -54,20 +53,6 @@ class DatabaseUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if isinstance(exception, (OperationalError, InterfaceError)) or (
-            isinstance(exception, DatabaseError) and _session_ended(exception)
-        ):
+        if errors.is_database_outage(exception):
             return errors.error_response(request, SERVICE_UNAVAILABLE)
         return None
-
-
-# PostgreSQL ends a session whose transaction outlived its timeout
-# (idle_in_transaction_session_timeout: 25P03; transaction_timeout, PostgreSQL 17:
-# 25P04), and drivers report that as an InternalError.
-_SESSION_TIMEOUTS = frozenset({"25P03", "25P04"})
-
-
-def _session_ended(exception: DatabaseError) -> bool:
-    cause = exception.__cause__
-    code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
-    return code in _SESSION_TIMEOUTS

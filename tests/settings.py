@@ -70,7 +70,8 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not :memory:, so that concurrent threads share one database.
     DATABASES["default"]["TEST"] = {"NAME": _sqlite_file}
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20}
+    # TEST_SQLITE_TIMEOUT: a server that a test starts with a short busy timeout.
+    DATABASES["default"]["OPTIONS"] = {"timeout": float(os.environ.get("TEST_SQLITE_TIMEOUT", 20))}
     if django.VERSION >= (5, 1):
         # As docs/stores.rst recommends: requests queue for SQLite's one write lock
         # instead of failing when a read transaction tries to upgrade.

@@ -190,3 +190,50 @@ class OtherStore(Store):
 
     def release(self, claim: Any, exc: BaseException | None = None) -> None:
         raise NotImplementedError
+
+
+# E033: the database store on a vendor that no test proves; E021: the setting
+# that accepts it must be a real boolean.
+
+
+@pytest.fixture
+def oracle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default connection says it is Oracle (the check reads only the vendor)."""
+    from django.db import connections
+
+    monkeypatch.setattr(connections["default"], "vendor", "oracle")
+    monkeypatch.setattr(connections["default"], "display_name", "Oracle")
+
+
+@pytest.mark.usefixtures("database_store", "oracle")
+def test_e033_an_untested_vendor_is_an_error_naming_it() -> None:
+    (message,) = check_settings()
+    assert message.id == "django_idempotency.E033"
+    assert "'default', on Oracle (vendor 'oracle')" in message.msg
+    assert "PostgreSQL, MariaDB/MySQL and SQLite" in message.msg
+    assert "IDEMPOTENCY_ALLOW_UNTESTED_DATABASE = True" in message.hint
+
+
+@pytest.mark.usefixtures("database_store", "oracle")
+def test_e033_is_accepted_knowingly_with_the_setting() -> None:
+    assert ids(IDEMPOTENCY_ALLOW_UNTESTED_DATABASE=True) == []
+
+
+@pytest.mark.usefixtures("oracle")
+def test_e033_leaves_other_stores_alone() -> None:
+    assert ids(IDEMPOTENCY_STORE="tests.test_checks.OtherStore") == []
+
+
+@pytest.mark.usefixtures("database_store")
+@pytest.mark.parametrize("vendor", ["postgresql", "sqlite", "mysql"])
+def test_the_proven_vendors_pass(vendor: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import connections
+
+    monkeypatch.setattr(connections["default"], "vendor", vendor)
+    assert ids() == []
+
+
+@pytest.mark.usefixtures("database_store")
+@pytest.mark.parametrize("value", ["true", "False", 1, None])
+def test_e021_allow_untested_database_must_be_a_real_boolean(value: object) -> None:
+    assert ids(IDEMPOTENCY_ALLOW_UNTESTED_DATABASE=value) == ["django_idempotency.E021"]

@@ -381,6 +381,24 @@ def test_the_admin_shows_the_requests_running_right_now(alice: User) -> None:
     assert notice() == "No request is running right now."
 
 
+def test_the_running_notice_shows_once_after_an_action() -> None:
+    from django.test import Client
+
+    from tests.conftest import make_record
+
+    browser = Client()
+    browser.force_login(User.objects.create_superuser("root", password="x"))
+    record = make_record("k1")
+    response = browser.post(
+        "/admin/django_idempotency/idempotencyrecord/",
+        {"action": "expire_selected", "_selected_action": [record.pk]},
+        follow=True,
+    )
+    shown = [str(m) for m in response.context["messages"]]
+    assert shown.count("No request is running right now.") == 1, shown
+    assert any(m.startswith("Expired 1 key") for m in shown), shown
+
+
 def test_at_repeatable_read_concurrent_requests_with_one_key_run_the_view_once(
     alice: User,
 ) -> None:

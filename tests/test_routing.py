@@ -214,6 +214,27 @@ def test_admin_delete_selected_and_delete_one_write_to_the_primary(
     assert list(IdempotencyRecord.objects.using("default").values_list("key", flat=True)) == ["k2"]
 
 
+@pytest.mark.django_db(databases=TWO)
+def test_admin_deletes_what_the_primary_has_whatever_the_replica_lags(
+    lagging_replica: None,
+) -> None:
+    records = [make_record(f"k{n}") for n in range(3)]  # on the primary only
+    assert not IdempotencyRecord.objects.exists()  # the replica has not seen them
+    client = Client()
+    client.force_login(User.objects.create_superuser("root", password="x"))
+    selected = {"action": "delete_selected", "_selected_action": [records[0].pk]}
+    confirm = client.post(LIST, selected)
+    assert confirm.status_code == 200
+    assert "k0" in confirm.content.decode()  # the confirmation lists it
+    response = client.post(LIST, {**selected, "post": "yes"}, follow=True)
+    assert "Successfully deleted 1" in response.content.decode()
+    one = f"{LIST}{records[1].pk}/delete/"
+    assert "k1" in client.get(one).content.decode()
+    response = client.post(one, {"post": "yes"}, follow=True)
+    assert "was deleted successfully" in response.content.decode()
+    assert list(IdempotencyRecord.objects.using("default").values_list("key", flat=True)) == ["k2"]
+
+
 # Guarded views read from the primary.
 
 

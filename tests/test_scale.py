@@ -278,6 +278,42 @@ def test_admin_bulk_actions_write_to_the_primary(replica: tuple[str, str]) -> No
         assert left == [(0,)]
 
 
+@pytest.mark.usefixtures("paused")
+def test_admin_deletes_records_that_the_lagging_replica_has_not_seen(
+    replica: tuple[str, str],
+) -> None:
+    primary_url, _ = replica
+    with replica_server(replica) as server:
+        for n in range(2):
+            reply = server.request(
+                "/t/widgets",
+                json.dumps({"name": f"unseen-{n}"}).encode(),
+                headers={"Idempotency-Key": f"unseen-{n}"},
+            )
+            assert reply.status == 201
+        pks = [
+            pk
+            for (pk,) in sql(
+                primary_url,
+                "SELECT id FROM django_idempotency_idempotencyrecord"
+                " WHERE key LIKE 'unseen-%' ORDER BY key",
+            )
+        ]
+        admin = AdminSession(server.base)
+        changelist = "/admin/django_idempotency/idempotencyrecord/"
+        page = admin.post(
+            changelist, {"action": "delete_selected", "_selected_action": pks[:1], "post": "yes"}
+        )
+        assert "Successfully deleted 1" in page, page[-3000:]
+        page = admin.post(f"{changelist}{pks[1]}/delete/", {"post": "yes"})
+        assert "was deleted successfully" in page, page[-3000:]
+        left = sql(
+            primary_url,
+            "SELECT count(*) FROM django_idempotency_idempotencyrecord WHERE key LIKE 'unseen-%'",
+        )
+        assert left == [(0,)]
+
+
 class AdminSession:
     """A staff user's browser, as far as the admin's forms need one."""
 

@@ -59,8 +59,11 @@ Other databases
 ---------------
 The portable path reads, then inserts in a savepoint and relies on the unique
 constraint (IntegrityError means someone else won). SQLite serialises writers,
-so there a duplicate waits on the database lock (its ``timeout`` option) and then
-sees the finished record; a claim that cannot get the lock in time answers "in use".
+so there every claim, a duplicate or a new key alike, waits for the database's
+write lock (its ``timeout`` option, the busy timeout) while another request's
+transaction holds it; a duplicate then sees the finished record. A claim that
+cannot get the lock in time answers 503 (StoreError), never "in use": the
+holder's claim is uncommitted, so nothing can tell whether it holds this key.
 
 Why each claim path is kept
 ---------------------------
@@ -128,7 +131,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from ..conf import conf
+from ..conf import conf, store_database
 from ..models import IdempotencyRecord
 from .base import (
     Claim,
@@ -220,10 +223,19 @@ def _lock_id(record: RequestRecord) -> int:
 
 def _sqlite_busy(connection: BaseDatabaseWrapper, exc: BaseException) -> bool:
     """SQLite has one writer at a time, and another request kept the write lock
-    past the busy timeout (at BEGIN IMMEDIATE, or at our INSERT): most likely
-    the duplicate that is still running, so the answer is "in use, retry"."""
+    past the busy timeout (at BEGIN IMMEDIATE, or at our INSERT)."""
     return (
         connection.vendor == "sqlite" and isinstance(exc, OperationalError) and "locked" in str(exc)
+    )
+
+
+def _sqlite_busy_error(exc: BaseException) -> StoreError:
+    # Whoever holds the lock may be running any key: its uncommitted claim
+    # cannot be read, so "in use" would be a guess, and a wrong one for every
+    # other key. Busy is the truth, and a retry can succeed.
+    return StoreError(
+        "The SQLite database stayed locked by another request's transaction for longer "
+        f"than its busy timeout (the 'timeout' database option): {exc}"
     )
 
 
@@ -292,6 +304,44 @@ def _claim_function_worked(alias: str, function: str) -> None:
         )
 
 
+#: Database vendors (Django's ``connection.vendor``) whose claim path the
+#: test suite proves against real servers; docs/databases.rst says where.
+PROVEN_VENDORS = frozenset({"postgresql", "sqlite", "mysql"})
+
+
+def _check_vendor(alias: str) -> list[checks.CheckMessage]:
+    allow = conf.raw("IDEMPOTENCY_ALLOW_UNTESTED_DATABASE")
+    if not isinstance(allow, bool):
+        return [
+            checks.Error(
+                f"IDEMPOTENCY_ALLOW_UNTESTED_DATABASE must be True or False, not {allow!r}.",
+                hint="A string such as 'false' (read from an environment variable) is not a "
+                "boolean; convert it, e.g. os.environ.get(...) == 'true'.",
+                id="django_idempotency.E021",
+            )
+        ]
+    if alias not in settings.DATABASES or allow:
+        return []
+    connection = connections[alias]
+    if connection.vendor in PROVEN_VENDORS:
+        return []
+    return [
+        checks.Error(
+            f"The database store keeps its records in {alias!r}, on {connection.display_name} "
+            f"(vendor {connection.vendor!r}). django-idempotency proves its claim "
+            "(one run per key under concurrent duplicates, what a duplicate gets, the view's "
+            "writes committed with the response, crashes) on PostgreSQL, MariaDB/MySQL and "
+            f"SQLite only. On {connection.display_name} the store would use its portable path "
+            "(read, then insert under the unique constraint), which no test proves there.",
+            hint="Keep the records on PostgreSQL, MariaDB/MySQL or SQLite (IDEMPOTENCY_DATABASE "
+            "or your DATABASE_ROUTERS), use the Redis store, or set "
+            "IDEMPOTENCY_ALLOW_UNTESTED_DATABASE = True to accept the untested path knowingly "
+            "(see the Databases page of the docs).",
+            id="django_idempotency.E033",
+        )
+    ]
+
+
 class DatabaseStore(Store):
     """Stores records with the Django ORM, in the view's own transaction."""
 
@@ -304,9 +354,8 @@ class DatabaseStore(Store):
     @classmethod
     def check(cls) -> list[checks.CheckMessage]:
         alias = conf.raw("IDEMPOTENCY_DATABASE")
-        if alias is None:  # unset: the routers decide (checks.check_database_routing)
-            return []
-        if not isinstance(alias, str) or alias not in settings.DATABASES:
+        # Unset: the routers decide (checks.check_database_routing).
+        if alias is not None and (not isinstance(alias, str) or alias not in settings.DATABASES):
             return [
                 checks.Error(
                     f"IDEMPOTENCY_DATABASE {alias!r} is not a database alias in DATABASES.",
@@ -316,7 +365,7 @@ class DatabaseStore(Store):
                     id="django_idempotency.E011",
                 )
             ]
-        return []
+        return _check_vendor(store_database())
 
     def purge_expired(
         self,
@@ -347,7 +396,7 @@ class DatabaseStore(Store):
                 atomic.__enter__()
             except DatabaseError as exc:
                 if _sqlite_busy(connection, exc):
-                    return InUse()
+                    raise _sqlite_busy_error(exc) from exc
                 raise StoreError(str(exc)) from exc
             first_claimed_at = None
             function = None
@@ -371,7 +420,7 @@ class DatabaseStore(Store):
                 # Rolls back the block (or its savepoint): nothing was claimed.
                 atomic.__exit__(type(exc), exc, exc.__traceback__)
                 if _sqlite_busy(connection, exc):
-                    return InUse()
+                    raise _sqlite_busy_error(exc) from exc
                 if function is not None and _claim_function_missing(connection, exc, function):
                     start = _CLAIM_FUNCTIONS.index(function) + 1
                     continue  # again, with the next function or the CTE

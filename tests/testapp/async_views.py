@@ -51,7 +51,10 @@ async def async_widget(request: HttpRequest) -> HttpResponse:
     outcome = data.get("outcome", "ok")
     if outcome == "raise":
         raise RuntimeError("the async view failed")
-    status = {"ok": 201, "500": 500, "422": 422, "404": 404}[outcome]
+    if outcome == "read_again":
+        # The database again after the delay: its connection may have died.
+        await Widget.objects.aget(pk=widget.pk)
+    status = {"ok": 201, "read_again": 201, "500": 500, "422": 422, "404": 404}[outcome]
     return JsonResponse({"id": widget.pk, "outcome": outcome}, status=status)
 
 

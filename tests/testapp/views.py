@@ -95,6 +95,10 @@ class WidgetAPIView(APIView):
     def post(self, request: Request) -> Response:
         widget = _make(request)
         outcome = request.data.get("outcome", "ok")
+        if outcome == "read_again":
+            # Uses the database again after _make's wait: its connection may
+            # have died meanwhile.
+            Widget.objects.get(pk=widget.pk)
         if outcome == "raise":
             raise RuntimeError("the view failed")
         if outcome == "invalid":
@@ -104,7 +108,16 @@ class WidgetAPIView(APIView):
             # as when the commit itself fails.
             transaction.set_rollback(True)
             return Response({"id": widget.pk, "outcome": outcome}, status=201)
-        codes = {"ok": 201, "500": 500, "503": 503, "400": 400, "422": 422, "404": 404, "409": 409}
+        codes = {
+            "ok": 201,
+            "read_again": 201,
+            "500": 500,
+            "503": 503,
+            "400": 400,
+            "422": 422,
+            "404": 404,
+            "409": 409,
+        }
         response = Response({"id": widget.pk, "outcome": outcome}, status=codes[outcome])
         response.set_cookie("session-ish", "secret")
         return response
