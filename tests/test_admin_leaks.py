@@ -192,10 +192,16 @@ def test_the_oracle_is_real_without_the_refusal(
     right from wrong: the previous test would see a leak."""
     monkeypatch.setattr(IdempotencyRecordAdmin, "lookup_allowed", admin.ModelAdmin.lookup_allowed)
     client = view_only_staff()
-    for field, lookup in (("response_headers", "__contains"), ("fingerprint", "__startswith")):
+    oracles = [
+        ("response_headers", "__contains", "k-header"),
+        ("fingerprint", "__startswith", "k-header"),
+    ]
+    if connection.vendor == "sqlite":  # the report's own query (a bytea on PostgreSQL)
+        oracles.append(("response_body", "__regex", "create-ci-key"))
+    for field, lookup, key in oracles:
         value, secret = stored[field]
         right, wrong = guesses(value, secret, lookup)
-        assert answer(client.get(LIST, {f"{field}{lookup}": right}))[2] == ["k-header"]
+        assert answer(client.get(LIST, {f"{field}{lookup}": right}))[2] == [key]
         assert answer(client.get(LIST, {f"{field}{lookup}": wrong}))[2] == []
 
 
