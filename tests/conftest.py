@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.db import connection
+from django.test import Client
 from django.utils import timezone
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
@@ -131,6 +132,18 @@ def make_record(
         created_at=now - age,
         expires_at=now + expires_in,
     )
+
+
+def staff(*perms: str) -> Client:
+    """A logged-in test client of a staff user with these permissions on
+    idempotency records ("view", "delete", ...)."""
+    user = User.objects.create_user("staff-" + "-".join(perms), password="x", is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(codename__in=[f"{p}_idempotencyrecord" for p in perms])
+    )
+    client = Client()
+    client.force_login(user)
+    return client
 
 
 DATABASE_STORE = "django_idempotency.stores.database.DatabaseStore"

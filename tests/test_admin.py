@@ -6,7 +6,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import connection
 from django.test import Client, override_settings
@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 from django_idempotency import admin as record_admin
 from django_idempotency.admin import is_masked, mask
 from django_idempotency.models import IdempotencyRecord
-from tests.conftest import make_record, post
+from tests.conftest import make_record, post, staff
 from tests.testapp.models import Widget
 
 pytestmark = pytest.mark.django_db
@@ -26,16 +26,6 @@ LIST = "/admin/django_idempotency/idempotencyrecord/"
 
 def detail(record: IdempotencyRecord) -> str:
     return f"{LIST}{record.pk}/change/"
-
-
-def staff(*perms: str) -> Client:
-    user = User.objects.create_user("staff-" + "-".join(perms), password="x", is_staff=True)
-    user.user_permissions.set(
-        Permission.objects.filter(codename__in=[f"{p}_idempotencyrecord" for p in perms])
-    )
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def listed(response) -> list[str]:
