@@ -22,7 +22,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.db import IntegrityError, InterfaceError, InternalError, OperationalError
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    OperationalError,
+    connection,
+)
 from rest_framework.authentication import BasicAuthentication
 from rest_framework.test import APIClient
 
@@ -128,6 +135,19 @@ def test_other_database_errors_stay_500s(
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION="Basic YWxpY2U6YWxpY2UtcHc=")
     with pytest.raises(error):
+        client.post("/t/widgets", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="k")
+
+
+@pytest.mark.django_db
+def test_a_missing_table_is_no_outage(alice: Any) -> None:
+    # SQLite says "no such table" with an OperationalError, the class of its
+    # outages too: still a 500, never "retry" (PostgreSQL: a ProgrammingError).
+    quote = connection.ops.quote_name
+    with connection.cursor() as cursor:  # undone with the test's transaction
+        cursor.execute(f"ALTER TABLE {quote('auth_user')} RENAME TO {quote('auth_user_gone')}")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Basic YWxpY2U6YWxpY2UtcHc=")
+    with pytest.raises(DatabaseError):
         client.post("/t/widgets", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="k")
 
 
