@@ -74,8 +74,8 @@ def ensure_checked() -> None:
             conf.checked = True
             return
         conf.checked = (
-            "django-idempotency's settings are invalid (found by its system checks, which "
-            "`manage.py check` runs):\n" + "\n".join(str(message) for message in errors)
+            "django-idempotency's settings are invalid (its system checks found these "
+            "errors when Django started):\n" + "\n".join(str(message) for message in errors)
         )
         logger.error("%s", conf.checked)
     raise ImproperlyConfigured(conf.checked)
