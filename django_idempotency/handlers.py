@@ -16,8 +16,7 @@ import sys
 from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 
-from .errors import REQUEST_TOO_LARGE, ErrorType, error_response
-from .middleware import table_missing
+from .errors import REQUEST_TOO_LARGE, ErrorType, error_response, table_missing
 
 BAD_REQUEST = ErrorType(400, "invalid_request", "The request is malformed")
 NOT_FOUND = ErrorType(404, "not_found", "No such resource")

@@ -56,7 +56,7 @@ class DatabaseUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if table_missing(exception):
+        if errors.table_missing(exception):
             return None
         if isinstance(exception, (OperationalError, InterfaceError)) or (
             isinstance(exception, DatabaseError) and _session_ended(exception)
@@ -75,22 +75,3 @@ def _session_ended(exception: DatabaseError) -> bool:
     cause = exception.__cause__
     code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
     return code in _SESSION_TIMEOUTS
-
-
-# How each backend says "no such table": PostgreSQL's SQLSTATE undefined_table,
-# MySQL's and MariaDB's ER_NO_SUCH_TABLE, SQLite's words (it has no codes).
-_PG_UNDEFINED_TABLE = "42P01"
-_MYSQL_NO_SUCH_TABLE = 1146
-
-
-def table_missing(exception: BaseException | None) -> bool:
-    """Whether a database error says a table does not exist: a database that
-    ``migrate`` has not reached, a configuration error rather than an outage."""
-    if not isinstance(exception, DatabaseError):
-        return False
-    cause = exception.__cause__
-    if (getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)) == _PG_UNDEFINED_TABLE:
-        return True
-    if exception.args and exception.args[0] == _MYSQL_NO_SUCH_TABLE:
-        return True
-    return isinstance(exception, OperationalError) and str(exception).startswith("no such table")

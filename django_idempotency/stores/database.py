@@ -129,7 +129,7 @@ from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from ..conf import conf
-from ..middleware import table_missing
+from ..errors import table_missing
 from ..models import IdempotencyRecord
 from .base import (
     Claim,
