@@ -458,10 +458,8 @@ def check_redis_server(app_configs: Sequence[Any] | None = None, **kwargs: Any) 
 # Handlers that DRF's views, generic views and viewsets call for methods
 # other than POST; a decorated method of another name may be a helper that a
 # POST handler calls, so it is left alone unless a route names it.
-_NOT_POST_HANDLERS = frozenset(
-    {"get", "put", "patch", "delete", "head", "options", "trace"}
-    | {"list", "retrieve", "update", "partial_update", "destroy"}
-)
+_OTHER_METHODS = frozenset({"get", "put", "patch", "delete", "head", "options", "trace"})
+_NOT_POST_HANDLERS = _OTHER_METHODS | {"list", "retrieve", "update", "partial_update", "destroy"}
 
 
 @checks.register(checks.Tags.urls)
@@ -538,7 +536,7 @@ def _never_post(view_class: type, name: str, handler: Any, methods: set[str]) ->
     where += "()" if function_name == view_class.__name__ else f".{name}()"
     if methods:
         served = f"its routes send it {', '.join(sorted(methods))} only"
-    elif name in {"get", "put", "patch", "delete", "head", "options", "trace"}:
+    elif name in _OTHER_METHODS:
         served = f"it handles {name.upper()} only"
     else:
         served = "no route sends it a POST"
