@@ -10,7 +10,17 @@ class IdempotencyConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
+        from . import checks  # registers the system checks
+        from .conf import conf
+
+        # Servers such as gunicorn and uvicorn run no system checks: a bad
+        # setting stops the process here, with every error and its hint,
+        # instead of failing requests.
+        checks.ensure_checked()
+        # Settings are still read on first use, as documented (a test suite's
+        # conftest may set them after Django starts); the first request checks
+        # them again, once.
+        conf.reload()
 
         if find_spec("drf_spectacular") is not None:
             # Registers the drf-spectacular extension that documents @idempotent

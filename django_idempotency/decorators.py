@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import (
     BadRequest,
@@ -114,6 +115,15 @@ def idempotent(
     ``required=False`` lets requests without the header through unguarded;
     ``ttl`` overrides ``IDEMPOTENCY_TTL`` for this view. Methods other than POST
     pass through untouched.
+
+    Uses that cannot work raise ``ImproperlyConfigured`` where the decorator is
+    applied: on a class, twice, above ``@api_view`` or around ``as_view()``, on
+    a ``perform_*`` method (it gets a serializer: decorate ``create()``), or
+    without ``django_idempotency`` in ``INSTALLED_APPS``; a method that is
+    called without the request raises it on its first call. The system check
+    ``django_idempotency.W050`` warns where it decorates a handler that no
+    POST reaches (a GET-only view, ``list`` or ``update``, an ``@action``
+    without "post").
     """
     _check_options(required, ttl)
     if view is None:
@@ -260,10 +270,25 @@ async def _to_the_end(
                 return task.result(), cancelled
 
 
+_NOT_A_HANDLER = (
+    "@idempotent decorates a view's request handler, and {what} something other than the "
+    "request (DRF's perform_create() gets a serializer). Decorate the viewset's "
+    "create() instead:\n\n"
+    "    @idempotent\n"
+    "    def create(self, request, *args, **kwargs):\n"
+    "        return super().create(request, *args, **kwargs)\n\n"
+    "or an APIView's post(), or an @action with methods=['post']."
+)
+
+
 def _split(args: tuple[Any, ...]) -> tuple[Any, Any]:
     """(request, view instance or None) from a view function's or method's arguments."""
     if isinstance(args[0], HttpRequest) or _is_drf_request(args[0]):
         return args[0], None
+    if len(args) < 2 or not (isinstance(args[1], HttpRequest) or _is_drf_request(args[1])):
+        got = f"a {type(args[1]).__name__}" if len(args) > 1 else "no request"
+        what = f"a method of {type(args[0]).__name__} got {got}:"
+        raise ImproperlyConfigured(_NOT_A_HANDLER.format(what=what))
     return args[1], args[0]
 
 
@@ -287,6 +312,12 @@ def _check_options(required: Any, ttl: Any) -> None:
 
 def _check_decorated(view: Any) -> None:
     """Refuse, at import time, the uses that cannot work."""
+    if apps.ready and not apps.is_installed("django_idempotency"):
+        # Else `manage.py check` passes and every guarded request fails.
+        raise ImproperlyConfigured(
+            f"@idempotent on {view.__name__}: django_idempotency is not in INSTALLED_APPS; "
+            'add "django_idempotency" to INSTALLED_APPS and run `manage.py migrate`.'
+        )
     if isinstance(view, type):
         raise ImproperlyConfigured(
             f"@idempotent decorates a view function or method, not the class {view.__name__}. "
@@ -294,6 +325,9 @@ def _check_decorated(view: Any) -> None:
         )
     if getattr(view, "_idempotent", False):
         raise ImproperlyConfigured(f"@idempotent is applied twice to {view.__name__}.")
+    if view.__name__.startswith("perform_"):
+        # DRF's perform_create(self, serializer) and kin: no request to read.
+        raise ImproperlyConfigured(_NOT_A_HANDLER.format(what=f"{view.__name__}() gets"))
     view_class = getattr(view, "cls", None) or getattr(view, "view_class", None)
     if view_class is not None:
         # The result of @api_view or as_view(): we would run before DRF has
@@ -356,12 +390,16 @@ def _start(
         created_at=now,
         expires_at=now + (ttl if ttl is not None else conf.IDEMPOTENCY_TTL),
     )
-    store = get_store()
+    try:
+        store = get_store()
+    except StoreError as exc:  # nothing to send signals for: no store
+        logger.error("%s; answered %s.", exc, _answer_of(exc).status)
+        return _refuse(request, _answer_of(exc))
     try:
         outcome = store.begin(record)
     except StoreError as exc:
         _notify(signals.store_unavailable, store, request, record, exception=exc)
-        return _refuse(request, errors.STORE_UNAVAILABLE)
+        return _refuse(request, _answer_of(exc))
     if isinstance(outcome, Replay):
         _notify(signals.replayed, store, request, record, status=outcome.response.status)
         return _replay(request, outcome.response)
@@ -382,15 +420,22 @@ def _refuse(request: Any, error: errors.ErrorType) -> HttpResponseBase:
     """The answer to a request that the decorator refuses.
 
     In a DRF view, DRF's way: the error's exception goes through the view's
-    ``handle_exception()`` and so the project's ``EXCEPTION_HANDLER``, as DRF's
-    own ``Throttled`` does. The retry hints and the request id go on whatever
-    that handler made of it. Elsewhere, the package's envelope.
+    ``handle_exception()`` and so the project's ``EXCEPTION_HANDLER`` (the
+    package's envelope where that is DRF's default), as DRF's own
+    ``Throttled`` does. The retry hints and the request id go on whatever that
+    handler made of it. Elsewhere, the package's envelope.
     """
     drf_view = _drf_view(request)
     if drf_view is None:
         return errors.error_response(request, error)
-    response: HttpResponseBase = drf_view.handle_exception(exceptions.exception_for(error))
+    response = exceptions.handle(drf_view, exceptions.exception_for(error))
     return _with_hints(response, request, errors.retry_headers(error.retryable))
+
+
+def _answer_of(exc: StoreError) -> errors.ErrorType:
+    """A store's failure as the client sees it: an outage says "retry", a
+    configuration error (StoreMisconfigured) "do not retry"."""
+    return errors.STORE_UNAVAILABLE if exc.retryable else errors.MISCONFIGURED
 
 
 def _drf_view(request: Any) -> Any:
@@ -456,7 +501,7 @@ def _finish(
             # view's effects were undone with it (the database store rolls the
             # whole transaction back), so "not processed" is the truth.
             _notify(signals.store_unavailable, store, request, claim.record, exception=exc)
-            return _refuse(request, errors.STORE_UNAVAILABLE)
+            return _refuse(request, _answer_of(exc))
         _notify(signals.stored, store, request, claim.record, status=stored.status)
     if errors.REQUEST_ID_HEADER not in rendered:
         rendered[errors.REQUEST_ID_HEADER] = errors.get_request_id(request)
@@ -499,15 +544,18 @@ def _notify(
                     exc_info=result,
                 )
     if outcome is signals.store_unavailable:
+        exc = info["exception"]
         logger.error(
-            "The idempotency store %s failed (%s); answered 503 to %s %s, key %r, scope %r.",
+            "The idempotency store %s %s (%s); answered %s to %s %s, key %r, scope %r.",
             type(store).__name__,
-            info["exception"],
+            "failed" if exc.retryable else "is misconfigured, fix it",
+            exc,
+            _answer_of(exc).status,
             record.method,
             record.path,
             record.key,
             record.scope,
-            exc_info=info["exception"],
+            exc_info=exc,
         )
     elif logger.isEnabledFor(logging.DEBUG):
         details = "".join(

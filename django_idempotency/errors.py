@@ -115,6 +115,34 @@ STORE_UNAVAILABLE = ErrorType(
     "The idempotency store is unavailable; the request was not processed",
     retryable=True,
 )
+# A configuration error of the server (the app not installed, its table not
+# migrated, a store behind the wrong client): sending the request
+# again changes nothing until someone fixes the server, so it says "do not
+# retry", and a 500 rather than a 503 (which announces a temporary state).
+MISCONFIGURED = ErrorType(
+    500,
+    "idempotency_misconfigured",
+    "Idempotency-Key support is misconfigured on this server; the request was not processed",
+)
+
+
+# How each backend says "no such table": PostgreSQL's SQLSTATE undefined_table,
+# MySQL's and MariaDB's ER_NO_SUCH_TABLE, SQLite's words (it has no codes).
+_PG_UNDEFINED_TABLE = "42P01"
+_MYSQL_NO_SUCH_TABLE = 1146
+
+
+def table_missing(exception: BaseException | None) -> bool:
+    """Whether a database error says a table does not exist: a database that
+    ``migrate`` has not reached, a configuration error rather than an outage."""
+    if not isinstance(exception, DatabaseError):
+        return False
+    cause = exception.__cause__
+    if (getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)) == _PG_UNDEFINED_TABLE:
+        return True
+    if exception.args and exception.args[0] == _MYSQL_NO_SUCH_TABLE:
+        return True
+    return isinstance(exception, OperationalError) and str(exception).startswith("no such table")
 
 
 # PostgreSQL ends a session whose transaction outlived its timeout
@@ -129,7 +157,10 @@ def is_database_outage(exception: BaseException) -> bool:
     server shutting down, a lock or serialisation failure), or the
     ``InternalError`` of a PostgreSQL session ended for holding its transaction
     too long. Other database errors (``IntegrityError``, ``ProgrammingError``)
-    are bugs."""
+    are bugs, and so is a missing table (:func:`table_missing`): a database
+    that ``migrate`` has not reached is no outage to retry."""
+    if table_missing(exception):
+        return False
     if isinstance(exception, (OperationalError, InterfaceError)):
         return True
     if not isinstance(exception, DatabaseError):
@@ -188,6 +219,7 @@ __all__ = [
     "IN_USE",
     "KEY_INVALID",
     "KEY_MISSING",
+    "MISCONFIGURED",
     "PATH_INVALID",
     "REQUEST_ID_HEADER",
     "REQUEST_TOO_LARGE",
@@ -201,4 +233,5 @@ __all__ = [
     "new_ulid",
     "retry_headers",
     "should_retry",
+    "table_missing",
 ]

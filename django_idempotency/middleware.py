@@ -43,7 +43,8 @@ class DatabaseUnavailableMiddleware:
     refused or lost, server shutting down, a lock or serialisation failure, a
     PostgreSQL session ended for holding its transaction too long. All are
     worth a retry. Other database errors (``IntegrityError``,
-    ``ProgrammingError``) are bugs and stay 500s.
+    ``ProgrammingError``) are bugs and stay 500s, as is a missing table:
+    a database that ``migrate`` has not reached is no outage to retry.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:

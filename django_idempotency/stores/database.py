@@ -132,6 +132,7 @@ from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from ..conf import conf, store_database
+from ..errors import table_missing
 from ..models import IdempotencyRecord
 from .base import (
     Claim,
@@ -141,6 +142,7 @@ from .base import (
     Store,
     StoredResponse,
     StoreError,
+    StoreMisconfigured,
     outcome_of,
 )
 
@@ -424,6 +426,12 @@ class DatabaseStore(Store):
                 if function is not None and _claim_function_missing(connection, exc, function):
                     start = _CLAIM_FUNCTIONS.index(function) + 1
                     continue  # again, with the next function or the CTE
+                if table_missing(exc):
+                    table = IdempotencyRecord._meta.db_table
+                    raise StoreMisconfigured(
+                        f"database {alias!r} has no table {table!r}: run `manage.py migrate "
+                        f"django_idempotency --database {alias}`"
+                    ) from exc
                 if isinstance(exc, DatabaseError):
                     raise StoreError(str(exc)) from exc
                 raise
