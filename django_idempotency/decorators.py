@@ -363,14 +363,15 @@ def _refuse(request: Any, error: errors.ErrorType) -> HttpResponseBase:
     """The answer to a request that the decorator refuses.
 
     In a DRF view, DRF's way: the error's exception goes through the view's
-    ``handle_exception()`` and so the project's ``EXCEPTION_HANDLER``, as DRF's
-    own ``Throttled`` does. The retry hints and the request id go on whatever
-    that handler made of it. Elsewhere, the package's envelope.
+    ``handle_exception()`` and so the project's ``EXCEPTION_HANDLER`` (the
+    package's envelope where that is DRF's default), as DRF's own
+    ``Throttled`` does. The retry hints and the request id go on whatever that
+    handler made of it. Elsewhere, the package's envelope.
     """
     drf_view = _drf_view(request)
     if drf_view is None:
         return errors.error_response(request, error)
-    response: HttpResponseBase = drf_view.handle_exception(exceptions.exception_for(error))
+    response = exceptions.handle(drf_view, exceptions.exception_for(error))
     return _with_hints(response, request, errors.retry_headers(error.retryable))
 
 

@@ -114,6 +114,15 @@ STORE_UNAVAILABLE = ErrorType(
     "The idempotency store is unavailable; the request was not processed",
     retryable=True,
 )
+# A configuration error of the server (the app not installed, its table not
+# migrated, a store behind the wrong client, a bad setting): sending the request
+# again changes nothing until someone fixes the server, so it says "do not
+# retry", and a 500 rather than a 503 (which announces a temporary state).
+MISCONFIGURED = ErrorType(
+    500,
+    "idempotency_misconfigured",
+    "Idempotency-Key support is misconfigured on this server; the request was not processed",
+)
 
 
 def envelope(request: Any, type: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -165,6 +174,7 @@ __all__ = [
     "IN_USE",
     "KEY_INVALID",
     "KEY_MISSING",
+    "MISCONFIGURED",
     "PATH_INVALID",
     "REQUEST_ID_HEADER",
     "REQUEST_TOO_LARGE",

@@ -1,10 +1,12 @@
 """The package's errors as DRF exceptions, and an ``EXCEPTION_HANDLER`` for the envelope.
 
 In a DRF view, ``@idempotent`` refuses a request by handing one of these
-exceptions to the view's ``handle_exception()``, as DRF's throttling does with
-``Throttled``: the project's ``EXCEPTION_HANDLER`` formats it like every other
-error, so a project keeps its own error format. The retry hints and the
-``Request-Id`` header are added to whatever the handler made of it.
+exceptions to the view's ``handle_exception()`` (:func:`handle`), as DRF's
+throttling does with ``Throttled``: a project that chose its own
+``EXCEPTION_HANDLER`` gets them in its own error format. A project that kept
+DRF's default handler gets them in the package's envelope, since
+``{"detail": ...}`` cannot tell a conflict from a key in use. The retry hints
+and the ``Request-Id`` header are added to whatever the handler made of it.
 
 :func:`exception_handler` renders every DRF error (``ValidationError``,
 ``NotFound``, authentication errors, ours) in the package's envelope::
@@ -84,6 +86,10 @@ class IdempotencyStoreUnavailable(IdempotencyError):
     error = errors.STORE_UNAVAILABLE
 
 
+class IdempotencyMisconfigured(IdempotencyError):
+    error = errors.MISCONFIGURED
+
+
 _BY_ERROR: dict[errors.ErrorType, type[IdempotencyError]] = {
     cls.error: cls for cls in IdempotencyError.__subclasses__()
 }
@@ -92,6 +98,25 @@ _BY_ERROR: dict[errors.ErrorType, type[IdempotencyError]] = {
 def exception_for(error: errors.ErrorType) -> IdempotencyError:
     """The exception that stands for ``error`` in a DRF view."""
     return _BY_ERROR[error]()
+
+
+def handle(view: Any, exc: IdempotencyError) -> Response:
+    """The DRF view ``view``'s answer to ``exc``: its ``handle_exception()``,
+    so through the project's ``EXCEPTION_HANDLER``; where that is DRF's
+    default, with :func:`exception_handler` in its place, for the envelope."""
+    from rest_framework.views import exception_handler as drf_exception_handler
+
+    if view.get_exception_handler() is not drf_exception_handler:
+        response: Response = view.handle_exception(exc)
+        return response
+    # Shadowed on this instance, for this one call: the view's own
+    # handle_exception() (an override that logs, say) still runs.
+    view.get_exception_handler = lambda: exception_handler
+    try:
+        response = view.handle_exception(exc)
+    finally:
+        del view.get_exception_handler
+    return response
 
 
 # The envelope's "type" for DRF's own exceptions, whose codes are DRF's words
@@ -196,6 +221,7 @@ __all__ = [
     "IdempotencyKeyInUse",
     "IdempotencyKeyInvalid",
     "IdempotencyKeyMissing",
+    "IdempotencyMisconfigured",
     "IdempotencyScopeUnavailable",
     "IdempotencyStoreUnavailable",
     "RequestBodyInvalid",
@@ -205,4 +231,5 @@ __all__ = [
     "error_type",
     "exception_for",
     "exception_handler",
+    "handle",
 ]

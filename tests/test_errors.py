@@ -213,6 +213,83 @@ def test_a_suspicious_request_uses_the_envelope(db: None) -> None:
     assert hints(response) == ("false", None)
 
 
+# -- DRF's default EXCEPTION_HANDLER (a project that set none) -------------------
+
+
+@pytest.fixture
+def drf_default_handler(settings: Any) -> None:
+    """REST_FRAMEWORK without EXCEPTION_HANDLER: DRF's own handler, as on a
+    fresh project (DRF reloads its settings on setting_changed)."""
+    from rest_framework.settings import api_settings
+    from rest_framework.views import exception_handler
+
+    settings.REST_FRAMEWORK = {
+        name: value
+        for name, value in settings.REST_FRAMEWORK.items()
+        if name != "EXCEPTION_HANDLER"
+    }
+    assert api_settings.EXCEPTION_HANDLER is exception_handler
+
+
+@pytest.mark.usefixtures("drf_default_handler")
+@pytest.mark.parametrize("path", DRF_PATHS)
+def test_with_drfs_default_handler_the_package_errors_use_the_envelope(
+    client_alice: APIClient, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    assert post(client_alice, path, {"name": "a"}, key="k").status_code == 201
+    conflict = post(client_alice, path, {"name": "b"}, key="k")
+    assert conflict.status_code == 409
+    assert error_of(conflict) == {
+        "type": "idempotency_conflict",
+        "message": "A different request was already made with this idempotency key",
+        "request_id": conflict["Request-Id"],
+    }
+    assert hints(conflict) == ("false", None)
+    assert error_of(post(client_alice, path, {"name": "a"}, key=""))["type"] == (
+        "idempotency_key_invalid"
+    )
+
+    in_use(monkeypatch)
+    busy = post(client_alice, path, {"name": "a"}, key="k2")
+    assert (busy.status_code, error_of(busy)["type"]) == (409, "idempotency_key_in_use")
+    assert hints(busy) == ("true", "1")
+
+    store_down(monkeypatch)
+    down = post(client_alice, path, {"name": "a"}, key="k3")
+    assert (down.status_code, error_of(down)["type"]) == (503, "idempotency_store_unavailable")
+    assert hints(down) == ("true", "1")
+
+
+@pytest.mark.usefixtures("drf_default_handler")
+def test_with_drfs_default_handler_the_views_own_errors_stay_drfs(
+    client_alice: APIClient,
+) -> None:
+    # Only the package's errors change format: the project's keep the one it chose.
+    invalid = post(client_alice, "/t/widgets", {}, key="bad-body")
+    assert invalid.status_code == 400
+    assert json.loads(invalid.content) == {"name": ["This field is required."]}
+    assert REQUEST_ID.match(invalid["Request-Id"])
+
+
+@pytest.mark.usefixtures("drf_default_handler")
+def test_with_drfs_default_handler_a_views_own_handle_exception_still_runs(
+    client_alice: APIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.testapp.views import WidgetViewSet
+
+    handled: list[str] = []
+    original = WidgetViewSet.handle_exception
+
+    def handle_exception(self: Any, exc: Exception) -> Any:
+        handled.append(type(exc).__name__)
+        return original(self, exc)
+
+    monkeypatch.setattr(WidgetViewSet, "handle_exception", handle_exception)
+    response = post(client_alice, "/t/widgets", {"name": "a"}, key="")
+    assert error_of(response)["type"] == "idempotency_key_invalid"
+    assert handled == ["IdempotencyKeyInvalid"]
+
+
 # -- a project's own EXCEPTION_HANDLER -----------------------------------------
 
 seen: list[type[Exception]] = []

@@ -7,7 +7,17 @@ from functools import lru_cache
 from django.utils.module_loading import import_string
 
 from ..conf import conf
-from .base import Claim, Conflict, InUse, Replay, RequestRecord, Store, StoredResponse, StoreError
+from .base import (
+    Claim,
+    Conflict,
+    InUse,
+    Replay,
+    RequestRecord,
+    Store,
+    StoredResponse,
+    StoreError,
+    StoreMisconfigured,
+)
 
 
 @lru_cache(maxsize=8)
@@ -30,6 +40,7 @@ __all__ = [
     "RequestRecord",
     "Store",
     "StoreError",
+    "StoreMisconfigured",
     "StoredResponse",
     "get_store",
 ]

@@ -30,7 +30,22 @@ from django.core.checks import CheckMessage
 
 
 class StoreError(Exception):
-    """The store could not be reached or failed; the view must not run."""
+    """The store could not be reached or failed; the view must not run.
+
+    The client is told to retry (``503``, ``Retry-After``): an outage passes.
+    """
+
+    #: Whether the same request can succeed later with nobody changing the server.
+    retryable: bool = True
+
+
+class StoreMisconfigured(StoreError):
+    """The store cannot work as configured (its table is missing, its client
+    cannot reach a Redis Cluster...): no retry can succeed until the server is
+    fixed, so the client is told not to retry. The message says what to fix;
+    it is logged, never sent to the client."""
+
+    retryable = False
 
 
 @dataclass(frozen=True)
