@@ -232,3 +232,21 @@ def test_readme_links_and_images_resolve() -> None:
             assert page == "" or (ROOT / "docs" / f"{page}.rst").is_file(), url
         else:
             assert url.startswith(repository), url
+
+
+def test_every_setting_is_described_once_on_the_settings_page() -> None:
+    """docs/settings.rst has an entry (``.. setting::``) for each setting that
+    conf.py knows, and no other page describes one again: they link to it
+    with ``:setting:``, so two descriptions cannot drift apart."""
+    from django_idempotency.conf import DEFAULTS
+
+    settings_page = ROOT / "docs" / "settings.rst"
+    entries = re.findall(r"^\.\. setting:: (\S+)$", settings_page.read_text(encoding="utf-8"), re.M)
+    assert sorted(entries) == sorted(DEFAULTS)
+    for page in [README, *DOC_PAGES]:
+        if page == settings_page:
+            continue
+        text = page.read_text(encoding="utf-8")
+        assert ".. setting::" not in text, page.name
+        # A definition-list term of its own is a second description.
+        assert not re.search(r"^``IDEMPOTENCY_[A-Z_]+``$", text, re.M), page.name
