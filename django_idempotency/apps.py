@@ -10,7 +10,12 @@ class IdempotencyConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
+        from . import checks  # registers the system checks
+
+        # Servers such as gunicorn and uvicorn run no system checks: a bad
+        # setting stops the process here, with every error and its hint,
+        # instead of failing requests.
+        checks.ensure_checked()
 
         if find_spec("drf_spectacular") is not None:
             # Registers the drf-spectacular extension that documents @idempotent

@@ -7,10 +7,11 @@ Ids are stable. E010, E012, E013 and E041 to E044 are the Redis store's
 store's (``DatabaseStore.check``): a store brings its own checks (``Store.check``).
 
 Django runs system checks only from ``manage.py`` (``runserver``, ``migrate``,
-``check``). Under gunicorn or uvicorn nothing runs them, so the decorator calls
-:func:`ensure_checked` on its first request: a bad setting is then a clear
-``ImproperlyConfigured`` naming each problem, not a 500 deep inside a request
-or, worse, a silent change of guarantee.
+``check``). Under gunicorn or uvicorn nothing runs them, so the app's
+``ready()`` calls :func:`ensure_checked`: a bad setting stops the process at
+start-up with a clear ``ImproperlyConfigured`` naming each problem, not a 500
+deep inside a request or, worse, a silent change of guarantee. The decorator
+calls it again on the first request after a setting changed (tests).
 """
 
 from __future__ import annotations

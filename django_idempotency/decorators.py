@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import (
     BadRequest,
@@ -268,6 +269,12 @@ def _check_options(required: Any, ttl: Any) -> None:
 
 def _check_decorated(view: Any) -> None:
     """Refuse, at import time, the uses that cannot work."""
+    if apps.ready and not apps.is_installed("django_idempotency"):
+        # Else `manage.py check` passes and every guarded request fails.
+        raise ImproperlyConfigured(
+            f"@idempotent on {view.__name__}: django_idempotency is not in INSTALLED_APPS; "
+            'add "django_idempotency" to INSTALLED_APPS and run `manage.py migrate`.'
+        )
     if isinstance(view, type):
         raise ImproperlyConfigured(
             f"@idempotent decorates a view function or method, not the class {view.__name__}. "
@@ -337,12 +344,16 @@ def _start(
         created_at=now,
         expires_at=now + (ttl if ttl is not None else conf.IDEMPOTENCY_TTL),
     )
-    store = get_store()
+    try:
+        store = get_store()
+    except StoreError as exc:  # nothing to send signals for: no store
+        logger.error("%s; answered %s.", exc, _answer_of(exc).status)
+        return _refuse(request, _answer_of(exc))
     try:
         outcome = store.begin(record)
     except StoreError as exc:
         _notify(signals.store_unavailable, store, request, record, exception=exc)
-        return _refuse(request, errors.STORE_UNAVAILABLE)
+        return _refuse(request, _answer_of(exc))
     if isinstance(outcome, Replay):
         _notify(signals.replayed, store, request, record, status=outcome.response.status)
         return _replay(request, outcome.response)
@@ -373,6 +384,12 @@ def _refuse(request: Any, error: errors.ErrorType) -> HttpResponseBase:
         return errors.error_response(request, error)
     response = exceptions.handle(drf_view, exceptions.exception_for(error))
     return _with_hints(response, request, errors.retry_headers(error.retryable))
+
+
+def _answer_of(exc: StoreError) -> errors.ErrorType:
+    """A store's failure as the client sees it: an outage says "retry", a
+    configuration error (StoreMisconfigured) "do not retry"."""
+    return errors.STORE_UNAVAILABLE if exc.retryable else errors.MISCONFIGURED
 
 
 def _drf_view(request: Any) -> Any:
@@ -438,7 +455,7 @@ def _finish(
             # view's effects were undone with it (the database store rolls the
             # whole transaction back), so "not processed" is the truth.
             _notify(signals.store_unavailable, store, request, claim.record, exception=exc)
-            return _refuse(request, errors.STORE_UNAVAILABLE)
+            return _refuse(request, _answer_of(exc))
         _notify(signals.stored, store, request, claim.record, status=stored.status)
     if errors.REQUEST_ID_HEADER not in rendered:
         rendered[errors.REQUEST_ID_HEADER] = errors.get_request_id(request)
@@ -481,15 +498,18 @@ def _notify(
                     exc_info=result,
                 )
     if outcome is signals.store_unavailable:
+        exc = info["exception"]
         logger.error(
-            "The idempotency store %s failed (%s); answered 503 to %s %s, key %r, scope %r.",
+            "The idempotency store %s %s (%s); answered %s to %s %s, key %r, scope %r.",
             type(store).__name__,
-            info["exception"],
+            "failed" if exc.retryable else "is misconfigured, fix it",
+            exc,
+            _answer_of(exc).status,
             record.method,
             record.path,
             record.key,
             record.scope,
-            exc_info=info["exception"],
+            exc_info=exc,
         )
     elif logger.isEnabledFor(logging.DEBUG):
         details = "".join(

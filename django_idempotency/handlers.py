@@ -11,7 +11,9 @@ guard), in a project's root URLconf::
 
 from __future__ import annotations
 
-from django.core.exceptions import RequestDataTooBig
+import sys
+
+from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 
 from .errors import REQUEST_TOO_LARGE, ErrorType, error_response
@@ -19,6 +21,7 @@ from .errors import REQUEST_TOO_LARGE, ErrorType, error_response
 BAD_REQUEST = ErrorType(400, "invalid_request", "The request is malformed")
 NOT_FOUND = ErrorType(404, "not_found", "No such resource")
 SERVER_ERROR = ErrorType(500, "api_error", "Something went wrong on our side", retryable=True)
+MISCONFIGURED_SERVER = ErrorType(500, "api_error", "Something went wrong on our side")
 
 
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
@@ -35,5 +38,9 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Http
 
 def handler500(request: HttpRequest) -> HttpResponse:
     """Crashes in the envelope. A 500 is worth a retry: the view's work, if the
-    database store guarded it, was rolled back with the claim."""
+    database store guarded it, was rolled back with the claim. Not one of
+    ``ImproperlyConfigured``: no retry succeeds until the server is fixed."""
+    # Django calls this inside its ``except`` block: the exception is current.
+    if isinstance(sys.exc_info()[1], ImproperlyConfigured):
+        return error_response(request, MISCONFIGURED_SERVER)
     return error_response(request, SERVER_ERROR)

@@ -6,7 +6,7 @@ this module, which registers a drf-spectacular view extension. For every
 
 * the ``Idempotency-Key`` request header (required unless ``required=False``),
 * the ``Idempotent-Replayed`` and ``Request-Id`` response headers,
-* the 400, 403, 409, 413 and 503 errors the decorator answers, all in one
+* the 400, 403, 409, 413, 500 and 503 errors the decorator answers, all in one
   ``IdempotencyError`` component (the error envelope), with an example per type.
 
 Why a view extension: it is the one drf-spectacular hook that a reusable app

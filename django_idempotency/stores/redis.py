@@ -92,7 +92,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.dispatch import receiver
 from django.utils import timezone
 from django.utils.module_loading import import_string
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import AskError, NoScriptError, RedisError, ResponseError
 
 from ..conf import conf
 from ..keys import instant, scoped_key
@@ -104,6 +104,7 @@ from .base import (
     Store,
     StoredResponse,
     StoreError,
+    StoreMisconfigured,
     outcome_of,
 )
 
@@ -673,7 +674,7 @@ class RedisStore(Store):
         lease_ms = max(1, round(conf.lease_seconds * 1000))
         replicas = min_replicas()
         try:
-            client = self.client()
+            client = self._client()
             self._refuse_cluster(client)
             if replicas:
                 existing, acknowledged = _CLAIM.waited(
@@ -705,7 +706,10 @@ class RedisStore(Store):
                 )
                 return Claim(record, None)
             self._log_failure(exc)
-            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+            # MOVED or ASK reach us only through a client that does not follow
+            # the cluster's slots (the cluster client follows them itself).
+            error = StoreMisconfigured if isinstance(exc, AskError) else StoreError
+            raise error(f"{type(exc).__name__}: {exc}") from exc
         if found is not None:
             return outcome_of(record, found.fingerprint, found.response)
         held = _Held(client, key, token, lease_ms)
@@ -724,6 +728,19 @@ class RedisStore(Store):
             raise StoreError(f"the claim reached {acknowledged} of {replicas} replicas")
         _keeper.hold(held)
         return Claim(record, held, first_claimed_at)
+
+    def _client(self) -> Any:
+        """:meth:`client`, for a request: a cache without a raw client is a
+        configuration error (E012), not an outage."""
+        try:
+            return self.client()
+        except NotImplementedError:
+            raise StoreMisconfigured(
+                f"cache {self.alias!r} gives no raw redis-py client (system check "
+                f"django_idempotency.E012): set its BACKEND to {DJANGO_REDIS_BACKEND!r} "
+                "with the default client, SentinelClient or "
+                f"CLIENT_CLASS {CLUSTER_CLIENT!r}"
+            ) from None
 
     @staticmethod
     def _in_flight(record: RequestRecord, first_claimed_at: datetime) -> bytes:
@@ -761,7 +778,7 @@ class RedisStore(Store):
                     alias,
                     CLUSTER_CLIENT,
                 )
-                raise StoreError(
+                raise StoreMisconfigured(
                     f"cache {alias!r} points at a Redis Cluster without a "
                     f"cluster client ({CLUSTER_CLIENT})"
                 )
@@ -770,9 +787,7 @@ class RedisStore(Store):
 
     @staticmethod
     def _log_failure(exc: BaseException) -> None:
-        from redis.exceptions import AskError, ClusterError, MovedError
-
-        if isinstance(exc, (MovedError, AskError, ClusterError)):
+        if isinstance(exc, AskError):  # MovedError is one
             logger.error(
                 "Redis Cluster configuration error (%s: %s): the cache's client does not "
                 "follow the cluster's slots; see CLIENT_CLASS %r.",
