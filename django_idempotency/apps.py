@@ -11,11 +11,16 @@ class IdempotencyConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # registers the system checks
+        from .conf import conf
 
         # Servers such as gunicorn and uvicorn run no system checks: a bad
         # setting stops the process here, with every error and its hint,
         # instead of failing requests.
         checks.ensure_checked()
+        # Settings are still read on first use, as documented (a test suite's
+        # conftest may set them after Django starts); the first request checks
+        # them again, once.
+        conf.reload()
 
         if find_spec("drf_spectacular") is not None:
             # Registers the drf-spectacular extension that documents @idempotent

@@ -74,8 +74,8 @@ def ensure_checked() -> None:
             conf.checked = True
             return
         conf.checked = (
-            "django-idempotency's settings are invalid (found by its system checks, which "
-            "`manage.py check` runs):\n" + "\n".join(str(message) for message in errors)
+            "django-idempotency's settings are invalid (its system checks found these "
+            "errors when Django started):\n" + "\n".join(str(message) for message in errors)
         )
         logger.error("%s", conf.checked)
     raise ImproperlyConfigured(conf.checked)
@@ -383,7 +383,8 @@ def check_database_routing(app_configs: Sequence[Any] | None = None, **kwargs: A
                 31,
                 f"The database store keeps its records in {alias!r}, but DATABASE_ROUTERS do "
                 "not allow django_idempotency's migrations there: `migrate` never creates "
-                "the table, and every guarded request would answer 503.",
+                "the table, and every guarded request would answer 500 "
+                "idempotency_misconfigured.",
                 f"Let your router's allow_migrate() return True for app 'django_idempotency' "
                 f"on {alias!r}, or point IDEMPOTENCY_DATABASE at the database that has it.",
             )
@@ -399,8 +400,13 @@ def check_database_table(
 ) -> Messages:
     """The records' table exists in the store's database. A database check: it
     runs only when asked for that database (``check --database``, ``migrate``),
-    and says nothing when the database cannot be reached."""
+    and says nothing when the database cannot be reached.
+
+    Nor while the migration that creates the table has not run there: Django
+    runs this check at the start of the very ``migrate`` that creates it, and
+    elsewhere (``runserver``) says itself that migrations are unapplied."""
     from django.db import DatabaseError, connections
+    from django.db.migrations.recorder import MigrationRecorder
 
     from .conf import store_database
     from .models import IdempotencyRecord
@@ -414,17 +420,21 @@ def check_database_table(
         return []
     try:
         tables = connections[alias].introspection.table_names()
+        if IdempotencyRecord._meta.db_table in tables:
+            return []
+        applied = MigrationRecorder(connections[alias]).applied_migrations()
     except DatabaseError:
         return []
-    if not tables or IdempotencyRecord._meta.db_table in tables:
-        # An empty database is one that migrate is about to fill.
+    if ("django_idempotency", "0001_initial") not in applied:
         return []
     return [
         _warning(
             32,
-            f"The database {alias!r} has no table {IdempotencyRecord._meta.db_table!r}: "
-            "every guarded request would answer 503.",
-            f"Run `manage.py migrate django_idempotency --database {alias}`.",
+            f"The database {alias!r} has no table {IdempotencyRecord._meta.db_table!r}, "
+            "although its migrations are recorded as applied: every guarded request would "
+            "answer 500 idempotency_misconfigured.",
+            f"Run `manage.py migrate django_idempotency zero --fake --database {alias}`, then "
+            f"`manage.py migrate django_idempotency --database {alias}`.",
         )
     ]
 
@@ -439,3 +449,103 @@ def check_redis_server(app_configs: Sequence[Any] | None = None, **kwargs: Any) 
     store_class, _ = _import_store()
     check_deployment = getattr(store_class, "check_deployment", None)
     return list(check_deployment()) if callable(check_deployment) else []
+
+
+# @idempotent where no POST can reach it (W050). The URLconf says which view
+# classes are served and, for viewsets, which HTTP method each route maps to
+# which method, as Django's own URL checks read it.
+
+# Handlers that DRF's views, generic views and viewsets call for methods
+# other than POST; a decorated method of another name may be a helper that a
+# POST handler calls, so it is left alone unless a route names it.
+_NOT_POST_HANDLERS = frozenset(
+    {"get", "put", "patch", "delete", "head", "options", "trace"}
+    | {"list", "retrieve", "update", "partial_update", "destroy"}
+)
+
+
+@checks.register(checks.Tags.urls)
+def check_guarded_views(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> Messages:
+    """W050: ``@idempotent`` on a handler that never receives a POST, so it
+    guards nothing (a GET-only view, ``list`` or ``update`` of a viewset, an
+    ``@action`` without "post" in its methods)."""
+    from django.urls import get_resolver
+
+    if not getattr(settings, "ROOT_URLCONF", None):
+        return []
+    routed: dict[type, dict[str, set[str]]] = {}  # viewset -> method name -> HTTP methods
+    classes: set[type] = set()  # APIView and View classes (as_view())
+    for callback in _callbacks(get_resolver().url_patterns):
+        view_class = getattr(callback, "cls", None) or getattr(callback, "view_class", None)
+        if not isinstance(view_class, type):
+            continue
+        actions = getattr(callback, "actions", None)
+        if isinstance(actions, dict):
+            names = routed.setdefault(view_class, {})
+            for http_method, name in actions.items():
+                names.setdefault(name, set()).add(http_method.upper())
+        else:
+            classes.add(view_class)
+    messages: Messages = []
+    for view_class, names in routed.items():
+        for name, handler in _guarded_handlers(view_class):
+            methods = names.get(name, set())
+            if "POST" in methods:
+                continue
+            if methods or name in _NOT_POST_HANDLERS or hasattr(handler, "mapping"):
+                messages.append(_never_post(view_class, name, handler, methods))
+    for view_class in classes:
+        post = inspect.getattr_static(view_class, "post", None)
+        for name, handler in _guarded_handlers(view_class):
+            # @api_view(["GET", "POST"]) serves one function as get() and post().
+            if name in _NOT_POST_HANDLERS and handler is not post:
+                messages.append(_never_post(view_class, name, handler, set()))
+    return messages
+
+
+def _callbacks(patterns: Sequence[Any]) -> Any:
+    for pattern in patterns:
+        if hasattr(pattern, "url_patterns"):  # an include()
+            yield from _callbacks(pattern.url_patterns)
+        else:
+            yield pattern.callback
+
+
+def _guarded_handlers(view_class: type) -> list[tuple[str, Any]]:
+    found = []
+    for name in dir(view_class):
+        handler = inspect.getattr_static(view_class, name, None)
+        if callable(handler) and getattr(_decorated(handler), "_idempotent", False):
+            found.append((name, handler))
+    return found
+
+
+def _decorated(handler: Any) -> Any:
+    """The function that ``handler`` serves: itself, or for ``@api_view``,
+    the decorated function that its ``handler(self, ...)`` closes over."""
+    if getattr(handler, "__qualname__", "").startswith("api_view."):
+        try:
+            return inspect.getclosurevars(handler).nonlocals.get("func", handler)
+        except (TypeError, ValueError):
+            return handler
+    return handler
+
+
+def _never_post(view_class: type, name: str, handler: Any, methods: set[str]) -> checks.Warning:
+    where = f"{view_class.__module__}.{view_class.__name__}"
+    # @api_view names its class after the function, which serves as get() etc.
+    function_name = getattr(_decorated(handler), "__name__", "")
+    where += "()" if function_name == view_class.__name__ else f".{name}()"
+    if methods:
+        served = f"its routes send it {', '.join(sorted(methods))} only"
+    elif name in {"get", "put", "patch", "delete", "head", "options", "trace"}:
+        served = f"it handles {name.upper()} only"
+    else:
+        served = "no route sends it a POST"
+    return _warning(
+        50,
+        f"@idempotent on {where} guards nothing: {served}.",
+        "@idempotent guards POST requests only (PUT, PATCH and DELETE are idempotent by "
+        "definition). Decorate a viewset's create(), an APIView's post(), an @api_view "
+        "function that accepts POST, or an @action with methods=['post'].",
+    )

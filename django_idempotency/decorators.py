@@ -115,6 +115,15 @@ def idempotent(
     ``required=False`` lets requests without the header through unguarded;
     ``ttl`` overrides ``IDEMPOTENCY_TTL`` for this view. Methods other than POST
     pass through untouched.
+
+    Uses that cannot work raise ``ImproperlyConfigured`` where the decorator is
+    applied: on a class, twice, above ``@api_view`` or around ``as_view()``, on
+    a ``perform_*`` method (it gets a serializer: decorate ``create()``), or
+    without ``django_idempotency`` in ``INSTALLED_APPS``; a method that is
+    called without the request raises it on its first call. The system check
+    ``django_idempotency.W050`` warns where it decorates a handler that no
+    POST reaches (a GET-only view, ``list`` or ``update``, an ``@action``
+    without "post").
     """
     _check_options(required, ttl)
     if view is None:
@@ -242,10 +251,25 @@ async def _to_the_end(
                 return task.result(), cancelled
 
 
+_NOT_A_HANDLER = (
+    "@idempotent decorates a view's request handler, and {what} something other than the "
+    "request (DRF's perform_create() gets a serializer). Decorate the viewset's "
+    "create() instead:\n\n"
+    "    @idempotent\n"
+    "    def create(self, request, *args, **kwargs):\n"
+    "        return super().create(request, *args, **kwargs)\n\n"
+    "or an APIView's post(), or an @action with methods=['post']."
+)
+
+
 def _split(args: tuple[Any, ...]) -> tuple[Any, Any]:
     """(request, view instance or None) from a view function's or method's arguments."""
     if isinstance(args[0], HttpRequest) or _is_drf_request(args[0]):
         return args[0], None
+    if len(args) < 2 or not (isinstance(args[1], HttpRequest) or _is_drf_request(args[1])):
+        got = f"a {type(args[1]).__name__}" if len(args) > 1 else "no request"
+        what = f"a method of {type(args[0]).__name__} got {got}:"
+        raise ImproperlyConfigured(_NOT_A_HANDLER.format(what=what))
     return args[1], args[0]
 
 
@@ -282,6 +306,9 @@ def _check_decorated(view: Any) -> None:
         )
     if getattr(view, "_idempotent", False):
         raise ImproperlyConfigured(f"@idempotent is applied twice to {view.__name__}.")
+    if view.__name__.startswith("perform_"):
+        # DRF's perform_create(self, serializer) and kin: no request to read.
+        raise ImproperlyConfigured(_NOT_A_HANDLER.format(what=f"{view.__name__}() gets"))
     view_class = getattr(view, "cls", None) or getattr(view, "view_class", None)
     if view_class is not None:
         # The result of @api_view or as_view(): we would run before DRF has

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import DatabaseError, OperationalError
 from django.http import HttpResponse
 
 from .conf import conf
@@ -115,7 +116,7 @@ STORE_UNAVAILABLE = ErrorType(
     retryable=True,
 )
 # A configuration error of the server (the app not installed, its table not
-# migrated, a store behind the wrong client, a bad setting): sending the request
+# migrated, a store behind the wrong client): sending the request
 # again changes nothing until someone fixes the server, so it says "do not
 # retry", and a 500 rather than a 503 (which announces a temporary state).
 MISCONFIGURED = ErrorType(
@@ -123,6 +124,25 @@ MISCONFIGURED = ErrorType(
     "idempotency_misconfigured",
     "Idempotency-Key support is misconfigured on this server; the request was not processed",
 )
+
+
+# How each backend says "no such table": PostgreSQL's SQLSTATE undefined_table,
+# MySQL's and MariaDB's ER_NO_SUCH_TABLE, SQLite's words (it has no codes).
+_PG_UNDEFINED_TABLE = "42P01"
+_MYSQL_NO_SUCH_TABLE = 1146
+
+
+def table_missing(exception: BaseException | None) -> bool:
+    """Whether a database error says a table does not exist: a database that
+    ``migrate`` has not reached, a configuration error rather than an outage."""
+    if not isinstance(exception, DatabaseError):
+        return False
+    cause = exception.__cause__
+    if (getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)) == _PG_UNDEFINED_TABLE:
+        return True
+    if exception.args and exception.args[0] == _MYSQL_NO_SUCH_TABLE:
+        return True
+    return isinstance(exception, OperationalError) and str(exception).startswith("no such table")
 
 
 def envelope(request: Any, type: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -187,4 +207,5 @@ __all__ = [
     "new_ulid",
     "retry_headers",
     "should_retry",
+    "table_missing",
 ]

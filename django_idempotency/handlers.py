@@ -16,7 +16,7 @@ import sys
 from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 
-from .errors import REQUEST_TOO_LARGE, ErrorType, error_response
+from .errors import REQUEST_TOO_LARGE, ErrorType, error_response, table_missing
 
 BAD_REQUEST = ErrorType(400, "invalid_request", "The request is malformed")
 NOT_FOUND = ErrorType(404, "not_found", "No such resource")
@@ -39,8 +39,10 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Http
 def handler500(request: HttpRequest) -> HttpResponse:
     """Crashes in the envelope. A 500 is worth a retry: the view's work, if the
     database store guarded it, was rolled back with the claim. Not one of
-    ``ImproperlyConfigured``: no retry succeeds until the server is fixed."""
+    ``ImproperlyConfigured`` or of a missing table: no retry succeeds until the
+    server is fixed."""
     # Django calls this inside its ``except`` block: the exception is current.
-    if isinstance(sys.exc_info()[1], ImproperlyConfigured):
+    exception = sys.exc_info()[1]
+    if isinstance(exception, ImproperlyConfigured) or table_missing(exception):
         return error_response(request, MISCONFIGURED_SERVER)
     return error_response(request, SERVER_ERROR)

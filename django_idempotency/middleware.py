@@ -44,7 +44,9 @@ class DatabaseUnavailableMiddleware:
     or lost, server shutting down, a lock or serialisation failure), or the
     ``InternalError`` of a PostgreSQL session ended for holding its transaction
     too long. All are worth a retry. Other database errors (``IntegrityError``,
-    ``ProgrammingError``) are bugs and stay 500s.
+    ``ProgrammingError``) are bugs and stay 500s, as is SQLite's "no such
+    table" (an ``OperationalError`` there, a ``ProgrammingError`` elsewhere):
+    a database that ``migrate`` has not reached is no outage to retry.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
@@ -54,6 +56,8 @@ class DatabaseUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if errors.table_missing(exception):
+            return None
         if isinstance(exception, (OperationalError, InterfaceError)) or (
             isinstance(exception, DatabaseError) and _session_ended(exception)
         ):

@@ -6,7 +6,7 @@ this module, which registers a drf-spectacular view extension. For every
 
 * the ``Idempotency-Key`` request header (required unless ``required=False``),
 * the ``Idempotent-Replayed`` and ``Request-Id`` response headers,
-* the 400, 403, 409, 413, 500 and 503 errors the decorator answers, all in one
+* the 400, 403, 409, 413 and 503 errors the decorator answers, all in one
   ``IdempotencyError`` component (the error envelope), with an example per type.
 
 Why a view extension: it is the one drf-spectacular hook that a reusable app
@@ -248,7 +248,13 @@ def _replayable(code: str) -> bool:
 
 
 def _error_types() -> list[errors.ErrorType]:
-    return [value for value in vars(errors).values() if isinstance(value, errors.ErrorType)]
+    # Not MISCONFIGURED: a server's configuration error is no part of an API's
+    # contract, as a crash's 500 is not.
+    return [
+        value
+        for value in vars(errors).values()
+        if isinstance(value, errors.ErrorType) and value is not errors.MISCONFIGURED
+    ]
 
 
 def _errors_by_status(required: bool) -> dict[int, list[errors.ErrorType]]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +17,7 @@ from django.test import override_settings
 
 from django_idempotency.checks import check_settings
 from django_idempotency.stores.base import Store
+from tests.servers import ROOT, run_checked
 
 
 def ids(**settings: Any) -> list[str]:
@@ -190,3 +195,51 @@ class OtherStore(Store):
 
     def release(self, claim: Any, exc: BaseException | None = None) -> None:
         raise NotImplementedError
+
+
+# W050: @idempotent where no POST reaches it, found through the URLconf.
+
+
+def test_w050_idempotent_on_handlers_that_never_receive_post() -> None:
+    from django_idempotency.checks import check_guarded_views
+
+    with override_settings(ROOT_URLCONF="tests.testapp.never_post"):
+        messages = check_guarded_views()
+    found = sorted(message.msg for message in messages)
+    assert {message.id for message in messages} == {"django_idempotency.W050"}
+    assert all(message.hint for message in messages)
+    where = "tests.testapp.never_post"
+    assert found == [
+        f"@idempotent on {where}.JobViewSet.list() guards nothing: its routes send it GET only.",
+        f"@idempotent on {where}.JobViewSet.report() guards nothing: its routes send it GET only.",
+        f"@idempotent on {where}.JobViewSet.update() guards nothing: its routes send it PUT only.",
+        f"@idempotent on {where}.PlainStatusView.get() guards nothing: it handles GET only.",
+        f"@idempotent on {where}.StatusView.get() guards nothing: it handles GET only.",
+        f"@idempotent on {where}.read_only() guards nothing: it handles GET only.",
+    ]
+
+
+def test_w050_the_test_projects_own_views_pass() -> None:
+    from django_idempotency.checks import check_guarded_views
+
+    assert check_guarded_views() == []
+
+
+@pytest.mark.slow
+def test_the_migrate_that_creates_the_table_prints_no_w032(tmp_path: Path) -> None:
+    """As a new project does: migrate, add the app, migrate again. The second
+    migrate runs the database checks before it creates the table."""
+    environ = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.sqlite3'}",
+        "PYTHONPATH": str(ROOT),
+    }
+    django_admin = [sys.executable, "-m", "django"]
+    run_checked([*django_admin, "migrate", "auth"], cwd=ROOT, env=environ)
+    done = subprocess.run(
+        [*django_admin, "migrate"], cwd=ROOT, env=environ, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Applying django_idempotency.0001_initial... OK" in done.stdout
+    assert "W032" not in done.stdout + done.stderr

@@ -3,10 +3,13 @@ own decorators do), and names the order that works."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpResponse
 from django.views import View
+from rest_framework import viewsets
 from rest_framework.decorators import api_view
 from rest_framework.views import APIView
 
@@ -49,3 +52,34 @@ def test_around_as_view_is_refused(view_class: type) -> None:
 def test_with_options_the_same_checks_apply() -> None:
     with pytest.raises(ImproperlyConfigured, match="applied twice"):
         idempotent(required=False)(idempotent(lambda request: HttpResponse()))
+
+
+def test_perform_create_is_refused_naming_create() -> None:
+    with pytest.raises(ImproperlyConfigured) as refused:
+
+        class JobViewSet(viewsets.ModelViewSet):  # type: ignore[type-arg]
+            @idempotent
+            def perform_create(self, serializer: Any) -> None:  # pragma: no cover
+                serializer.save()
+
+    message = str(refused.value)
+    assert "perform_create() gets something other than the request" in message
+    assert "def create(self, request, *args, **kwargs):" in message
+
+
+def test_a_method_called_without_a_request_fails_clearly_on_first_call() -> None:
+    # A name that does not give it away: found on the first call, not as an
+    # AttributeError on the serializer deep inside the decorator.
+    class JobViewSet(viewsets.ModelViewSet):  # type: ignore[type-arg]
+        @idempotent
+        def save_job(self, serializer: Any) -> None:  # pragma: no cover - refused
+            serializer.save()
+
+    class JobSerializer:
+        pass
+
+    with pytest.raises(ImproperlyConfigured) as refused:
+        JobViewSet().save_job(JobSerializer())
+    message = str(refused.value)
+    assert "a method of JobViewSet got a JobSerializer" in message
+    assert "Decorate the viewset's create() instead" in message

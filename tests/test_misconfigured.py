@@ -3,9 +3,10 @@ with ``X-Should-Retry: false`` and no ``Retry-After`` (a client that retried
 would retry forever), and a log line that names the fix. Outages stay ``503``
 with ``X-Should-Retry: true`` (tests/test_errors.py).
 
-Each cause is made for real: the app taken out of INSTALLED_APPS, the records'
-table renamed away, a cache that gives no raw Redis client. The Redis Cluster
-behind a plain client is tests/test_redis_ha.py's (it needs a cluster).
+Each cause is made for real: the app taken out of INSTALLED_APPS, a cache that
+gives no raw Redis client. The records' table renamed away is
+tests/test_unstorable.py's; the Redis Cluster behind a plain client is
+tests/test_redis_ha.py's (it needs a cluster).
 """
 
 from __future__ import annotations
@@ -18,13 +19,11 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection
 from django.test import override_settings
 from django.urls import get_resolver
 from rest_framework.test import APIClient
 
 from django_idempotency import idempotent
-from django_idempotency.models import IdempotencyRecord
 from tests.conftest import post
 from tests.testapp.models import Widget
 
@@ -77,33 +76,6 @@ def test_the_app_missing_is_refused_where_the_decorator_is_applied() -> None:
         @idempotent
         def view(request: Any) -> Any:  # pragma: no cover - never defined
             raise AssertionError
-
-
-@pytest.fixture
-def table_missing(database_store: None) -> Iterator[None]:
-    """The records' table renamed away, as on a database that `migrate` never
-    reached, and back afterwards (MariaDB's DDL does not roll back)."""
-    table = IdempotencyRecord._meta.db_table
-    quote = connection.ops.quote_name
-    with connection.cursor() as cursor:
-        cursor.execute(f"ALTER TABLE {quote(table)} RENAME TO {quote(table + '_away')}")
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f"ALTER TABLE {quote(table + '_away')} RENAME TO {quote(table)}")
-
-
-@pytest.mark.usefixtures("table_missing")
-@pytest.mark.parametrize("path", PATHS)
-def test_a_missing_table_is_a_configuration_error_that_says_run_migrate(
-    client_alice: APIClient, caplog: pytest.LogCaptureFixture, path: str
-) -> None:
-    with caplog.at_level(logging.ERROR, logger="django_idempotency"):
-        response = post(client_alice, path, {"name": "a"})
-    assert_misconfigured(response)
-    assert "run `manage.py migrate django_idempotency --database default`" in caplog.text
-    assert "is misconfigured" in caplog.text
 
 
 def test_a_cache_without_a_raw_redis_client_is_a_configuration_error(

@@ -22,7 +22,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.db import IntegrityError, InterfaceError, InternalError, OperationalError
+from django.db import (
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    OperationalError,
+    connection,
+)
 from rest_framework.authentication import BasicAuthentication
 from rest_framework.test import APIClient
 
@@ -129,6 +135,22 @@ def test_other_database_errors_stay_500s(
     client.credentials(HTTP_AUTHORIZATION="Basic YWxpY2U6YWxpY2UtcHc=")
     with pytest.raises(error):
         client.post("/t/widgets", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="k")
+
+
+@pytest.mark.django_db
+def test_a_missing_table_is_no_outage(alice: Any) -> None:
+    # SQLite says "no such table" with an OperationalError, the class of its
+    # outages too: still a 500, never "retry" (PostgreSQL: a ProgrammingError).
+    quote = connection.ops.quote_name
+    with connection.cursor() as cursor:  # undone with the test's transaction
+        cursor.execute(f"ALTER TABLE {quote('auth_user')} RENAME TO {quote('auth_user_gone')}")
+    # Answered by the package's handler500, which says "do not retry".
+    client = APIClient(raise_request_exception=False)
+    client.credentials(HTTP_AUTHORIZATION="Basic YWxpY2U6YWxpY2UtcHc=")
+    response = client.post("/t/widgets", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="k")
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "api_error"
+    assert (response["X-Should-Retry"], response.get("Retry-After")) == ("false", None)
 
 
 # Across processes, with a PostgreSQL server that really goes down.

@@ -89,11 +89,12 @@ def test_a_scope_with_a_nul_byte_is_stored_hashed(client: APIClient) -> None:
     assert replay.content == first.content
 
 
-def test_a_real_store_outage_stays_a_503_and_its_cause_is_logged(
+def test_a_missing_table_is_a_configuration_error_and_its_cause_is_logged(
     client: APIClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A real database error, not a mock: the store's table is gone (renamed
-    # inside the test's transaction, which rolls it back afterwards).
+    # inside the test's transaction, which rolls it back afterwards), as on a
+    # database that `migrate` never reached. No retry can mend it: not a 503.
     table = IdempotencyRecord._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
@@ -102,9 +103,13 @@ def test_a_real_store_outage_stays_a_503_and_its_cause_is_logged(
         )
     with caplog.at_level(logging.ERROR, logger="django_idempotency"):
         response = post(client, "/v1/jobs", key="outage", data=SPEC_BODY)
-    assert_envelope(response, 503, "idempotency_store_unavailable")
+    assert_envelope(response, 500, "idempotency_misconfigured")
+    assert (response["X-Should-Retry"], response.get("Retry-After")) == ("false", None)
     (entry,) = [r for r in caplog.records if r.name.startswith("django_idempotency")]
     assert entry.levelno == logging.ERROR
     assert "POST /v1/jobs" in entry.getMessage()
-    assert table in entry.getMessage()  # the database's own words: which table is missing
+    assert "is misconfigured" in entry.getMessage()
+    # Which table, and the fix.
+    assert f"no table {table!r}" in entry.getMessage()
+    assert "run `manage.py migrate django_idempotency --database default`" in entry.getMessage()
     assert entry.exc_info is not None

@@ -32,7 +32,9 @@ from django.core.checks import CheckMessage
 class StoreError(Exception):
     """The store could not be reached or failed; the view must not run.
 
-    The client is told to retry (``503``, ``Retry-After``): an outage passes.
+    An outage, which passes: the client gets ``503
+    idempotency_store_unavailable`` with ``X-Should-Retry: true`` and
+    ``Retry-After``.
     """
 
     #: Whether the same request can succeed later with nobody changing the server.
@@ -41,9 +43,10 @@ class StoreError(Exception):
 
 class StoreMisconfigured(StoreError):
     """The store cannot work as configured (its table is missing, its client
-    cannot reach a Redis Cluster...): no retry can succeed until the server is
-    fixed, so the client is told not to retry. The message says what to fix;
-    it is logged, never sent to the client."""
+    cannot follow a Redis Cluster...): no retry can succeed until someone fixes
+    the server, so the client gets ``500 idempotency_misconfigured`` with
+    ``X-Should-Retry: false``. The message says what to fix; it is logged at
+    ERROR, never sent to the client."""
 
     retryable = False
 

@@ -129,6 +129,7 @@ from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from ..conf import conf
+from ..errors import table_missing
 from ..models import IdempotencyRecord
 from .base import (
     Claim,
@@ -266,29 +267,6 @@ def _claim_function_missing(
     return True
 
 
-# How each backend says "no such table": PostgreSQL's SQLSTATE undefined_table,
-# MySQL's and MariaDB's ER_NO_SUCH_TABLE, SQLite's message (it has no codes).
-_PG_UNDEFINED_TABLE = "42P01"
-_MYSQL_NO_SUCH_TABLE = 1146
-
-
-def _table_missing(connection: BaseDatabaseWrapper, exc: BaseException) -> bool:
-    """Whether the claim failed because the records' table does not exist: a
-    configuration error (migrate has not run there), not an outage."""
-    if not isinstance(exc, DatabaseError):
-        return False
-    if connection.vendor == "postgresql":
-        cause = exc.__cause__
-        return (getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)) == (
-            _PG_UNDEFINED_TABLE
-        )
-    if connection.vendor == "mysql":
-        return bool(exc.args) and exc.args[0] == _MYSQL_NO_SUCH_TABLE
-    if connection.vendor == "sqlite":
-        return str(exc).startswith("no such table")
-    return False
-
-
 def _claim_function(alias: str, start: int) -> str | None:
     """The claim function this claim should call, trying them from ``start``
     on; None: send the CTE."""
@@ -399,7 +377,7 @@ class DatabaseStore(Store):
                 if function is not None and _claim_function_missing(connection, exc, function):
                     start = _CLAIM_FUNCTIONS.index(function) + 1
                     continue  # again, with the next function or the CTE
-                if _table_missing(connection, exc):
+                if table_missing(exc):
                     table = IdempotencyRecord._meta.db_table
                     raise StoreMisconfigured(
                         f"database {alias!r} has no table {table!r}: run `manage.py migrate "
