@@ -5,7 +5,8 @@ one of the others:
 
 * ``lint``: ruff and mypy --strict (what ``scripts/lint`` runs).
 * ``format``: ``ruff format --check`` (``nox -s format -- --diff`` shows the diff).
-* ``docs``: the Sphinx site in docs/, warnings as errors, into docs/_build/html.
+* ``docs``: the Sphinx site in docs/, warnings and unresolved references as
+  errors, into docs/_build/html.
 * ``coverage``: the suite on SQLite under branch coverage, failing below the
   floor in ``[tool.coverage.report]`` of pyproject.toml.
 * ``slow``: only the long suites (``-m slow``: servers started, stopped and
@@ -113,10 +114,10 @@ def format_check(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """The Sphinx site, with every warning an error (as Read the Docs builds it)."""
+    """The Sphinx site, with every warning and every unresolved reference an error."""
     session.install("-e", ".[redis,openapi]", *groups("docs"))
     session.run(
-        "python", "-m", "sphinx", "-W", "--keep-going", "-b", "html",
+        "python", "-m", "sphinx", "-W", "-n", "--keep-going", "-b", "html",
         "docs", "docs/_build/html", *session.posargs,
     )  # fmt: skip
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import django
 from django.conf import settings
+
+if TYPE_CHECKING:
+    from sphinx.application import Sphinx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,6 +50,29 @@ exclude_patterns = ["_build"]
 # Code blocks are Python unless they say otherwise.
 highlight_language = "python3"
 
+# Types of Python, Django and DRF that the API's signatures name. Linking them
+# would take intersphinx, which fetches inventories over the network at every
+# build; nitpicky mode (-n) still reports any other unresolved reference.
+nitpick_ignore = [
+    ("py:class", name)
+    for name in (
+        "datetime.datetime",
+        "datetime.timedelta",
+        "collections.abc.Callable",
+        "django.core.checks.messages.CheckMessage",
+        "django.http.request.HttpRequest",
+        "django.http.response.HttpResponseBase",
+        "rest_framework.request.Request",
+        "rest_framework.exceptions.APIException",
+    )
+]
+
 html_theme = "furo"
 html_title = f"django-idempotency {release}"
 html_static_path: list[str] = []
+
+
+def setup(app: Sphinx) -> None:
+    # ``.. setting:: NAME`` marks where docs/settings.rst describes a setting,
+    # and ``:setting:`NAME``` links to it from any page, as in Django's docs.
+    app.add_crossref_type("setting", "setting", indextemplate="pair: %s; setting")
