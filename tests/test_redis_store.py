@@ -291,6 +291,38 @@ def test_a_request_that_lost_its_lease_cannot_overwrite_the_new_owner(
 
 @redis_only
 @pytest.mark.django_db(transaction=True)
+def test_taking_over_a_lapsed_claim_is_logged_with_how_long_past_its_lease(
+    alice: User, store: StoreUnderTest, caplog: pytest.LogCaptureFixture, settings: Any
+) -> None:
+    from django_idempotency.stores.redis import LAPSE_MEMORY_MS
+
+    settings.IDEMPOTENCY_LEASE = 600
+    views.started.clear()
+    views.gates["stalled"] = gate = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        stalled = pool.submit(
+            _post_closing, alice, {"name": "lapse"}, "lapse", HTTP_X_TEST_GATE="stalled"
+        )
+        assert views.started.wait(10)
+        # As when its worker died 2 s after the lease's last renewal would have lapsed.
+        name = _claim_key()
+        redis_client().pexpire(name, LAPSE_MEMORY_MS - 2000)
+        with caplog.at_level(logging.WARNING, logger="django_idempotency.stores.redis"):
+            retry = _post_closing(alice, {"name": "lapse"}, "lapse")
+        gate.set()
+        stalled.result(10)
+    assert retry.status_code == 201
+    assert "Idempotent-Replayed" not in retry
+    (line,) = [r for r in caplog.records if "lapsed" in r.getMessage()]
+    assert line.levelno == logging.WARNING
+    assert name.decode() in line.getMessage(), "names the key (the scope's digest)"
+    assert "POST /t/widgets" in line.getMessage()
+    past = float(line.getMessage().split("lapsed ")[1].split(" s")[0])
+    assert 2.0 <= past < 10, line.getMessage()
+
+
+@redis_only
+@pytest.mark.django_db(transaction=True)
 def test_a_lapsed_claim_that_nobody_took_over_still_stores_its_response(
     client_alice: APIClient, alice: User, store: StoreUnderTest, settings: Any
 ) -> None:
