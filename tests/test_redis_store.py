@@ -153,6 +153,23 @@ def test_check_refuses_a_wait_timeout_that_is_not_a_positive_duration(timeout: A
     assert errors(IDEMPOTENCY_REDIS_WAIT_TIMEOUT=timeout) == ["django_idempotency.E042"]
 
 
+@pytest.mark.parametrize("budget", [0, -1, "3s", float("inf"), True])
+def test_check_refuses_a_timeout_budget_that_is_not_a_positive_duration(budget: Any) -> None:
+    assert errors(IDEMPOTENCY_REDIS_TIMEOUT_BUDGET=budget) == ["django_idempotency.E045"]
+
+
+def test_check_warns_of_a_timeout_budget_that_two_waits_would_spend() -> None:
+    from django_idempotency.stores.redis import RedisStore
+
+    settings = {"IDEMPOTENCY_REDIS_WAIT_TIMEOUT": 1, "IDEMPOTENCY_REDIS_TIMEOUT_BUDGET": 1.5}
+    with override_settings(IDEMPOTENCY_REDIS_MIN_REPLICAS=1, **settings):
+        assert [m.id for m in RedisStore.check()] == ["django_idempotency.W045"]
+    with override_settings(IDEMPOTENCY_REDIS_MIN_REPLICAS=0, **settings):
+        assert RedisStore.check() == []
+    with override_settings(IDEMPOTENCY_REDIS_MIN_REPLICAS=1, IDEMPOTENCY_REDIS_TIMEOUT_BUDGET=2):
+        assert RedisStore.check() == []
+
+
 def test_check_refuses_min_replicas_on_the_cluster_client() -> None:
     caches = {
         "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},

@@ -964,7 +964,7 @@ class RedisStore(Store):
     @classmethod
     def check(cls) -> list[checks.CheckMessage]:
         """The Redis store's system checks: its cache and its settings."""
-        return _check_cache() + _check_lease() + _check_replicas()
+        return _check_cache() + _check_lease() + _check_replicas() + _check_timeout_budget()
 
     @classmethod
     def check_deployment(cls) -> list[checks.CheckMessage]:
@@ -1131,3 +1131,42 @@ def _check_replicas() -> list[checks.CheckMessage]:
             )
         )
     return messages
+
+
+def _check_timeout_budget() -> list[checks.CheckMessage]:
+    budget = conf.raw("IDEMPOTENCY_REDIS_TIMEOUT_BUDGET")
+    seconds = budget.total_seconds() if isinstance(budget, timedelta) else budget
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+        or seconds <= 0
+    ):
+        return [
+            _error(
+                45,
+                f"IDEMPOTENCY_REDIS_TIMEOUT_BUDGET {budget!r} is not a positive duration.",
+                "Seconds (e.g. 3) or a datetime.timedelta: the most time one request waits "
+                "for Redis before it is answered 503.",
+            )
+        ]
+    replicas = conf.raw("IDEMPOTENCY_REDIS_MIN_REPLICAS")
+    timeout = conf.raw("IDEMPOTENCY_REDIS_WAIT_TIMEOUT")
+    wait = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+    if (
+        isinstance(replicas, int)
+        and replicas > 0
+        and isinstance(wait, (int, float))
+        and seconds < 2 * wait
+    ):
+        return [
+            checks.Warning(
+                f"IDEMPOTENCY_REDIS_TIMEOUT_BUDGET ({seconds:g} s) is under twice "
+                f"IDEMPOTENCY_REDIS_WAIT_TIMEOUT ({wait:g} s): a request WAITs for replicas "
+                "at its claim and at its completion, and may run out of budget on a healthy "
+                "deployment whose replica is slow.",
+                hint="Raise the budget, or lower the WAIT timeout.",
+                id="django_idempotency.W045",
+            )
+        ]
+    return []
