@@ -30,6 +30,7 @@ import pytest
 
 pytest.importorskip("django_redis")
 
+import redis
 from django.contrib.auth.models import User
 from django.db import connections
 from django.test import override_settings
@@ -182,6 +183,57 @@ def test_min_replicas_refuses_a_claim_that_no_replica_acknowledged(
 
         settings.IDEMPOTENCY_REDIS_MIN_REPLICAS = 0
         assert send(alice, "alone").status_code == 201, "without the setting, it runs"
+
+
+def test_wait_goes_in_one_pipeline_with_the_write_it_covers_on_every_path(
+    tmp_path: Path, settings: Any, alice: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``WAIT`` sent apart from its write may go out on another pooled
+    connection, and then covers nothing: every write that is WAITed for (the
+    claim, the take-over of a released attempt, the completion) is sent in
+    the same packet as its ``WAIT``."""
+    from django_idempotency.stores.redis import _CLAIM, _FINISH, _TAKE_OVER
+
+    with replicated(tmp_path, replicas=1) as deployment:
+        use_redis(settings, f"redis://127.0.0.1:{deployment.primary.port}/0")
+        settings.IDEMPOTENCY_REDIS_MIN_REPLICAS = 1
+        sent: list[tuple[int, bytes]] = []
+        connection_class = redis.Connection
+        original = connection_class.send_packed_command
+
+        def spy(self: redis.Connection, command: Any, check_health: bool = True) -> None:
+            chunks = [command] if isinstance(command, (bytes, str)) else list(command)
+            packet = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+            if self.port == deployment.primary.port:
+                sent.append((id(self), packet))
+            original(self, command, check_health)
+
+        monkeypatch.setattr(connection_class, "send_packed_command", spy)
+        client = APIClient()
+        client.force_authenticate(alice)
+        body = {"outcome": "422"}
+        first = client.post("/t/apiview", body, format="json", HTTP_IDEMPOTENCY_KEY="tk")
+        assert first.status_code == 422, "released: the next attempt takes the key over"
+        body = {"outcome": "ok"}
+        retried = client.post("/t/apiview", body, format="json", HTTP_IDEMPOTENCY_KEY="tk")
+        assert retried.status_code == 201
+        fresh = client.post("/t/apiview", body, format="json", HTTP_IDEMPOTENCY_KEY="fresh")
+        assert fresh.status_code == 201
+
+    def released_first(packet: bytes) -> bool:
+        # _RELEASE is the same script as _TAKE_OVER, with the values swapped.
+        return packet.find(b'"state":"released"') < packet.find(b'"state":"in_flight"')
+
+    writes = {
+        "claim": [p for _, p in sent if _CLAIM.sha.encode() in p],
+        "take-over": [p for _, p in sent if _TAKE_OVER.sha.encode() in p and released_first(p)],
+        "completion": [p for _, p in sent if _FINISH.sha.encode() in p],
+    }
+    for name, packets in writes.items():
+        assert packets, f"no {name} was sent"
+        for packet in packets:
+            assert b"WAIT" in packet, "the WAIT went out apart from the write"
+            assert packet.rindex(b"WAIT") > packet.index(b"EVALSHA"), name
 
 
 # Redis Cluster.

@@ -452,7 +452,8 @@ def test_a_killed_worker_holds_the_key_until_its_lease_lapses_then_the_retry_run
     mark = tmp_path / "started"
     body = b'{"name": "crash"}'
     env = {"TEST_IDEMPOTENCY_STORE": CACHE_STORE, "TEST_IDEMPOTENCY_LEASE": "1"}
-    with gunicorn(workers=1, env=env) as server:
+    log = tmp_path / "gunicorn.log"
+    with log.open("w") as output, gunicorn(workers=1, env=env, output=output) as server:
         pool = ThreadPoolExecutor(1)
         doomed = pool.submit(
             server.request,
@@ -484,6 +485,8 @@ def test_a_killed_worker_holds_the_key_until_its_lease_lapses_then_the_retry_run
         replay = server.request("/t/widgets", body, headers={"Idempotency-Key": "crash"})
         assert replay.headers["Idempotent-Replayed"] == "true"
     assert Widget.objects.count() == 2, "the view ran again once the lease lapsed"
+    (taken_over,) = [line for line in log.read_text().splitlines() if "lapsed" in line]
+    assert "POST /t/widgets" in taken_over, "the take-over is logged"
 
 
 # Redis going away: a redis-server of our own that the test stops and starts.

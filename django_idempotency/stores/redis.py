@@ -20,7 +20,9 @@ JSON (state, fingerprint, owner token, status, headers) and then the body bytes.
 * ``begin`` is one Lua script: ``SET NX PX <lease>`` of an in-flight value that
   holds a random owner token, or, if the key exists, its value. Of any number of
   concurrent requests exactly one claims; the others get a replay, a conflict or
-  "in use" from what they read, in the same step.
+  "in use" from what they read, in the same step. An in-flight key lives an
+  hour past its lease: one whose PTTL says the lease has lapsed is taken over
+  in the same script, and the take-over is logged.
 * While the view runs, a background thread renews the lease (``PEXPIRE``) every
   third of ``IDEMPOTENCY_LEASE``, but only while the key still holds this
   claim's value (or holds nothing: then no one else can have claimed it).
@@ -56,11 +58,20 @@ is safe, with a growing delay, until it is stored or the record's TTL has
 passed (or the process dies). Meanwhile the key keeps the in-flight claim, so a
 retry of the request gets "in use", not a second run.
 
+A time budget
+-------------
+``IDEMPOTENCY_REDIS_TIMEOUT_BUDGET`` bounds the time one request waits for
+Redis, redis-py's own retries included (its cluster client retries a
+connection error ten times with a growing delay): a deadline per thread,
+checked before each attempt and by :class:`BudgetBackoff` between redis-py's
+retries. A claim past it is a ``StoreError`` (503).
+
 Optional replication guarantee
 ------------------------------
-With ``IDEMPOTENCY_REDIS_MIN_REPLICAS = n`` every claim and every completion
-is followed by ``WAIT n <IDEMPOTENCY_REDIS_WAIT_TIMEOUT>`` on the same
-connection. A claim that fewer than ``n`` replicas acknowledged is released
+With ``IDEMPOTENCY_REDIS_MIN_REPLICAS = n`` every write of a claim (a new
+one, or the take-over of a released attempt) and every completion is followed
+by ``WAIT n <IDEMPOTENCY_REDIS_WAIT_TIMEOUT>`` in one pipeline, on the
+connection that wrote. A claim that fewer than ``n`` replicas acknowledged is released
 and answered 503 (the view does not run); a completion that was not
 acknowledged is retried as above. ``WAIT`` does not make Redis strongly
 consistent: docs/redis.rst lists the windows that remain.
