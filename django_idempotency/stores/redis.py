@@ -526,8 +526,9 @@ class _Keeper:
                 return
             held.renew_at = time.monotonic() + held.lease_ms / 3000
             try:
-                # Bounded: this thread renews every claim of the process in turn.
-                with within(min(timeout_budget(), held.lease_ms / 3000)):
+                # Bounded, as this thread renews every claim of the process in
+                # turn; past two thirds of the lease the claim has lapsed anyway.
+                with within(min(timeout_budget(), held.lease_ms / 1500)):
                     kept = _RENEW(
                         held.client, held.key, held.token, held.lease_ms + LAPSE_MEMORY_MS
                     )
