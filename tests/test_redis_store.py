@@ -308,6 +308,35 @@ def test_a_request_that_lost_its_lease_cannot_overwrite_the_new_owner(
 
 @redis_only
 @pytest.mark.django_db(transaction=True)
+def test_a_claim_past_its_time_budget_is_answered_503_with_retry_after(
+    client_alice: APIClient, store: StoreUnderTest, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.IDEMPOTENCY_REDIS_TIMEOUT_BUDGET = 1e-9  # spent before the first call
+    refused = post(client_alice, "/t/widgets", {"name": "late"}, key="late")
+    assert refused.status_code == 503
+    assert envelope_type(refused) == "idempotency_store_unavailable"
+    assert refused["Retry-After"]
+    assert "BudgetExceeded" in caplog.text
+    assert Widget.objects.count() == 0, "the view did not run"
+    settings.IDEMPOTENCY_REDIS_TIMEOUT_BUDGET = 3
+    assert post(client_alice, "/t/widgets", {"name": "late"}, key="late").status_code == 201
+
+
+def test_the_budget_ends_redis_pys_retries_instead_of_sleeping_past_it() -> None:
+    from redis.backoff import ConstantBackoff
+
+    from django_idempotency.stores.redis import BudgetBackoff, BudgetExceeded, within
+
+    backoff = BudgetBackoff(ConstantBackoff(0.5))
+    assert backoff.compute(1) == 0.5, "without a deadline, the backoff it wraps"
+    with within(2):
+        assert backoff.compute(3) == 0.5
+    with within(0.4), pytest.raises(BudgetExceeded, match="after 4 failed attempts"):
+        backoff.compute(4)
+
+
+@redis_only
+@pytest.mark.django_db(transaction=True)
 def test_taking_over_a_lapsed_claim_is_logged_with_how_long_past_its_lease(
     alice: User, store: StoreUnderTest, caplog: pytest.LogCaptureFixture, settings: Any
 ) -> None:
