@@ -84,6 +84,8 @@ DEFAULTS: dict[str, Any] = {
     # The Redis store's optional replication guarantee (stores/redis.py).
     "IDEMPOTENCY_REDIS_MIN_REPLICAS": 0,
     "IDEMPOTENCY_REDIS_WAIT_TIMEOUT": timedelta(seconds=1),
+    # The most time one request waits for Redis, redis-py's own retries included.
+    "IDEMPOTENCY_REDIS_TIMEOUT_BUDGET": timedelta(seconds=3),
 }
 
 

@@ -231,11 +231,22 @@ class Cluster:
     def location(self) -> str:
         return ",".join(f"redis://127.0.0.1:{n.port}/0" for n in self.nodes)
 
+    def master_of(self, slot: int) -> Node:
+        """The node that serves ``slot`` now, as a live node sees it."""
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            for start, end, master, *_replicas in node.client().cluster("slots"):
+                if start <= slot <= end:
+                    return next(n for n in self.nodes if n.port == int(master[1]))
+        raise RuntimeError(f"no live node knows slot {slot}")
+
 
 @contextmanager
-def redis_cluster(directory: Path, size: int = 3) -> Iterator[Cluster]:
-    """A Redis Cluster of ``size`` primaries (no replicas), slots spread over all."""
-    nodes = [Node(directory) for _ in range(size)]
+def redis_cluster(directory: Path, size: int = 3, replicas: int = 0) -> Iterator[Cluster]:
+    """A Redis Cluster of ``size`` primaries, slots spread over all, each with
+    ``replicas`` replicas (which the cluster promotes when their primary dies)."""
+    nodes = [Node(directory) for _ in range(size * (1 + replicas))]
     for node in nodes:
         node.lines = [
             "cluster-enabled yes",
@@ -253,7 +264,7 @@ def redis_cluster(directory: Path, size: int = 3) -> Iterator[Cluster]:
                 "create",
                 *[f"127.0.0.1:{n.port}" for n in nodes],
                 "--cluster-replicas",
-                "0",
+                str(replicas),
                 "--cluster-yes",
             ],
             check=True,
@@ -264,11 +275,21 @@ def redis_cluster(directory: Path, size: int = 3) -> Iterator[Cluster]:
             lambda: (
                 all(n.client().cluster("info")["cluster_state"] == "ok" for n in nodes)
                 and all(
-                    int(n.client().cluster("info")["cluster_known_nodes"]) == size for n in nodes
+                    int(n.client().cluster("info")["cluster_known_nodes"]) == len(nodes)
+                    for n in nodes
                 )
             ),
             60,
             "the cluster to form",
+        )
+        _until(
+            lambda: all(
+                len(shard) - 2 == 1 + replicas
+                for n in nodes
+                for shard in n.client().cluster("slots")
+            ),
+            60,
+            "every primary's replicas to attach",
         )
         yield Cluster(nodes)
     finally:

@@ -163,6 +163,23 @@ def test_check_refuses_a_wait_timeout_that_is_not_a_positive_duration(timeout: A
     assert errors(IDEMPOTENCY_REDIS_WAIT_TIMEOUT=timeout) == ["django_idempotency.E042"]
 
 
+@pytest.mark.parametrize("budget", [0, -1, "3s", float("inf"), True])
+def test_check_refuses_a_timeout_budget_that_is_not_a_positive_duration(budget: Any) -> None:
+    assert errors(IDEMPOTENCY_REDIS_TIMEOUT_BUDGET=budget) == ["django_idempotency.E045"]
+
+
+def test_check_warns_of_a_timeout_budget_that_two_waits_would_spend() -> None:
+    from django_idempotency.stores.redis import RedisStore
+
+    settings = {"IDEMPOTENCY_REDIS_WAIT_TIMEOUT": 1, "IDEMPOTENCY_REDIS_TIMEOUT_BUDGET": 1.5}
+    with override_settings(IDEMPOTENCY_REDIS_MIN_REPLICAS=1, **settings):
+        assert [m.id for m in RedisStore.check()] == ["django_idempotency.W045"]
+    with override_settings(IDEMPOTENCY_REDIS_MIN_REPLICAS=0, **settings):
+        assert RedisStore.check() == []
+    with override_settings(IDEMPOTENCY_REDIS_MIN_REPLICAS=1, IDEMPOTENCY_REDIS_TIMEOUT_BUDGET=2):
+        assert RedisStore.check() == []
+
+
 def test_check_refuses_min_replicas_on_the_cluster_client() -> None:
     caches = {
         "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
@@ -301,6 +318,67 @@ def test_a_request_that_lost_its_lease_cannot_overwrite_the_new_owner(
 
 @redis_only
 @pytest.mark.django_db(transaction=True)
+def test_a_claim_past_its_time_budget_is_answered_503_with_retry_after(
+    client_alice: APIClient, store: StoreUnderTest, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.IDEMPOTENCY_REDIS_TIMEOUT_BUDGET = 1e-9  # spent before the first call
+    refused = post(client_alice, "/t/widgets", {"name": "late"}, key="late")
+    assert refused.status_code == 503
+    assert envelope_type(refused) == "idempotency_store_unavailable"
+    assert refused["Retry-After"]
+    assert "BudgetExceeded" in caplog.text
+    assert Widget.objects.count() == 0, "the view did not run"
+    settings.IDEMPOTENCY_REDIS_TIMEOUT_BUDGET = 3
+    assert post(client_alice, "/t/widgets", {"name": "late"}, key="late").status_code == 201
+
+
+def test_the_budget_ends_redis_pys_retries_instead_of_sleeping_past_it() -> None:
+    from redis.backoff import ConstantBackoff
+
+    from django_idempotency.stores.redis import BudgetBackoff, BudgetExceeded, within
+
+    backoff = BudgetBackoff(ConstantBackoff(0.5))
+    assert backoff.compute(1) == 0.5, "without a deadline, the backoff it wraps"
+    with within(2):
+        assert backoff.compute(3) == 0.5
+    with within(0.4), pytest.raises(BudgetExceeded, match="after 4 failed attempts"):
+        backoff.compute(4)
+
+
+@redis_only
+@pytest.mark.django_db(transaction=True)
+def test_taking_over_a_lapsed_claim_is_logged_with_how_long_past_its_lease(
+    alice: User, store: StoreUnderTest, caplog: pytest.LogCaptureFixture, settings: Any
+) -> None:
+    from django_idempotency.stores.redis import LAPSE_MEMORY_MS
+
+    settings.IDEMPOTENCY_LEASE = 600
+    views.started.clear()
+    views.gates["stalled"] = gate = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        stalled = pool.submit(
+            _post_closing, alice, {"name": "lapse"}, "lapse", HTTP_X_TEST_GATE="stalled"
+        )
+        assert views.started.wait(10)
+        # As when its worker died 2 s after the lease's last renewal would have lapsed.
+        name = _claim_key()
+        redis_client().pexpire(name, LAPSE_MEMORY_MS - 2000)
+        with caplog.at_level(logging.WARNING, logger="django_idempotency.stores.redis"):
+            retry = _post_closing(alice, {"name": "lapse"}, "lapse")
+        gate.set()
+        stalled.result(10)
+    assert retry.status_code == 201
+    assert "Idempotent-Replayed" not in retry
+    (line,) = [r for r in caplog.records if "lapsed" in r.getMessage()]
+    assert line.levelno == logging.WARNING
+    assert name.decode() in line.getMessage(), "names the key (the scope's digest)"
+    assert "POST /t/widgets" in line.getMessage()
+    past = float(line.getMessage().split("lapsed ")[1].split(" s")[0])
+    assert 2.0 <= past < 10, line.getMessage()
+
+
+@redis_only
+@pytest.mark.django_db(transaction=True)
 def test_a_lapsed_claim_that_nobody_took_over_still_stores_its_response(
     client_alice: APIClient, alice: User, store: StoreUnderTest, settings: Any
 ) -> None:
@@ -413,7 +491,8 @@ def test_a_killed_worker_holds_the_key_until_its_lease_lapses_then_the_retry_run
     mark = tmp_path / "started"
     body = b'{"name": "crash"}'
     env = {"TEST_IDEMPOTENCY_STORE": CACHE_STORE, "TEST_IDEMPOTENCY_LEASE": "1"}
-    with gunicorn(workers=1, env=env) as server:
+    log = tmp_path / "gunicorn.log"
+    with log.open("w") as output, gunicorn(workers=1, env=env, output=output) as server:
         pool = ThreadPoolExecutor(1)
         doomed = pool.submit(
             server.request,
@@ -445,6 +524,8 @@ def test_a_killed_worker_holds_the_key_until_its_lease_lapses_then_the_retry_run
         replay = server.request("/t/widgets", body, headers={"Idempotency-Key": "crash"})
         assert replay.headers["Idempotent-Replayed"] == "true"
     assert Widget.objects.count() == 2, "the view ran again once the lease lapsed"
+    (taken_over,) = [line for line in log.read_text().splitlines() if "lapsed" in line]
+    assert "POST /t/widgets" in taken_over, "the take-over is logged"
 
 
 # Redis going away: a redis-server of our own that the test stops and starts.

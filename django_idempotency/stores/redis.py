@@ -20,7 +20,9 @@ JSON (state, fingerprint, owner token, status, headers) and then the body bytes.
 * ``begin`` is one Lua script: ``SET NX PX <lease>`` of an in-flight value that
   holds a random owner token, or, if the key exists, its value. Of any number of
   concurrent requests exactly one claims; the others get a replay, a conflict or
-  "in use" from what they read, in the same step.
+  "in use" from what they read, in the same step. An in-flight key lives an
+  hour past its lease: one whose PTTL says the lease has lapsed is taken over
+  in the same script, and the take-over is logged.
 * While the view runs, a background thread renews the lease (``PEXPIRE``) every
   third of ``IDEMPOTENCY_LEASE``, but only while the key still holds this
   claim's value (or holds nothing: then no one else can have claimed it).
@@ -56,11 +58,20 @@ is safe, with a growing delay, until it is stored or the record's TTL has
 passed (or the process dies). Meanwhile the key keeps the in-flight claim, so a
 retry of the request gets "in use", not a second run.
 
+A time budget
+-------------
+``IDEMPOTENCY_REDIS_TIMEOUT_BUDGET`` bounds the time one request waits for
+Redis, redis-py's own retries included (its cluster client retries a
+connection error ten times with a growing delay): a deadline per thread,
+checked before each attempt and by :class:`BudgetBackoff` between redis-py's
+retries. A claim past it is a ``StoreError`` (503).
+
 Optional replication guarantee
 ------------------------------
-With ``IDEMPOTENCY_REDIS_MIN_REPLICAS = n`` every claim and every completion
-is followed by ``WAIT n <IDEMPOTENCY_REDIS_WAIT_TIMEOUT>`` on the same
-connection. A claim that fewer than ``n`` replicas acknowledged is released
+With ``IDEMPOTENCY_REDIS_MIN_REPLICAS = n`` every write of a claim (a new
+one, or the take-over of a released attempt) and every completion is followed
+by ``WAIT n <IDEMPOTENCY_REDIS_WAIT_TIMEOUT>`` in one pipeline, on the
+connection that wrote. A claim that fewer than ``n`` replicas acknowledged is released
 and answered 503 (the view does not run); a completion that was not
 acknowledged is retried as above. ``WAIT`` does not make Redis strongly
 consistent: docs/redis.rst lists the windows that remain.
@@ -77,6 +88,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -92,6 +104,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.dispatch import receiver
 from django.utils import timezone
 from django.utils.module_loading import import_string
+from redis.backoff import AbstractBackoff
 from redis.exceptions import AskError, NoScriptError, RedisError, ResponseError
 
 from ..conf import conf
@@ -124,6 +137,69 @@ DJANGO_REDIS_BACKEND = "django_redis.cache.RedisCache"
 CLUSTER_CLIENT = "django_idempotency.stores.redis_cluster.RedisClusterClient"
 
 
+# The time budget (IDEMPOTENCY_REDIS_TIMEOUT_BUDGET): a deadline per thread,
+# set around the store's Redis calls, that the calls check before each attempt
+# and that redis-py's own retry loops see through BudgetBackoff.
+_deadline = threading.local()
+
+
+class BudgetExceeded(RedisError):
+    """``IDEMPOTENCY_REDIS_TIMEOUT_BUDGET`` ran out before Redis answered.
+
+    A ``RedisError`` that redis-py does not retry: it ends its retry loops."""
+
+
+def timeout_budget() -> float:
+    """``IDEMPOTENCY_REDIS_TIMEOUT_BUDGET`` in seconds."""
+    value = conf.raw("IDEMPOTENCY_REDIS_TIMEOUT_BUDGET")
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+@contextlib.contextmanager
+def within(seconds: float) -> Iterator[None]:
+    """The Redis calls of this thread, redis-py's retries included, end within ``seconds``."""
+    previous = getattr(_deadline, "at", None)
+    _deadline.at = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _deadline.at = previous
+
+
+def _left() -> float | None:
+    at: float | None = getattr(_deadline, "at", None)
+    return None if at is None else at - time.monotonic()
+
+
+def _check_budget() -> None:
+    left = _left()
+    if left is not None and left <= 0:
+        raise BudgetExceeded("IDEMPOTENCY_REDIS_TIMEOUT_BUDGET ran out before Redis answered")
+
+
+class BudgetBackoff(AbstractBackoff):
+    """A redis-py backoff that ends the retries instead of sleeping past the
+    thread's deadline (``within``): redis-py's cluster client retries a
+    connection error ten times with a growing delay, which socket timeouts do
+    not bound. Without a deadline it is the backoff it wraps."""
+
+    def __init__(self, inner: AbstractBackoff) -> None:
+        self.inner = inner
+
+    def reset(self) -> None:
+        self.inner.reset()  # type: ignore[no-untyped-call]
+
+    def compute(self, failures: int) -> float:
+        delay = float(self.inner.compute(failures))
+        left = _left()
+        if left is not None and delay >= left:
+            # The next attempt could only start at the deadline: give up now.
+            raise BudgetExceeded(
+                f"IDEMPOTENCY_REDIS_TIMEOUT_BUDGET ran out after {failures} failed attempts"
+            )
+        return delay
+
+
 # Before redis-py 5.3, ConnectionPool.get_connection() took the command's name;
 # since then, passing it is deprecated.
 _POOL_TAKES_NAME = tuple(int(part) for part in redis.__version__.split(".")[:2]) < (5, 3)
@@ -142,6 +218,7 @@ def _execute(client: Any, *args: Any) -> Any:
     what our replies do not need: response callbacks, and redis-py 8's
     per-command metrics and event hooks.
     """
+    _check_budget()
     if type(client) is not redis.Redis or client.connection is not None:
         return client.execute_command(*args)
     pool: Any = client.connection_pool
@@ -158,6 +235,7 @@ def _execute(client: Any, *args: Any) -> Any:
 
 
 def _send(conn: Any, args: tuple[Any, ...]) -> Any:
+    _check_budget()  # before each attempt of the connection's Retry
     conn.send_command(*args)
     return conn.read_response()
 
@@ -181,6 +259,7 @@ class _Script:
         """Run the script, then ``WAIT`` on the same connection (a pipeline):
         its result and how many replicas acknowledged the write."""
         for _ in range(2):
+            _check_budget()
             pipe = client.pipeline(transaction=False)
             pipe.evalsha(self.sha, 1, key, *args)
             pipe.wait(replicas, timeout_ms)
@@ -193,11 +272,25 @@ class _Script:
         raise NoScriptError(f"script {self.sha} could not be loaded")
 
 
-# ARGV: in-flight value, lease ms. Returns nil if claimed, else the value found.
+# An in-flight value lives LAPSE_MEMORY_MS past its lease, so that the request
+# that takes a lapsed claim over knows it did (and logs it); the lease has
+# lapsed once the key's PTTL is at most LAPSE_MEMORY_MS.
+LAPSE_MEMORY_MS = 3_600_000
+# ARGV: in-flight value, lease ms + LAPSE_MEMORY_MS, LAPSE_MEMORY_MS. Returns
+# nil if claimed; {value found} if the key holds a record; {value found, ms
+# past its lease} if it held a lapsed claim, now ours.
 _CLAIM = _Script(
     """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
-return redis.call('GET', KEYS[1])
+local current = redis.call('GET', KEYS[1])
+if string.sub(current, 1, 20) == '{"state":"in_flight"' then
+    local left = redis.call('PTTL', KEYS[1])
+    if left >= 0 and left <= tonumber(ARGV[3]) then
+        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        return {current, tonumber(ARGV[3]) - left}
+    end
+end
+return {current}
 """
 )
 # ARGV: our in-flight value, the completed value, its TTL in ms. Returns 1 if
@@ -230,7 +323,8 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
 )
-# ARGV: the released value found, our in-flight value, lease ms. Returns 1 if claimed.
+# ARGV: the released value found, our in-flight value, lease ms + LAPSE_MEMORY_MS.
+# Returns 1 if claimed.
 _TAKE_OVER = _Script(
     """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -238,7 +332,8 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
 )
-# ARGV: our in-flight value, lease ms. Returns 1 if the claim is (again) ours.
+# ARGV: our in-flight value, lease ms + LAPSE_MEMORY_MS. Returns 1 if the claim
+# is (again) ours.
 # A lapsed key that nobody took over is claimed again, which also restores the
 # claim after Redis lost it (a restart without persistence, a failover).
 _RENEW = _Script(
@@ -330,6 +425,9 @@ class _Held:
     key: str
     token: bytes
     lease_ms: int
+    # What remains of the request's IDEMPOTENCY_REDIS_TIMEOUT_BUDGET for its
+    # completion or release, once the claim has spent its share.
+    budget_left: float = 0.0
     renew_at: float = 0.0
     done: bool = False
     # The completed value once the view's writes committed, while it is being
@@ -429,7 +527,12 @@ class _Keeper:
                 return
             held.renew_at = time.monotonic() + held.lease_ms / 3000
             try:
-                kept = _RENEW(held.client, held.key, held.token, held.lease_ms)
+                # Bounded, as this thread renews every claim of the process in
+                # turn; past two thirds of the lease the claim has lapsed anyway.
+                with within(min(timeout_budget(), held.lease_ms / 1500)):
+                    kept = _RENEW(
+                        held.client, held.key, held.token, held.lease_ms + LAPSE_MEMORY_MS
+                    )
             except RedisError as exc:
                 logger.warning(
                     "Could not renew the lease of idempotency claim %s: %s", held.key, exc
@@ -474,21 +577,28 @@ def _complete(held: _Held, *, background: bool = False) -> bool:
         replicas = min_replicas()
         problem: str | None = None
         stored = False
+        # In the request, what its budget has left; in the background, a budget per attempt.
+        budget = timeout_budget() if background else max(0.0, held.budget_left)
+        started = time.monotonic()
         try:
             args = (held.token, held.value, held.ttl_ms)
-            if replicas:
-                stored, acknowledged = _FINISH.waited(
-                    held.client, held.key, args, replicas, wait_timeout_ms()
-                )
-                if stored and acknowledged < replicas:
-                    problem = (
-                        f"WAIT: {acknowledged} of {replicas} replicas acknowledged it "
-                        "(IDEMPOTENCY_REDIS_MIN_REPLICAS)"
+            with within(budget):
+                if replicas:
+                    stored, acknowledged = _FINISH.waited(
+                        held.client, held.key, args, replicas, wait_timeout_ms()
                     )
-            else:
-                stored = _FINISH(held.client, held.key, *args)
+                    if stored and acknowledged < replicas:
+                        problem = (
+                            f"WAIT: {acknowledged} of {replicas} replicas acknowledged it "
+                            "(IDEMPOTENCY_REDIS_MIN_REPLICAS)"
+                        )
+                else:
+                    stored = _FINISH(held.client, held.key, *args)
         except RedisError as exc:
             problem = f"{type(exc).__name__}: {exc}"
+        finally:
+            if not background:
+                held.budget_left -= time.monotonic() - started
         now = time.monotonic()
         expired = now >= held.give_up_at
         if problem is None or expired:
@@ -672,31 +782,47 @@ class RedisStore(Store):
         token = self._in_flight(record, record.created_at)
         first_claimed_at = None
         lease_ms = max(1, round(conf.lease_seconds * 1000))
+        kept_ms = lease_ms + LAPSE_MEMORY_MS
         replicas = min_replicas()
+        budget = timeout_budget()
+        started = time.monotonic()
+        acknowledged = 0
         try:
-            client = self._client()
-            self._refuse_cluster(client)
-            if replicas:
-                existing, acknowledged = _CLAIM.waited(
-                    client, key, (token, lease_ms), replicas, wait_timeout_ms()
-                )
-            else:
-                existing, acknowledged = _CLAIM(client, key, token, lease_ms), 0
-            found = decode(existing) if existing is not None else None
-            if found is not None and found.state == RELEASED:
-                # An earlier attempt was released: take its place, keeping when
-                # the request's first attempt began if it is the same request.
-                meta = json.loads(existing.partition(b"\n")[0])
-                if found.fingerprint == record.fingerprint:
-                    first_claimed_at = datetime.fromisoformat(meta["first"])
-                    if record.created_at.tzinfo is not None:  # instant() wrote UTC
-                        first_claimed_at = first_claimed_at.replace(tzinfo=dt_timezone.utc)
-                    token = self._in_flight(record, first_claimed_at)
-                if not _TAKE_OVER(client, key, existing, token, lease_ms):
-                    return InUse()  # another attempt took it over first
-                found = None
+            with within(budget):
+                client = self._client()
+                self._refuse_cluster(client)
+                claim_args = (token, kept_ms, LAPSE_MEMORY_MS)
                 if replicas:
-                    acknowledged = int(client.wait(replicas, wait_timeout_ms()))
+                    reply, acknowledged = _CLAIM.waited(
+                        client, key, claim_args, replicas, wait_timeout_ms()
+                    )
+                else:
+                    reply = _CLAIM(client, key, *claim_args)
+                existing: bytes = reply[0] if reply else b""
+                found = decode(existing) if existing else None
+                if found is not None and len(reply) > 1:
+                    self._log_lapsed(key, found, past_ms=int(reply[1]))
+                    found = None  # the lapsed claim is ours now
+                if found is not None and found.state == RELEASED:
+                    # An earlier attempt was released: take its place, keeping when
+                    # the request's first attempt began if it is the same request.
+                    meta = json.loads(existing.partition(b"\n")[0])
+                    if found.fingerprint == record.fingerprint:
+                        first_claimed_at = datetime.fromisoformat(meta["first"])
+                        if record.created_at.tzinfo is not None:  # instant() wrote UTC
+                            first_claimed_at = first_claimed_at.replace(tzinfo=dt_timezone.utc)
+                        token = self._in_flight(record, first_claimed_at)
+                    take_over_args = (existing, token, kept_ms)
+                    if replicas:
+                        # WAIT on the connection that wrote: one pipeline.
+                        taken, acknowledged = _TAKE_OVER.waited(
+                            client, key, take_over_args, replicas, wait_timeout_ms()
+                        )
+                    else:
+                        taken = _TAKE_OVER(client, key, *take_over_args)
+                    if not taken:
+                        return InUse()  # another attempt took it over first
+                    found = None
         except (RedisError, ValueError, KeyError) as exc:
             if conf.IDEMPOTENCY_FAIL_OPEN and isinstance(exc, RedisError):
                 logger.warning(
@@ -713,11 +839,12 @@ class RedisStore(Store):
         if found is not None:
             return outcome_of(record, found.fingerprint, found.response)
         held = _Held(client, key, token, lease_ms)
+        held.budget_left = budget - (time.monotonic() - started)
         if replicas and acknowledged < replicas:
             # A failover now could lose the claim and let a duplicate run
             # beside this request: refuse rather than run unprotected.
-            with contextlib.suppress(RedisError):  # else it lapses with its lease
-                _DELETE(client, key, token)
+            with contextlib.suppress(RedisError), within(max(0.0, held.budget_left)):
+                _DELETE(client, key, token)  # else it lapses with its lease
             logger.error(
                 "Idempotency claim %s reached %d of %d replicas within "
                 "IDEMPOTENCY_REDIS_WAIT_TIMEOUT; answering 503.",
@@ -741,6 +868,20 @@ class RedisStore(Store):
                 "with the default client, SentinelClient or "
                 f"CLIENT_CLASS {CLUSTER_CLIENT!r}"
             ) from None
+
+    @staticmethod
+    def _log_lapsed(key: str, found_record: CachedRecord, past_ms: int) -> None:
+        """A claim whose worker stopped renewing it (it died, or stalled past
+        the lease) is taken over: its view may have had effects, so say so."""
+        logger.warning(
+            "Idempotency claim %s (%s %s) lapsed %.1f s after its lease "
+            "(IDEMPOTENCY_LEASE) ran out: its worker stopped renewing it. This request "
+            "takes the key over and runs the view; the first run may have had effects.",
+            key,
+            found_record.method,
+            found_record.path,
+            past_ms / 1000,
+        )
 
     @staticmethod
     def _in_flight(record: RequestRecord, first_claimed_at: datetime) -> bytes:
@@ -837,7 +978,8 @@ class RedisStore(Store):
         remaining = (claim.anchor_expires_at - timezone.now()).total_seconds()
         ttl_ms = max(1, round(remaining * 1000))
         try:
-            _RELEASE(held.client, held.key, held.token, released, ttl_ms)
+            with within(max(0.0, held.budget_left)):
+                _RELEASE(held.client, held.key, held.token, released, ttl_ms)
         except RedisError as error:
             logger.warning(
                 "Could not release idempotency claim %s (%s); the key stays in use until "
@@ -849,7 +991,7 @@ class RedisStore(Store):
     @classmethod
     def check(cls) -> list[checks.CheckMessage]:
         """The Redis store's system checks: its cache and its settings."""
-        return _check_cache() + _check_lease() + _check_replicas()
+        return _check_cache() + _check_lease() + _check_replicas() + _check_timeout_budget()
 
     @classmethod
     def check_deployment(cls) -> list[checks.CheckMessage]:
@@ -1016,3 +1158,42 @@ def _check_replicas() -> list[checks.CheckMessage]:
             )
         )
     return messages
+
+
+def _check_timeout_budget() -> list[checks.CheckMessage]:
+    budget = conf.raw("IDEMPOTENCY_REDIS_TIMEOUT_BUDGET")
+    seconds = budget.total_seconds() if isinstance(budget, timedelta) else budget
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+        or seconds <= 0
+    ):
+        return [
+            _error(
+                45,
+                f"IDEMPOTENCY_REDIS_TIMEOUT_BUDGET {budget!r} is not a positive duration.",
+                "Seconds (e.g. 3) or a datetime.timedelta: the most time one request waits "
+                "for Redis before it is answered 503.",
+            )
+        ]
+    replicas = conf.raw("IDEMPOTENCY_REDIS_MIN_REPLICAS")
+    timeout = conf.raw("IDEMPOTENCY_REDIS_WAIT_TIMEOUT")
+    wait = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+    if (
+        isinstance(replicas, int)
+        and replicas > 0
+        and isinstance(wait, (int, float))
+        and seconds < 2 * wait
+    ):
+        return [
+            checks.Warning(
+                f"IDEMPOTENCY_REDIS_TIMEOUT_BUDGET ({seconds:g} s) is under twice "
+                f"IDEMPOTENCY_REDIS_WAIT_TIMEOUT ({wait:g} s): a request WAITs for replicas "
+                "at its claim and at its completion, and may run out of budget on a healthy "
+                "deployment whose replica is slow.",
+                hint="Raise the budget, or lower the WAIT timeout.",
+                id="django_idempotency.W045",
+            )
+        ]
+    return []

@@ -24,6 +24,12 @@ cache operations that touch several keys at once (``get_many``, ``delete_many``,
 ``keys``, ``clear``) work only where redis-py's cluster client supports them.
 One ``RedisCluster`` is shared per process and LOCATION: it is thread-safe, and
 Django makes a cache object (and so a client) per thread.
+
+redis-py's cluster client retries a connection error (ten times by default,
+with a growing delay) and refreshes its slot map in between: with a master
+down, one command could take many seconds whatever the socket timeouts. Its
+retry backoff is wrapped in :class:`~django_idempotency.stores.redis.BudgetBackoff`,
+so that the store's calls end within ``IDEMPOTENCY_REDIS_TIMEOUT_BUDGET``.
 """
 
 from __future__ import annotations
@@ -33,7 +39,11 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from django_redis.client import DefaultClient
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
+
+from .redis import BudgetBackoff
 
 _clusters: dict[tuple[Any, ...], RedisCluster] = {}
 _lock = threading.Lock()
@@ -76,7 +86,11 @@ class RedisClusterClient(DefaultClient):  # type: ignore[misc]
         with _lock:
             cluster = _clusters.get(identity)
             if cluster is None:
-                cluster = _clusters[identity] = RedisCluster(startup_nodes=nodes, **kwargs)
+                cluster = RedisCluster(startup_nodes=nodes, **kwargs)
+                retry = cluster.retry
+                backoff = getattr(retry, "_backoff", None) or NoBackoff()
+                cluster.set_retry(Retry(BudgetBackoff(backoff), retry.get_retries()))
+                _clusters[identity] = cluster
         return cluster
 
     def disconnect(self, index: int = 0, client: Any = None) -> None:
