@@ -171,12 +171,15 @@ def test_check_refuses_a_timeout_budget_that_is_not_a_positive_duration(budget: 
 def test_check_warns_of_a_timeout_budget_that_two_waits_would_spend() -> None:
     from django_idempotency.stores.redis import RedisStore
 
+    cache = {"CACHES": CHECKED_CACHES, "IDEMPOTENCY_CACHE": "redis"}
     settings = {"IDEMPOTENCY_REDIS_WAIT_TIMEOUT": 1, "IDEMPOTENCY_REDIS_TIMEOUT_BUDGET": 1.5}
-    with override_settings(IDEMPOTENCY_REDIS_MIN_REPLICAS=1, **settings):
+    with override_settings(IDEMPOTENCY_REDIS_MIN_REPLICAS=1, **settings, **cache):
         assert [m.id for m in RedisStore.check()] == ["django_idempotency.W045"]
-    with override_settings(IDEMPOTENCY_REDIS_MIN_REPLICAS=0, **settings):
+    with override_settings(IDEMPOTENCY_REDIS_MIN_REPLICAS=0, **settings, **cache):
         assert RedisStore.check() == []
-    with override_settings(IDEMPOTENCY_REDIS_MIN_REPLICAS=1, IDEMPOTENCY_REDIS_TIMEOUT_BUDGET=2):
+    with override_settings(
+        IDEMPOTENCY_REDIS_MIN_REPLICAS=1, IDEMPOTENCY_REDIS_TIMEOUT_BUDGET=2, **cache
+    ):
         assert RedisStore.check() == []
 
 
