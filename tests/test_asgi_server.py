@@ -27,6 +27,7 @@ PAUSE would stall every other user of the shared one.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import urllib.error
@@ -50,6 +51,10 @@ LEASE = 1.0  # seconds: the Redis store's lease on these servers
 VIEW = 1.5  # seconds: how long a view runs, unless a test needs it longer
 # The Redis store in the PostgreSQL pass only: it does not depend on the database.
 STORES = ("database", "redis") if on_postgresql() else ("database",)
+# All five unless TEST_ASGI_SERVERS names some (noxfile.py's version sessions
+# run uvicorn only: scripts/test runs them all).
+SERVERS = os.environ.get("TEST_ASGI_SERVERS", ",".join(ASGI_SERVERS)).split(",")
+assert set(SERVERS) <= set(ASGI_SERVERS), f"TEST_ASGI_SERVERS: not in {ASGI_SERVERS}"
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +98,7 @@ class Served:
 
 @pytest.fixture(
     scope="module",
-    params=[(name, store) for name in ASGI_SERVERS for store in STORES],
+    params=[(name, store) for name in SERVERS for store in STORES],
     ids=lambda param: "-".join(param),
 )
 def served(
