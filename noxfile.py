@@ -64,6 +64,11 @@ def requirement(name: str, version: str) -> str:
     return name if version == LATEST else f"{name}~={version}.0"
 
 
+# The version sessions run tests/test_asgi_server.py under uvicorn only: the
+# five servers' matrix takes minutes per run, and scripts/test runs it whole.
+ONE_ASGI_SERVER = {"TEST_ASGI_SERVERS": "uvicorn"}
+
+
 def show_versions(session: nox.Session) -> None:
     session.run(
         "python", "-c",
@@ -81,7 +86,7 @@ def tests(session: nox.Session, django: str, drf: str) -> None:
         requirement("django", django), requirement("djangorestframework", drf),
     )  # fmt: skip
     show_versions(session)
-    session.run("python", "-m", "pytest", *session.posargs)
+    session.run("python", "-m", "pytest", *session.posargs, env=ONE_ASGI_SERVER)
 
 
 @nox.session(python="3.13", tags=["ci"])
@@ -94,7 +99,7 @@ def minimal(session: nox.Session) -> None:
         " if u.find_spec(m)]; sys.exit(f'installed, but must not be: {extra}' if extra else 0)",
     )  # fmt: skip
     show_versions(session)
-    session.run("python", "-m", "pytest", *session.posargs)
+    session.run("python", "-m", "pytest", *session.posargs, env=ONE_ASGI_SERVER)
 
 
 @nox.session

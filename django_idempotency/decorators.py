@@ -207,20 +207,24 @@ def _async_wrapper(
         store, claim = started
         with guarded():  # reads go to the primary (routers.GuardedReadsRouter)
             try:
-                if store.rolls_back_view_writes:
-                    # Cancelled, the view's writes roll back with the released
-                    # claim, and a retry runs it cleanly.
-                    response = await _drained(await view(*args, **kwargs))
-                else:
-                    # Released, the claim would leave the writes the view already
-                    # made, and a retry would make them again. So a view that has
-                    # started runs to its end, as a sync view does, and its
-                    # response is kept for the retry to replay.
-                    response, cancelled = await _to_the_end(_run(view, args, kwargs))
+                # A view that has started runs to its end when its client
+                # leaves, as a sync view does, and its response is kept for
+                # the retry to replay. Cancelled halfway, it would leave the
+                # writes that a store cannot undo for the retry to make again;
+                # rolled back, it would fail every attempt of a client whose
+                # timeout is shorter than the view.
+                response, cancelled = await _to_the_end(_run(view, args, kwargs))
             except BaseException as exc:
-                await _to_the_end(release(store, claim, request, exc))
-                if _rolled_back_by_outage(store, exc):
-                    return await refuse_outage(store, request, claim, exc)
+                if isinstance(exc, Exception) or store.rolls_back_view_writes:
+                    await _to_the_end(release(store, claim, request, exc))
+                    if _rolled_back_by_outage(store, exc):
+                        return await refuse_outage(store, request, claim, exc)
+                else:
+                    # The view itself was stopped from outside: the loop is
+                    # shutting down (asyncio.run cancels every task, this
+                    # shielded one too). Its writes stand, so a retry must
+                    # not run it again at once.
+                    _abandon(store, claim, exc)
                 raise
             answer, late = await _to_the_end(
                 finish(store, claim, response, request, view_self, args, kwargs)
@@ -517,6 +521,20 @@ def _release(
 ) -> None:
     store.release(claim, exc)
     _notify(signals.released, store, request, claim.record, status=status, exception=exc)
+
+
+def _abandon(store: Store, claim: Claim, exc: BaseException) -> None:
+    """Leave the claim of a view stopped halfway to lapse (Store.abandon).
+    Called in the event loop as it shuts down, when the request's sync thread
+    may be gone."""
+    store.abandon(claim)
+    logger.warning(
+        "Idempotency-Key %r, scope %r: the view was stopped before its end (%r) and its "
+        "writes may stand, so its claim is left to lapse: a retry gets 'in use' until then.",
+        claim.record.key,
+        claim.record.scope,
+        exc,
+    )
 
 
 def _notify(

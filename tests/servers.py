@@ -1,6 +1,6 @@
 """Real servers for cross-process tests: gunicorn (serving tests.wsgi or the demo in
-testproject/), a throwaway PostgreSQL cluster that a test may stop and start, and
-the demo's database with its accounts."""
+testproject/), the ASGI servers (serving tests.asgi), a throwaway PostgreSQL
+cluster that a test may stop and start, and the demo's database with its accounts."""
 
 from __future__ import annotations
 
@@ -135,33 +135,59 @@ def gunicorn(
         yield server
 
 
+# The ASGI servers that tests run the app under. gunicorn runs uvicorn's
+# workers (the uvicorn-worker package); Daphne has one process and no workers.
+ASGI_SERVERS = ("uvicorn", "gunicorn", "hypercorn", "daphne", "granian")
+
+
+def asgi_command(name: str, app: str, port: int, workers: int, graceful: float | None) -> list[str]:
+    """The command line of ASGI server ``name`` serving ``app`` on ``port``.
+
+    ``graceful`` is its limit on the requests in flight at SIGTERM, in seconds,
+    in each server's own setting (None: the server's default). Daphne has no
+    such setting: it cancels them at once."""
+    host = "127.0.0.1"
+    if name == "uvicorn":
+        command = ["uvicorn", app, "--host", host, "--port", str(port), "--workers", str(workers)]
+        limit = ["--timeout-graceful-shutdown"]
+    elif name == "gunicorn":
+        command = ["gunicorn", app, "--worker-class", "uvicorn_worker.UvicornWorker"]
+        command += ["--bind", f"{host}:{port}", "--workers", str(workers)]
+        limit = ["--graceful-timeout"]
+    elif name == "hypercorn":
+        command = ["hypercorn", app, "--bind", f"{host}:{port}", "--workers", str(workers)]
+        limit = ["--graceful-timeout"]
+    elif name == "granian":
+        command = ["granian", "--interface", "asgi", "--host", host, "--port", str(port)]
+        command += ["--workers", str(workers), app]
+        limit = ["--workers-kill-timeout"]
+    elif name == "daphne":
+        if workers != 1 or graceful is not None:
+            raise ValueError("Daphne runs one process and has no graceful shutdown limit")
+        return ["daphne", "--bind", host, "--port", str(port), "--verbosity", "0", app]
+    else:
+        raise ValueError(f"unknown ASGI server {name!r}")
+    command += ["--log-level", "warning"]
+    return command + ([*limit, f"{graceful:g}"] if graceful is not None else [])
+
+
 @contextmanager
-def uvicorn(
+def asgi(
+    name: str = "uvicorn",
     env: dict[str, str] | None = None,
     *,
     app: str = "tests.asgi:application",
     settings: str = "tests.settings",
     database: str | None = None,
     workers: int = 1,
+    graceful: float | None = None,
+    output: Any = None,
 ) -> Iterator[Server]:
-    """uvicorn (a real ASGI server) serving ``app`` on a free port; ``database``
-    defaults to the test database."""
+    """ASGI server ``name`` (one of ASGI_SERVERS) serving ``app`` on a free port;
+    ``database`` defaults to the test database. ``graceful``: see asgi_command."""
     port = free_port()
-    command = [
-        "uvicorn",
-        app,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--timeout-graceful-shutdown",
-        "5",
-        "--log-level",
-        "warning",
-    ]
-    with _served(command, port, env, settings, database, None, stop_seconds=15) as server:
+    command = asgi_command(name, app, port, workers, graceful)
+    with _served(command, port, env, settings, database, output, stop_seconds=15) as server:
         yield server
 
 
@@ -188,8 +214,15 @@ def _served(
         }
     )
     environ.update(env or {})
+    # A session of its own, so that the workers go too if the server must be
+    # killed: an orphaned worker would keep its requests' locks.
     process = subprocess.Popen(
-        [sys.executable, "-m", *command], cwd=ROOT, env=environ, stdout=output, stderr=output
+        [sys.executable, "-m", *command],
+        cwd=ROOT,
+        env=environ,
+        stdout=output,
+        stderr=output,
+        start_new_session=True,
     )
     server = Server(process, f"http://127.0.0.1:{port}")
     try:
@@ -210,6 +243,8 @@ def _served(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        with contextlib.suppress(ProcessLookupError):  # no process of it is left
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def worker_of_connection(server: Server, local_port: int) -> int | None:

@@ -9,7 +9,8 @@ A request goes through a store in three steps::
 
 ``begin`` must be atomic in the store: of any number of concurrent requests
 with one (scope, key), exactly one gets a :class:`Claim`. Each claim ends in
-exactly one ``finish`` or ``release``.
+exactly one ``finish`` or ``release``, or, when its view was stopped halfway
+and the store cannot undo its writes, ``abandon`` (it lapses by itself).
 
 A store also owns what is particular to it, as Django's session backends own
 ``clear_expired``: :meth:`Store.check` gives its system checks (the app's
@@ -130,8 +131,8 @@ class Store(abc.ABC):
 
     #: Whether releasing a claim undoes the view's database writes (the
     #: database store's claim and the view share one transaction). Where it
-    #: does not, an ``async def`` view whose client leaves runs to its end and
-    #: its response is kept, instead of being cancelled halfway.
+    #: does not, a claim whose view was stopped halfway is never released:
+    #: :meth:`abandon` leaves it to lapse.
     rolls_back_view_writes: bool = False
 
     @classmethod
@@ -186,6 +187,18 @@ class Store(abc.ABC):
         """Forget the claim, so that a retry with the key runs the view again.
 
         ``exc`` is the exception that the view raised, if it raised one.
+        """
+
+    def abandon(self, claim: Claim) -> None:  # noqa: B027 (doing nothing is a fair default)
+        """Stop keeping a claim whose view was stopped before its end (an
+        ``async def`` view cancelled as the server shuts down) and whose
+        effects may stand, so a retry must not run it again at once: the claim
+        stays "in use" until it lapses by itself. Called only when
+        :attr:`rolls_back_view_writes` is False (else the claim is released,
+        and the view's writes with it), in the event loop: it must not block.
+
+        The default does nothing: the claim lasts as the store lets an
+        unfinished claim last. A store that renews a lease stops renewing it.
         """
 
 

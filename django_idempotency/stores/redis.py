@@ -988,6 +988,12 @@ class RedisStore(Store):
                 error,
             )
 
+    def abandon(self, claim: Claim) -> None:
+        # No more renewals: the key lapses with its lease (IDEMPOTENCY_LEASE).
+        held: _Held | None = claim.state
+        if held is not None:
+            _drop(held)
+
     @classmethod
     def check(cls) -> list[checks.CheckMessage]:
         """The Redis store's system checks: its cache and its settings."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -44,6 +45,10 @@ async def async_widget(request: HttpRequest) -> HttpResponse:
     data = json.loads(request.body or b"{}")
     widget = await Widget.objects.acreate(name=data.get("name", "async"))
     started.set()
+    if "TEST_VIEW_STARTS" in os.environ:
+        # For tests that stop the server while the view runs (test_asgi_server.py).
+        with open(os.environ["TEST_VIEW_STARTS"], "a") as starts:
+            starts.write(request.headers.get("Idempotency-Key", "") + "\n")
     delay = float(request.headers.get("X-Test-Delay", "0"))
     if delay:
         # Keeps the claim's transaction open while concurrent requests arrive.
