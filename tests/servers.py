@@ -60,7 +60,8 @@ def database_url() -> str:
     settings = connection.settings_dict
     if connection.vendor == "sqlite":
         return "sqlite:///" + str(settings["NAME"])
-    return "postgres://{USER}:{PASSWORD}@{HOST}:{PORT}/{NAME}".format(
+    scheme = "mysql" if connection.vendor == "mysql" else "postgres"
+    return (scheme + "://{USER}:{PASSWORD}@{HOST}:{PORT}/{NAME}").format(
         **{k: settings[k] or "" for k in ("USER", "PASSWORD", "HOST", "PORT", "NAME")}
     )
 

@@ -129,6 +129,7 @@ from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from ..conf import conf
+from ..keys import scoped_key
 from ..models import IdempotencyRecord
 from .base import (
     Claim,
@@ -211,11 +212,44 @@ class _Held:
     pk: int | None
     #: With pk None: an expired record of the key is there, to take over.
     take_over: bool = False
+    #: MySQL and MariaDB: the name of the user-level lock that holds the key,
+    #: released once the claim's block has ended.
+    user_lock: str | None = None
 
 
 def _lock_id(record: RequestRecord) -> int:
     digest = hashlib.blake2b(f"{record.scope}\x00{record.key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+# MySQL's ER_DUP_ENTRY (MariaDB's too).
+_MYSQL_DUPLICATE_KEY = 1062
+
+
+def _user_lock_name(connection: BaseDatabaseWrapper, record: RequestRecord) -> str:
+    """The GET_LOCK name of (scope, key) in this database. User locks are
+    server-wide, so the name includes the database; MySQL allows 64 characters."""
+    database = connection.settings_dict["NAME"]
+    digest = scoped_key(record.scope, record.key)
+    return (
+        "django_idempotency:"
+        + hashlib.blake2b(f"{database}\x00{digest}".encode(), digest_size=20).hexdigest()
+    )
+
+
+def _release_user_lock(connection: BaseDatabaseWrapper, name: str | None) -> None:
+    if name is None:
+        return
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT RELEASE_LOCK(%s)", [name])
+    except DatabaseError:
+        # The session still holds the lock unless the connection is gone. A
+        # connection that Django keeps (CONN_MAX_AGE) would keep the key in
+        # use, so end it: the server then frees every lock of the session.
+        logger.warning("Could not release the claim's lock %s", name, exc_info=True)
+        if not connection.in_atomic_block:
+            connection.close()
 
 
 def _sqlite_busy(connection: BaseDatabaseWrapper, exc: BaseException) -> bool:
@@ -351,6 +385,7 @@ class DatabaseStore(Store):
                 raise StoreError(str(exc)) from exc
             first_claimed_at = None
             function = None
+            user_lock = None
             try:
                 outcome: Outcome | int | _Released | _Unwritten
                 if connection.vendor == "postgresql":
@@ -361,6 +396,8 @@ class DatabaseStore(Store):
                         outcome = self._begin_sqlite(connection, record)
                     else:
                         outcome = self._begin_old_sqlite(connection, record)
+                elif connection.vendor == "mysql":
+                    outcome, user_lock = self._begin_mysql(connection, record)
                 else:
                     outcome = self._begin_portable(alias, record)
                 if isinstance(outcome, _Released):
@@ -370,6 +407,7 @@ class DatabaseStore(Store):
             except BaseException as exc:
                 # Rolls back the block (or its savepoint): nothing was claimed.
                 atomic.__exit__(type(exc), exc, exc.__traceback__)
+                _release_user_lock(connection, user_lock)
                 if _sqlite_busy(connection, exc):
                     return InUse()
                 if function is not None and _claim_function_missing(connection, exc, function):
@@ -380,11 +418,16 @@ class DatabaseStore(Store):
                 raise
             break
         if isinstance(outcome, int):
-            return Claim(record, _Held(alias, atomic, outcome), first_claimed_at)
+            return Claim(
+                record, _Held(alias, atomic, outcome, user_lock=user_lock), first_claimed_at
+            )
         if isinstance(outcome, _Unwritten):
             return Claim(record, _Held(alias, atomic, None, outcome.take_over))
         # Nothing claimed: end the block now.
-        atomic.__exit__(None, None, None)
+        try:
+            atomic.__exit__(None, None, None)
+        finally:
+            _release_user_lock(connection, user_lock)
         return outcome
 
     _FINISH_SQL = (
@@ -398,17 +441,17 @@ class DatabaseStore(Store):
     # while holding the advisory lock, so someone who does not take it wrote
     # it), the transaction rolls back and the request answers "unavailable".
     _FINISH_INSERT_SQL = (
-        "INSERT INTO {table} (scope, key, fingerprint, method, path, state, "
+        "INSERT INTO {table} (scope, key, digest, fingerprint, method, path, state, "
         "response_status, response_headers, response_body, created_at, expires_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     )
     # An expired record is there: taken over in place, as the claim would. No
     # row back means it became live meanwhile, as above.
     _FINISH_TAKE_OVER_SQL = (
-        "INSERT INTO {table} AS r (scope, key, fingerprint, method, path, state, "
+        "INSERT INTO {table} AS r (scope, key, digest, fingerprint, method, path, state, "
         "response_status, response_headers, response_body, created_at, expires_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-        "ON CONFLICT (scope, key) DO UPDATE SET "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (digest) DO UPDATE SET "
         "fingerprint = EXCLUDED.fingerprint, method = EXCLUDED.method, "
         "path = EXCLUDED.path, state = EXCLUDED.state, "
         "response_status = EXCLUDED.response_status, "
@@ -437,6 +480,7 @@ class DatabaseStore(Store):
                         [
                             record.scope,
                             record.key,
+                            scoped_key(record.scope, record.key),
                             record.fingerprint,
                             record.method,
                             record.path,
@@ -459,15 +503,29 @@ class DatabaseStore(Store):
                         [_COMPLETED, response.status, headers, body, held.pk],
                     )
         except BaseException as exc:
-            held.atomic.__exit__(type(exc), exc, exc.__traceback__)
+            try:
+                held.atomic.__exit__(type(exc), exc, exc.__traceback__)
+            finally:
+                _release_user_lock(connection, held.user_lock)
             if isinstance(exc, DatabaseError):
                 raise StoreError(str(exc)) from exc
             raise
         # Commits the claim, the view's writes and the response together. A
         # failure here raises out of the view: nothing was committed.
-        held.atomic.__exit__(None, None, None)
+        try:
+            held.atomic.__exit__(None, None, None)
+        finally:
+            _release_user_lock(connection, held.user_lock)
 
     def release(self, claim: Claim, exc: BaseException | None = None) -> None:
+        held: _Held = claim.state
+        try:
+            self._release(claim, exc)
+        finally:
+            # After the released marker is written: the next claimant finds it.
+            _release_user_lock(connections[held.alias], held.user_lock)
+
+    def _release(self, claim: Claim, exc: BaseException | None) -> None:
         held: _Held = claim.state
         if exc is None:
             transaction.set_rollback(True, using=held.alias)
@@ -496,6 +554,9 @@ class DatabaseStore(Store):
         holds the key: that one owns it now."""
         record = claim.record
         connection = connections[alias]
+        if connection.vendor == "mysql":
+            self._keep_released_mysql(connection, claim)
+            return
         manager = IdempotencyRecord.objects.using(alias)
         with transaction.atomic(using=alias):
             if connection.vendor == "postgresql":
@@ -505,7 +566,7 @@ class DatabaseStore(Store):
                     (got,) = cursor.fetchone()
                 if not got:
                     return
-            mine = manager.filter(scope=record.scope, key=record.key)
+            mine = manager.filter(digest=scoped_key(record.scope, record.key))
             if mine.filter(expires_at__gt=record.created_at).exclude(state=_RELEASED).exists():
                 return
             mine.delete()
@@ -514,6 +575,7 @@ class DatabaseStore(Store):
             manager.create(
                 scope=record.scope,
                 key=record.key,
+                digest=scoped_key(record.scope, record.key),
                 fingerprint=record.fingerprint,
                 method=record.method,
                 path=record.path,
@@ -534,9 +596,8 @@ class DatabaseStore(Store):
             if not got:
                 return InUse()
         manager = IdempotencyRecord.objects.using(connection.alias)
-        released = manager.filter(
-            scope=record.scope, key=record.key, state=_RELEASED, expires_at__gt=record.created_at
-        )
+        digest = scoped_key(record.scope, record.key)
+        released = manager.filter(digest=digest, state=_RELEASED, expires_at__gt=record.created_at)
         # created_at first: MySQL evaluates SET clauses left to right.
         taken = released.update(
             created_at=Case(
@@ -551,9 +612,7 @@ class DatabaseStore(Store):
         )
         if not taken:
             return InUse()  # another attempt took it over first
-        pk, first_claimed_at = manager.filter(scope=record.scope, key=record.key).values_list(
-            "pk", "created_at"
-        )[0]
+        pk, first_claimed_at = manager.filter(digest=digest).values_list("pk", "created_at")[0]
         return int(pk), first_claimed_at
 
     # PostgreSQL: claim or fetch in one round trip.
@@ -561,14 +620,14 @@ class DatabaseStore(Store):
     _PG_SQL = """
 WITH existing AS (
     SELECT {columns} FROM {table}
-    WHERE scope = %(scope)s AND key = %(key)s AND expires_at > %(now)s
+    WHERE digest = %(digest)s AND expires_at > %(now)s
 ), lock AS (
     SELECT pg_try_advisory_xact_lock(%(lock)s) AS got
     WHERE NOT EXISTS (SELECT 1 FROM existing)
 ), claimed AS (
-    INSERT INTO {table} (scope, key, fingerprint, method, path, state,
+    INSERT INTO {table} (scope, key, digest, fingerprint, method, path, state,
                          response_headers, created_at, expires_at)
-    SELECT %(scope)s, %(key)s, %(fingerprint)s, %(method)s, %(path)s, %(state)s,
+    SELECT %(scope)s, %(key)s, %(digest)s, %(fingerprint)s, %(method)s, %(path)s, %(state)s,
            '[]', %(now)s, %(expires)s
     FROM lock WHERE lock.got
     {upsert}
@@ -583,7 +642,7 @@ SELECT 'locked', NULL, NULL, NULL, NULL, NULL, NULL FROM lock WHERE NOT lock.got
 
     # An expired record is taken over in place: it no longer counts, even when
     # the purge command has not deleted it yet.
-    _UPSERT = """ON CONFLICT (scope, key) DO UPDATE SET
+    _UPSERT = """ON CONFLICT (digest) DO UPDATE SET
         fingerprint = EXCLUDED.fingerprint, method = EXCLUDED.method,
         path = EXCLUDED.path, state = EXCLUDED.state, response_status = NULL,
         response_headers = EXCLUDED.response_headers, response_body = NULL,
@@ -609,6 +668,7 @@ SELECT 'locked', NULL, NULL, NULL, NULL, NULL, NULL FROM lock WHERE NOT lock.got
         params = {
             "scope": record.scope,
             "key": record.key,
+            "digest": scoped_key(record.scope, record.key),
             "fingerprint": record.fingerprint,
             "method": record.method,
             "path": record.path,
@@ -639,9 +699,9 @@ SELECT 'locked', NULL, NULL, NULL, NULL, NULL, NULL FROM lock WHERE NOT lock.got
     # for the database lock (a read first would make SQLite fail at once).
 
     _SQLITE_SQL = """
-INSERT INTO {table} (scope, key, fingerprint, method, path, state,
+INSERT INTO {table} (scope, key, digest, fingerprint, method, path, state,
                      response_headers, created_at, expires_at)
-VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)
+VALUES (%s, %s, %s, %s, %s, %s, %s, '[]', %s, %s)
 {upsert}
 RETURNING id
 """
@@ -657,6 +717,7 @@ RETURNING id
         params = [
             record.scope,
             record.key,
+            scoped_key(record.scope, record.key),
             record.fingerprint,
             record.method,
             record.path,
@@ -677,10 +738,10 @@ RETURNING id
     # record; INSERT OR IGNORE then claims, or meets the live record.
 
     _SQLITE_OLD_SQL = (
-        "DELETE FROM {table} WHERE scope = %s AND key = %s AND expires_at <= %s",
-        """INSERT OR IGNORE INTO {table} (scope, key, fingerprint, method, path, state,
+        "DELETE FROM {table} WHERE digest = %s AND expires_at <= %s",
+        """INSERT OR IGNORE INTO {table} (scope, key, digest, fingerprint, method, path, state,
                      response_headers, created_at, expires_at)
-VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
+VALUES (%s, %s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
     )
 
     def _begin_old_sqlite(
@@ -690,13 +751,15 @@ VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
         delete, insert = (sql.format(table=table) for sql in self._SQLITE_OLD_SQL)
         adapt = connection.ops.adapt_datetimefield_value
         created, expires = adapt(record.created_at), adapt(record.expires_at)
+        digest = scoped_key(record.scope, record.key)
         with connection.cursor() as cursor:
-            cursor.execute(delete, [record.scope, record.key, created])
+            cursor.execute(delete, [digest, created])
             cursor.execute(
                 insert,
                 [
                     record.scope,
                     record.key,
+                    digest,
                     record.fingerprint,
                     record.method,
                     record.path,
@@ -710,6 +773,138 @@ VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
                 return pk
         return self._fetch(connection.alias, record) or InUse()
 
+    # MySQL and MariaDB: a user-level lock per key holds the claim, as the
+    # advisory lock does on PostgreSQL.
+    #
+    # InnoDB alone cannot answer a duplicate at once: a second INSERT of a key
+    # that an open transaction inserted waits on that row (and, should the
+    # first roll back, several such waiters deadlock), and a locking read of a
+    # key that has no row takes a gap lock under REPEATABLE READ, on which two
+    # claimants' INSERTs deadlock. So the claim takes GET_LOCK(name, 0), which
+    # never waits, and only its holder writes the key's row. Its locking reads
+    # (after a duplicate-key error) always find a row, so they lock that row
+    # alone, and InnoDB's locking reads see the latest committed version
+    # whatever the isolation level. The lock belongs to the session: the
+    # server frees it when the connection drops (a killed worker), and the
+    # store releases it once the claim's block has ended.
+
+    def _begin_mysql(
+        self, connection: BaseDatabaseWrapper, record: RequestRecord
+    ) -> tuple[Outcome | int | _Released, str | None]:
+        """The outcome, and the name of the user lock if this claim holds it."""
+        isolation = getattr(connection, "isolation_level", None)
+        # A finished record answers without the lock, so concurrent retries of
+        # a completed request all get the replay. Not under SERIALIZABLE (its
+        # plain reads lock, and a gap lock is what must not be taken) nor
+        # READ UNCOMMITTED (it would replay a response not yet committed).
+        if isolation not in ("serializable", "read uncommitted"):
+            outcome = self._fetch(connection.alias, record)
+            if outcome is not None and not isinstance(outcome, (InUse, _Released)):
+                return outcome, None
+        name = _user_lock_name(connection, record)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT GET_LOCK(%s, 0)", [name])
+            (got,) = cursor.fetchone()
+        if got != 1:  # 0: another session holds it; NULL: an error
+            return InUse(), None
+        try:
+            return self._claim_mysql(connection, record), name
+        except BaseException:
+            _release_user_lock(connection, name)
+            raise
+
+    def _claim_mysql(
+        self, connection: BaseDatabaseWrapper, record: RequestRecord
+    ) -> Outcome | int | _Released:
+        """Under the key's user lock: insert the claim, or read the row that is
+        there (committed: no one else writes it) and take it over if expired."""
+        table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
+        quote = connection.ops.quote_name
+        adapt = connection.ops.adapt_datetimefield_value
+        digest = scoped_key(record.scope, record.key)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"INSERT INTO {table} ({quote('scope')}, {quote('key')}, digest, "
+                    "fingerprint, method, path, state, response_headers, created_at, expires_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, '[]', %s, %s)",
+                    [
+                        record.scope,
+                        record.key,
+                        digest,
+                        record.fingerprint,
+                        record.method,
+                        record.path,
+                        _IN_FLIGHT,
+                        adapt(record.created_at),
+                        adapt(record.expires_at),
+                    ],
+                )
+                pk: int = cursor.lastrowid
+                return pk
+        except IntegrityError as exc:
+            if getattr(exc.__cause__, "args", (None,))[0] != _MYSQL_DUPLICATE_KEY:
+                raise
+        manager = IdempotencyRecord.objects.using(connection.alias)
+        rows = list(
+            manager.select_for_update()
+            .filter(digest=digest)
+            .values_list("pk", "expires_at", *_COLUMNS.split(", "))
+        )
+        if not rows:
+            return InUse()  # a purge deleted it just now: the retry claims
+        pk, expires_at, *columns = rows[0]
+        if expires_at > record.created_at:
+            return self._outcome(record, *columns)
+        # Expired, and not purged yet: taken over in place.
+        manager.filter(pk=pk).update(
+            fingerprint=record.fingerprint,
+            method=record.method,
+            path=record.path,
+            state=_IN_FLIGHT,
+            response_status=None,
+            response_headers="[]",
+            response_body=None,
+            created_at=record.created_at,
+            expires_at=record.expires_at,
+        )
+        taken: int = pk
+        return taken
+
+    def _keep_released_mysql(self, connection: BaseDatabaseWrapper, claim: Claim) -> None:
+        """_keep_released on MySQL and MariaDB, still under the key's user lock.
+        Writes the marker without a locking read of a missing row, whose gap
+        lock could deadlock with another key's INSERT under REPEATABLE READ."""
+        record = claim.record
+        if claim.anchor_expires_at <= record.created_at:
+            return  # the request's TTL is over; an expired row is taken over later
+        manager = IdempotencyRecord.objects.using(connection.alias)
+        digest = scoped_key(record.scope, record.key)
+        values = {
+            "fingerprint": record.fingerprint,
+            "method": record.method,
+            "path": record.path,
+            "state": _RELEASED,
+            "response_status": None,
+            "response_headers": "[]",
+            "response_body": None,
+            "created_at": claim.anchor,
+            "expires_at": claim.anchor_expires_at,
+        }
+        with transaction.atomic(using=connection.alias):
+            try:
+                with transaction.atomic(using=connection.alias):
+                    manager.create(scope=record.scope, key=record.key, digest=digest, **values)
+                return
+            except IntegrityError as exc:
+                if getattr(exc.__cause__, "args", (None,))[0] != _MYSQL_DUPLICATE_KEY:
+                    raise
+            mine = manager.select_for_update().filter(digest=digest)
+            live = mine.filter(expires_at__gt=record.created_at).exclude(state=_RELEASED)
+            if live.exists():
+                return
+            mine.update(**values)
+
     # Any other database: read, then insert under the unique constraint.
 
     def _begin_portable(self, alias: str, record: RequestRecord) -> Outcome | int | _Released:
@@ -720,11 +915,12 @@ VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
         try:
             with transaction.atomic(using=alias):
                 manager.filter(
-                    scope=record.scope, key=record.key, expires_at__lte=record.created_at
+                    digest=scoped_key(record.scope, record.key), expires_at__lte=record.created_at
                 ).delete()
                 row = manager.create(
                     scope=record.scope,
                     key=record.key,
+                    digest=scoped_key(record.scope, record.key),
                     fingerprint=record.fingerprint,
                     method=record.method,
                     path=record.path,
@@ -741,7 +937,7 @@ VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
         """The outcome that the live record of (scope, key) gives, if there is one."""
         rows = list(
             IdempotencyRecord.objects.using(alias)
-            .filter(scope=record.scope, key=record.key, expires_at__gt=record.created_at)
+            .filter(digest=scoped_key(record.scope, record.key), expires_at__gt=record.created_at)
             .values_list(*_COLUMNS.split(", "))[:1]
         )
         if not rows:
@@ -792,6 +988,8 @@ class _Purge:
         connection = connections[self.alias]
         if connection.vendor == "postgresql":
             return self._batch_postgresql(connection, size)
+        if connection.vendor == "mysql":
+            return self._batch_mysql(size)
         pks = list(self.queryset().order_by("expires_at").values_list("pk", flat=True)[:size])
         if not pks:
             return None
@@ -821,3 +1019,19 @@ class _Purge:
         # Zero rows: none left, or every one left is locked by another purge,
         # which deletes it.
         return deleted or None
+
+    def _batch_mysql(self, size: int) -> int | None:
+        # SKIP LOCKED (MySQL 8.0.1, MariaDB 10.6): a purge never waits on a
+        # request that is taking an expired row over in place, nor on another
+        # purge; the rows it locked are its own to delete.
+        with transaction.atomic(using=self.alias):
+            pks = list(
+                self.queryset()
+                .select_for_update(skip_locked=True)
+                .order_by("expires_at")
+                .values_list("pk", flat=True)[:size]
+            )
+            if not pks:
+                return None
+            deleted: int = self.queryset().filter(pk__in=pks)._raw_delete(self.alias)
+        return deleted
