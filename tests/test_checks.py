@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from django.core import checks
 from django.core.management import call_command
+from django.db import connection, connections
 from django.test import override_settings
 
-from django_idempotency.checks import check_settings
+from django_idempotency.checks import check_mysql_version, check_settings
 from django_idempotency.stores.base import Store
 
 
@@ -190,3 +191,26 @@ class OtherStore(Store):
 
     def release(self, claim: Any, exc: BaseException | None = None) -> None:
         raise NotImplementedError
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(connection.vendor != "mysql", reason="runs in the MariaDB pass")
+def test_e050_a_mariadb_or_mysql_older_than_the_store_supports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert check_mysql_version(databases=["default"]) == []
+    older = (10, 5, 27) if connection.mysql_is_mariadb else (8, 0, 0)
+    monkeypatch.setitem(connections["default"].__dict__, "mysql_version", older)
+    (error,) = check_mysql_version(databases=["default"])
+    assert error.id == "django_idempotency.E050"
+    assert "MariaDB 10.5.27" in error.msg or "MySQL 8.0.0" in error.msg
+    assert error.hint
+    # Asked only for the database it checks.
+    assert check_mysql_version(databases=None) == []
+
+
+@pytest.mark.django_db
+def test_e050_says_nothing_elsewhere() -> None:
+    if connection.vendor == "mysql":
+        pytest.skip("other databases only")
+    assert check_mysql_version(databases=["default"]) == []

@@ -55,6 +55,24 @@ state is one number per (alias, function) (written whole, never
 read-then-updated), so threads and async tasks need no lock for correctness;
 a lock only keeps the warning to one line per change.
 
+Finding a record
+----------------
+Every path finds a record by ``digest`` (``keys.scoped_key``: SHA-256 of
+scope, NUL, key, in lowercase hex), unique and indexed, never by the
+``scope`` and ``key`` columns, which compare by their collation: MySQL's and
+MariaDB's defaults ignore case and trailing spaces and would make two callers
+one. The PostgreSQL functions compute the same digest from their arguments.
+
+Claiming on MySQL and MariaDB
+-----------------------------
+``_begin_mysql``: a plain read answers a finished record; else
+``GET_LOCK(name, 0)`` on the key (never waits: not granted is "in use"), and
+only its holder writes the key's row, so InnoDB never makes a duplicate wait
+on a row lock, and no claim takes a gap lock that two INSERTs could deadlock
+on under REPEATABLE READ. The lock is session-level: released by the store
+once the claim's block has ended (``_release_user_lock``), and by the server
+when the connection drops.
+
 Other databases
 ---------------
 The portable path reads, then inserts in a savepoint and relies on the unique
@@ -78,7 +96,9 @@ Why each claim path is kept
   ``RETURNING``: there ``_SQLITE_OLD_SQL`` deletes an expired record and then
   runs ``INSERT OR IGNORE`` (both writes), taking the claim's id from the cursor.
   It is chosen by Django's feature flag, ``can_return_columns_from_insert``.
-* The portable path: MySQL, Oracle and third-party backends.
+* MySQL and MariaDB (``_begin_mysql``): InnoDB's row locks make a duplicate
+  wait, and its gap locks deadlock racing claims, on the portable path.
+* The portable path: Oracle and third-party backends.
 
 Purging
 -------
@@ -97,9 +117,11 @@ batch is::
 waiting on each other or deleting a row twice, and never waits on a request
 that is taking over an expired key in place. Each purge counts the rows that
 its own statements deleted (the cursor's rowcount), so the counts add up.
-Elsewhere (SQLite, MySQL...) a batch selects primary keys through the ORM, then
-deletes them in one statement that checks the expiry again; a row that another
-purge deleted meanwhile is simply not counted.
+On MySQL and MariaDB a batch selects its primary keys ``FOR UPDATE SKIP
+LOCKED`` in a transaction and deletes them. Elsewhere (SQLite...) a batch
+selects primary keys through the ORM, then deletes them in one statement that
+checks the expiry again; a row that another purge deleted meanwhile is simply
+not counted.
 """
 
 from __future__ import annotations
