@@ -174,6 +174,8 @@ CLAIM_FUNCTION = "django_idempotency_claim_v2"
 CLAIM_FUNCTION_V1 = "django_idempotency_claim_v1"
 # The functions in the order the store tries them; past the last, the CTE.
 _CLAIM_FUNCTIONS = (CLAIM_FUNCTION, CLAIM_FUNCTION_V1)
+#: MySQL and MariaDB: seconds a purge batch waits for another purge's batch.
+PURGE_LOCK_WAIT = 60
 #: Seconds between attempts to use a claim function again once it was missing.
 CLAIM_FUNCTION_RETRY = 30.0
 # SQLSTATEs that mean "the claim function cannot be called here" while its
@@ -1043,17 +1045,35 @@ class _Purge:
         return deleted or None
 
     def _batch_mysql(self, size: int) -> int | None:
-        # SKIP LOCKED (MySQL 8.0.1, MariaDB 10.6): a purge never waits on a
-        # request that is taking an expired row over in place, nor on another
-        # purge; the rows it locked are its own to delete.
-        with transaction.atomic(using=self.alias):
-            pks = list(
-                self.queryset()
-                .select_for_update(skip_locked=True)
-                .order_by("expires_at")
-                .values_list("pk", flat=True)[:size]
-            )
-            if not pks:
-                return None
-            deleted: int = self.queryset().filter(pk__in=pks)._raw_delete(self.alias)
-        return deleted
+        # SKIP LOCKED (MySQL 8.0.1, MariaDB 10.6): a batch never waits on a
+        # request that is taking an expired row over in place. Concurrent
+        # purges (cron on several hosts) take turns, a batch at a time, under
+        # a user lock: two batches picking rows at once could still deadlock
+        # on InnoDB's row locks.
+        connection = connections[self.alias]
+        database = connection.settings_dict["NAME"]
+        name = (
+            "django_idempotency:purge:"
+            + hashlib.blake2b(str(database).encode(), digest_size=16).hexdigest()
+        )
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT GET_LOCK(%s, %s)", [name, PURGE_LOCK_WAIT])
+            (got,) = cursor.fetchone()
+        if got != 1:
+            raise OperationalError(f"Another purge held the lock {name} for {PURGE_LOCK_WAIT} s.")
+        try:
+            with transaction.atomic(using=self.alias):
+                pks = list(
+                    self.queryset()
+                    .select_for_update(skip_locked=True)
+                    .order_by("expires_at")
+                    .values_list("pk", flat=True)[:size]
+                )
+                if not pks:
+                    return None
+                # The rows are locked by this transaction, so still expired.
+                manager = IdempotencyRecord.objects.using(self.alias)
+                deleted: int = manager.filter(pk__in=pks)._raw_delete(self.alias)
+            return deleted
+        finally:
+            _release_user_lock(connection, name)
