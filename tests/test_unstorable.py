@@ -89,12 +89,13 @@ def test_a_scope_with_a_nul_byte_is_stored_hashed(client: APIClient) -> None:
     assert replay.content == first.content
 
 
+# Transactional: MySQL and MariaDB commit DDL, and with it the test's other rows.
+@pytest.mark.django_db(transaction=True)
 def test_a_real_store_outage_stays_a_503_and_its_cause_is_logged(
     client: APIClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A real database error, not a mock: the store's table is gone (renamed
-    # inside the test's transaction, which rolls it back afterwards; MySQL and
-    # MariaDB commit DDL, so there it is renamed back).
+    # A real database error, not a mock: the store's table is gone (renamed,
+    # and renamed back afterwards).
     table = IdempotencyRecord._meta.db_table
     quote = connection.ops.quote_name
     with connection.cursor() as cursor:
@@ -103,9 +104,8 @@ def test_a_real_store_outage_stays_a_503_and_its_cause_is_logged(
         with caplog.at_level(logging.ERROR, logger="django_idempotency"):
             response = post(client, "/v1/jobs", key="outage", data=SPEC_BODY)
     finally:
-        if not connection.features.can_rollback_ddl:
-            with connection.cursor() as cursor:
-                cursor.execute(f"ALTER TABLE {quote(table + '_gone')} RENAME TO {quote(table)}")
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {quote(table + '_gone')} RENAME TO {quote(table)}")
     assert_envelope(response, 503, "idempotency_store_unavailable")
     (entry,) = [r for r in caplog.records if r.name.startswith("django_idempotency")]
     assert entry.levelno == logging.ERROR
