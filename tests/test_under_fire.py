@@ -492,6 +492,7 @@ def test_a_view_that_outlives_the_servers_timeout_never_commits_twice(
     books.assert_paid_once(1)
 
 
+@postgresql_only
 def test_redis_crash_window_is_the_lease(api: Api, books: Books) -> None:
     """The Redis store's documented window: a worker that dies after the view's
     writes committed but before the response was stored leaves its claim "in
