@@ -118,7 +118,8 @@ waiting on each other or deleting a row twice, and never waits on a request
 that is taking over an expired key in place. Each purge counts the rows that
 its own statements deleted (the cursor's rowcount), so the counts add up.
 On MySQL and MariaDB a batch selects its primary keys ``FOR UPDATE SKIP
-LOCKED`` in a transaction and deletes them. Elsewhere (SQLite...) a batch
+LOCKED`` in a transaction and deletes them; concurrent purges take turns, a
+batch at a time, under a user lock. Elsewhere (SQLite...) a batch
 selects primary keys through the ORM, then deletes them in one statement that
 checks the expiry again; a row that another purge deleted meanwhile is simply
 not counted.
