@@ -439,6 +439,55 @@ def check_database_table(
     ]
 
 
+# The oldest MariaDB and MySQL whose every statement the database store sends
+# is documented there: SELECT ... FOR UPDATE SKIP LOCKED (the purge) came in
+# MariaDB 10.6 and MySQL 8.0.1.
+MARIADB_MINIMUM = (10, 6)
+MYSQL_MINIMUM = (8, 0, 1)
+
+
+@checks.register(checks.Tags.database)
+def check_mysql_version(
+    app_configs: Sequence[Any] | None = None,
+    databases: Collection[str] | None = None,
+    **kwargs: Any,
+) -> Messages:
+    """On MariaDB or MySQL, a server older than the store supports. A database
+    check, like check_database_table: silent when the server cannot be reached."""
+    from django.db import DatabaseError, connections
+
+    from .conf import store_database
+
+    if not databases or not _uses_database_store():
+        return []
+    if not _valid_alias(conf.raw("IDEMPOTENCY_DATABASE")):
+        return []
+    alias = store_database()
+    if alias not in databases or alias not in settings.DATABASES:
+        return []
+    connection = connections[alias]
+    if connection.vendor != "mysql":
+        return []
+    try:
+        mariadb: bool = connection.mysql_is_mariadb  # type: ignore[attr-defined]
+        version: tuple[int, ...] = connection.mysql_version  # type: ignore[attr-defined]
+    except DatabaseError:
+        return []
+    name, minimum = ("MariaDB", MARIADB_MINIMUM) if mariadb else ("MySQL", MYSQL_MINIMUM)
+    if version >= minimum:
+        return []
+    found, needed = (".".join(map(str, v)) for v in (version, minimum))
+    return [
+        _error(
+            50,
+            f"The database {alias!r} is {name} {found}; the database store needs {name} "
+            f"{needed} or newer.",
+            f"Upgrade the server to {name} {needed} or newer, or keep the records in another "
+            "database (IDEMPOTENCY_DATABASE) or in Redis (IDEMPOTENCY_STORE).",
+        )
+    ]
+
+
 def _valid_alias(alias: Any) -> bool:
     return alias is None or (isinstance(alias, str) and alias in settings.DATABASES)
 

@@ -114,3 +114,56 @@ ensure_curl() {
     log "Installing curl (Debian package)"
     as_root apt-get update -qq >&2 && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >&2
 }
+
+# ensure_mysqlclient_build: what pip needs to build mysqlclient (Django's MySQL
+# and MariaDB driver, the "mysql" dependency group), which has no Linux wheel:
+# pkg-config, the MariaDB client headers and a C compiler (Debian packages).
+ensure_mysqlclient_build() {
+    if command -v pkg-config >/dev/null 2>&1 && pkg-config --exists libmariadb 2>/dev/null &&
+        command -v cc >/dev/null 2>&1; then
+        return 0
+    fi
+    log "Installing pkg-config, libmariadb-dev and gcc (Debian packages) to build mysqlclient"
+    as_root apt-get update -qq >&2 &&
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pkg-config libmariadb-dev gcc >&2
+}
+
+# start_mariadb: a MariaDB server of the test suite's own (Debian's
+# mariadb-server package), never the system service: its own datadir, socket
+# and port (MARIADB_PORT, 3307), started once and kept running; utf8mb4 with
+# Debian's default collation, as most MariaDB installations. Prints its URL.
+start_mariadb() {
+    local port="${MARIADB_PORT:-3307}" dir="${MARIADB_DIR:-/tmp/django-idempotency-mariadb-${MARIADB_PORT:-3307}}"
+    local user
+    user="$(id -un)"
+    if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
+        log "Installing MariaDB (Debian package)"
+        as_root apt-get update -qq >&2 &&
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server >&2 || return 1
+    fi
+    local mariadbd
+    mariadbd="$(command -v mariadbd || echo /usr/sbin/mariadbd)"
+    if ! port_open "$port"; then
+        if [ ! -d "$dir/data/mysql" ]; then
+            log "Creating a MariaDB data directory in $dir"
+            mkdir -p "$dir"
+            mariadb-install-db --no-defaults --datadir="$dir/data" --user="$user" \
+                --auth-root-authentication-method=normal --skip-test-db >"$dir/install.log" 2>&1 ||
+                { cat "$dir/install.log" >&2; return 1; }
+        fi
+        log "Starting MariaDB on port $port"
+        nohup "$mariadbd" --no-defaults --user="$user" --datadir="$dir/data" \
+            --port="$port" --bind-address=127.0.0.1 --socket="$dir/mariadb.sock" \
+            --pid-file="$dir/mariadb.pid" --log-error="$dir/error.log" \
+            --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci \
+            --innodb-buffer-pool-size=128M --max-connections=300 --skip-name-resolve \
+            >/dev/null 2>&1 &
+        for _ in $(seq 100); do port_open "$port" && break; sleep 0.2; done
+        port_open "$port" || { tail -20 "$dir/error.log" >&2; return 1; }
+    fi
+    mariadb --no-defaults --protocol=socket --socket="$dir/mariadb.sock" -uroot >&2 <<'SQL' || return 1
+CREATE USER IF NOT EXISTS 'idempotency'@'127.0.0.1' IDENTIFIED BY 'idempotency';
+GRANT ALL PRIVILEGES ON *.* TO 'idempotency'@'127.0.0.1';
+SQL
+    echo "mysql://idempotency:idempotency@127.0.0.1:$port/${MARIADB_DB_NAME:-idempotency}"
+}

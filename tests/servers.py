@@ -60,7 +60,8 @@ def database_url() -> str:
     settings = connection.settings_dict
     if connection.vendor == "sqlite":
         return "sqlite:///" + str(settings["NAME"])
-    return "postgres://{USER}:{PASSWORD}@{HOST}:{PORT}/{NAME}".format(
+    scheme = "mysql" if connection.vendor == "mysql" else "postgres"
+    return (scheme + "://{USER}:{PASSWORD}@{HOST}:{PORT}/{NAME}").format(
         **{k: settings[k] or "" for k in ("USER", "PASSWORD", "HOST", "PORT", "NAME")}
     )
 
@@ -377,6 +378,8 @@ class Demo:
         return self.manage("create_api_key", name, "--credits", str(credits)).splitlines()[-1]
 
     def sql(self, query: str, *params: object) -> list[tuple[object, ...]]:
+        if self.database.startswith("mysql://"):
+            return _mysql_sql(self.database, query, params)
         import psycopg
 
         with psycopg.connect(self.database, autocommit=True) as conn:
@@ -405,14 +408,49 @@ def on_postgresql() -> bool:
     return os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
 
 
+def on_mysql() -> bool:
+    """Whether this pass of the suite runs on MariaDB (scripts/test's third pass)."""
+    return os.environ.get("DATABASE_URL", "").startswith("mysql://")
+
+
+def _mysql_sql(url: str, query: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+    import MySQLdb
+
+    parts = urlsplit(url)
+    conn = MySQLdb.connect(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 3306,
+        user=parts.username or "",
+        password=parts.password or "",
+        database=parts.path.lstrip("/"),
+        charset="utf8mb4",
+        autocommit=True,
+    )
+    try:
+        cursor = conn.cursor()
+        cursor.execute(query, params or None)
+        return list(cursor.fetchall()) if cursor.description else []
+    finally:
+        conn.close()
+
+
 @contextmanager
 def scratch_database(suffix: str) -> Iterator[str]:
-    """A new database on the PostgreSQL server of ``DATABASE_URL``, named after
-    the test database and ``suffix``, dropped afterwards."""
-    import psycopg
-
+    """A new database on the PostgreSQL or MariaDB server of ``DATABASE_URL``,
+    named after the test database and ``suffix``, dropped afterwards."""
     parts = urlsplit(os.environ["DATABASE_URL"])
     name = f"{parts.path.lstrip('/')}_{suffix}"
+    if on_mysql():
+        server = urlunsplit(parts._replace(path="/"))
+        _mysql_sql(server, f"DROP DATABASE IF EXISTS `{name}`", ())
+        _mysql_sql(server, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4", ())
+        try:
+            yield urlunsplit(parts._replace(path="/" + name))
+        finally:
+            _mysql_sql(server, f"DROP DATABASE IF EXISTS `{name}`", ())
+        return
+    import psycopg
+
     admin = urlunsplit(parts._replace(path="/postgres"))
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

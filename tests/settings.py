@@ -2,7 +2,7 @@
 
 The database comes from ``DATABASE_URL`` (default: a SQLite file, so that
 threads in the concurrency tests each get a real connection to one database).
-``scripts/test`` runs the suite once on SQLite and once on PostgreSQL.
+``scripts/test`` runs the suite on SQLite, PostgreSQL and MariaDB.
 """
 
 from __future__ import annotations
@@ -76,6 +76,13 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         # As docs/stores.rst recommends: requests queue for SQLite's one write lock
         # instead of failing when a read transaction tries to upgrade.
         DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
+elif DATABASES["default"]["ENGINE"].endswith("mysql"):
+    # MariaDB or MySQL (DATABASE_URL=mysql://...). Django's default isolation
+    # there is READ COMMITTED; TEST_MYSQL_ISOLATION sets another for a server
+    # that a test starts (tests/test_mysql.py runs both).
+    DATABASES["default"]["OPTIONS"] = {"charset": "utf8mb4"}
+    if os.environ.get("TEST_MYSQL_ISOLATION"):
+        DATABASES["default"]["OPTIONS"]["isolation_level"] = os.environ["TEST_MYSQL_ISOLATION"]
 
 # tests/test_routing.py: "second", a database of its own, where a router may
 # send the records; "standby", a read-only copy of "default" (the test's own
@@ -98,6 +105,9 @@ else:
     DATABASES["standby"] = copy.deepcopy(DATABASES["default"])
     DATABASES["standby"]["TEST"] = {"MIRROR": "default"}
     DATABASE_ROUTERS = ["tests.routers.StandbyIsReadOnly"]
+# ATOMIC_REQUESTS for a server that a test starts (tests/test_mysql.py).
+if os.environ.get("TEST_ATOMIC_REQUESTS") == "1":
+    DATABASES["default"]["ATOMIC_REQUESTS"] = True
 
 CACHES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},

@@ -75,11 +75,13 @@ def test_twenty_threads_while_the_first_is_still_running(
         first = pool.submit(race, alice, 1)
         assert views.started.wait(10)
         others = pool.submit(race, alice, RACERS - 1)
-        # PostgreSQL and Redis answer "in use" at once, without waiting for the
+        # PostgreSQL, MariaDB/MySQL and Redis answer "in use" at once, without waiting for the
         # first; but with ATOMIC_REQUESTS on SQLite every request first waits for
         # the one write lock (BEGIN IMMEDIATE), whatever the store.
         sqlite_atomic = atomic_requests and connection.vendor == "sqlite"
-        if connection.vendor == "postgresql" or (store.name == "redis" and not sqlite_atomic):
+        if connection.vendor in ("postgresql", "mysql") or (
+            store.name == "redis" and not sqlite_atomic
+        ):
             assert all(r.status_code == 409 for r in others.result(timeout=10))
         time.sleep(0.3)
         views.hold.set()
@@ -183,7 +185,7 @@ def test_a_killed_worker_leaves_no_claim_and_the_retry_runs_once(
         while not mark.exists():
             assert time.monotonic() < deadline, "the view never started"
             time.sleep(0.05)
-        if connection.vendor == "postgresql":
+        if connection.vendor in ("postgresql", "mysql"):
             busy = server.request("/t/widgets", body, headers={"Idempotency-Key": "crash"})
             assert busy.status == 409
             assert json.loads(busy.body)["error"]["type"] == "idempotency_key_in_use"

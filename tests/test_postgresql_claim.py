@@ -147,8 +147,8 @@ def _is_store(sql: str) -> bool:
 
 RACERS = 200
 THREADS = 20
-_migration_0003 = import_module("django_idempotency.migrations.0003_postgresql_claim_function")
-_migration_0005 = import_module("django_idempotency.migrations.0005_postgresql_claim_without_write")
+# The functions as the last migration that defines them (0007) left them.
+_functions = import_module("django_idempotency.migrations.0007_record_digest")
 
 
 @postgresql_only
@@ -189,8 +189,8 @@ def test_with_the_function_gone_200_concurrent_requests_all_succeed_and_it_comes
         assert on_cte()
     finally:
         with connection.cursor() as cursor:
-            cursor.execute(_migration_0003.CREATE)
-            cursor.execute(_migration_0005.CREATE)
+            cursor.execute(_functions.CREATE_V1)
+            cursor.execute(_functions.CREATE_V2)
 
     # migrate put it back: the next attempt (every CLAIM_FUNCTION_RETRY seconds,
     # here at once) finds it, and claims use it from then on.

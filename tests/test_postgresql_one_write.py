@@ -29,6 +29,7 @@ from django.db import connection, connections, transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from django_idempotency.keys import scoped_key
 from django_idempotency.models import IdempotencyRecord
 from django_idempotency.stores import database
 from django_idempotency.stores.base import RequestRecord
@@ -95,7 +96,8 @@ def claim(conn: psycopg.Connection[Any], r: RequestRecord, function: str) -> tup
 def finish(conn: psycopg.Connection[Any], r: RequestRecord, pk: int | None) -> None:
     """What DatabaseStore.finish sends, then COMMIT."""
     if pk is None:
-        params = [r.scope, r.key, r.fingerprint, r.method, r.path, "completed", 201]
+        params = [r.scope, r.key, scoped_key(r.scope, r.key), r.fingerprint, r.method, r.path]
+        params += ["completed", 201]
         params += ["[]", b"{}", r.created_at, r.expires_at]
         conn.execute(database.DatabaseStore._FINISH_INSERT_SQL.format(table=TABLE), params)
     else:

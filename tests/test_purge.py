@@ -16,6 +16,7 @@ from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from django_idempotency.keys import scoped_key
 from django_idempotency.management.commands.purge_idempotency_keys import parse_duration
 from django_idempotency.models import IdempotencyRecord
 from django_idempotency.stores.base import Store
@@ -167,6 +168,7 @@ def test_concurrent_purges_delete_each_row_once_and_the_counts_add_up() -> None:
         IdempotencyRecord(
             scope="s",
             key=f"e{i}",
+            digest=scoped_key("s", f"e{i}"),
             fingerprint="f",
             method="POST",
             path="/p",

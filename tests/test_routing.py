@@ -107,17 +107,28 @@ def test_the_routing_checks_leave_other_stores_alone(settings: Any) -> None:
 def test_w032_no_table_in_the_store_database(settings: Any) -> None:
     settings.DATABASE_ROUTERS = ELSEWHERE
     assert ids(check_database_table(databases=TWO)) == []
-    with connections["second"].cursor() as cursor:  # undone with the test's transaction
-        cursor.execute(f"DROP TABLE {IdempotencyRecord._meta.db_table}")
-    assert ids(check_database_table(databases=TWO)) == ["django_idempotency.W032"]
-    # Only when asked about that database: `manage.py check` alone does not ask.
-    assert ids(check_database_table(databases=["default"])) == []
-    assert ids(check_database_table(databases=None)) == []
-    # Nor before the migration that creates the table has run there: the check
-    # runs at the start of that very `migrate`.
-    with connections["second"].cursor() as cursor:
-        cursor.execute("DELETE FROM django_migrations WHERE app = 'django_idempotency'")
-    assert ids(check_database_table(databases=TWO)) == []
+    second = connections["second"]
+    table = IdempotencyRecord._meta.db_table
+    with second.cursor() as cursor:  # undone with the test's transaction
+        if second.vendor == "mysql":  # except on MySQL and MariaDB, where DDL commits
+            cursor.execute(f"SHOW CREATE TABLE {table}")
+            create = cursor.fetchone()[1]
+        cursor.execute(f"DROP TABLE {table}")
+    try:
+        assert ids(check_database_table(databases=TWO)) == ["django_idempotency.W032"]
+        # Only when asked about that database: `manage.py check` alone does not ask.
+        assert ids(check_database_table(databases=["default"])) == []
+        assert ids(check_database_table(databases=None)) == []
+        if second.vendor != "mysql":  # a DELETE after committed DDL would stay
+            # Nor before the migration that creates the table has run there:
+            # the check runs at the start of that very `migrate`.
+            with second.cursor() as cursor:
+                cursor.execute("DELETE FROM django_migrations WHERE app = 'django_idempotency'")
+            assert ids(check_database_table(databases=TWO)) == []
+    finally:
+        if second.vendor == "mysql":
+            with second.cursor() as cursor:
+                cursor.execute(create)
 
 
 @pytest.mark.usefixtures("database_store")
@@ -163,6 +174,8 @@ def read_only_standby(settings: Any) -> Iterator[None]:
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
                 cursor.execute("SET default_transaction_read_only = on")
+            elif connection.vendor == "mysql":
+                cursor.execute("SET SESSION TRANSACTION READ ONLY")
             else:
                 cursor.execute("PRAGMA query_only = ON")
 

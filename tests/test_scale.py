@@ -49,6 +49,8 @@ COPIES = 3  # concurrent sends of each key
 CLIENTS = 16
 _migration_0003 = import_module("django_idempotency.migrations.0003_postgresql_claim_function")
 _migration_0005 = import_module("django_idempotency.migrations.0005_postgresql_claim_without_write")
+# The functions as the last migration that defines them (0007) left them.
+_functions = import_module("django_idempotency.migrations.0007_record_digest")
 ARGUMENTS = "(varchar, varchar, varchar, varchar, text, varchar, timestamptz, timestamptz, bigint)"
 SIGNATURES = [m.FUNCTION + ARGUMENTS for m in (_migration_0005, _migration_0003)]
 
@@ -157,8 +159,8 @@ def test_exactly_once_behind_pgbouncer(primary: Cluster, mode: str) -> None:
         try:
             assert_exactly_once(race(server, "without"), url, "without")
         finally:
-            sql(url, _migration_0003.CREATE)
-            sql(url, _migration_0005.CREATE)
+            sql(url, _functions.CREATE_V1)
+            sql(url, _functions.CREATE_V2)
     pools = bouncer.log()
     assert "FATAL" not in pools, pools[-2000:]
 

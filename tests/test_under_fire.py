@@ -6,7 +6,8 @@ description is the idempotency key it was created with, so a job can be traced
 to its key.
 
 The default run does a few rounds of each; ``scripts/soak`` sets SOAK_ROUNDS for
-many. Runs in the PostgreSQL pass of scripts/test, on a database of its own.
+many. Runs in the PostgreSQL and MariaDB passes of scripts/test, on a database
+of its own.
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ class Api:
 
 @contextmanager
 def scratch_database(suffix: str) -> Iterator[str]:
-    if not servers.on_postgresql():
-        pytest.skip("runs in the PostgreSQL pass of scripts/test")
+    if not (servers.on_postgresql() or servers.on_mysql()):
+        pytest.skip("runs in the PostgreSQL and MariaDB passes of scripts/test")
     with servers.scratch_database("fire_" + suffix) as url:
         yield url
 
@@ -136,6 +137,15 @@ def api(request: pytest.FixtureRequest) -> Iterator[Api]:
 def only_on(api: Api, store: str) -> None:
     if api.store != store:
         pytest.skip(f"about the {store} store")
+
+
+# These find the request's session in pg_stat_activity, or end it with
+# PostgreSQL's idle_in_transaction_session_timeout; on MariaDB the killed
+# workers of test_workers_killed_at_random_moments_never_run_a_key_twice and
+# tests/test_concurrency.py cover crashes.
+postgresql_only = pytest.mark.skipif(
+    servers.on_mysql(), reason="finds or ends sessions the PostgreSQL way"
+)
 
 
 class Books:
@@ -288,6 +298,7 @@ def answered(api: Api, key: str) -> Reply:
         return reply
 
 
+@postgresql_only
 def test_a_worker_killed_in_the_view_leaves_nothing_and_the_retry_runs_once(
     api: Api, books: Books
 ) -> None:
@@ -326,6 +337,7 @@ WHERE datname = current_database() AND state = 'idle' AND query = 'COMMIT'
 """
 
 
+@postgresql_only
 def test_a_worker_killed_after_commit_before_answering_is_replayed_not_rerun(
     api: Api, books: Books
 ) -> None:
@@ -448,6 +460,7 @@ def test_workers_killed_at_random_moments_never_run_a_key_twice(api: Api, books:
 # Slow views: the server ends a transaction that outlives its timeout.
 
 
+@postgresql_only
 def test_a_view_that_outlives_the_servers_timeout_never_commits_twice(
     api: Api, books: Books
 ) -> None:
@@ -479,6 +492,7 @@ def test_a_view_that_outlives_the_servers_timeout_never_commits_twice(
     books.assert_paid_once(1)
 
 
+@postgresql_only
 def test_redis_crash_window_is_the_lease(api: Api, books: Books) -> None:
     """The Redis store's documented window: a worker that dies after the view's
     writes committed but before the response was stored leaves its claim "in
@@ -502,6 +516,7 @@ WHERE datname = current_database() AND wait_event_type = 'Lock'
 """
 
 
+@postgresql_only
 def test_a_stalled_worker_never_has_its_response_overwrite_anothers(api: Api, books: Books) -> None:
     """A worker frozen (SIGSTOP) in the view for longer than the Redis lease.
 

@@ -89,20 +89,24 @@ def test_a_scope_with_a_nul_byte_is_stored_hashed(client: APIClient) -> None:
     assert replay.content == first.content
 
 
+# Transactional: MySQL and MariaDB commit DDL, and with it the test's other rows.
+@pytest.mark.django_db(transaction=True)
 def test_a_missing_table_is_a_configuration_error_and_its_cause_is_logged(
     client: APIClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A real database error, not a mock: the store's table is gone (renamed
-    # inside the test's transaction, which rolls it back afterwards), as on a
-    # database that `migrate` never reached. No retry can mend it: not a 503.
+    # A real database error, not a mock: the store's table is gone (renamed,
+    # and renamed back afterwards), as on a database that `migrate` never
+    # reached. No retry can mend it: not a 503.
     table = IdempotencyRecord._meta.db_table
+    quote = connection.ops.quote_name
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"ALTER TABLE {connection.ops.quote_name(table)} "
-            f"RENAME TO {connection.ops.quote_name(table + '_gone')}"
-        )
-    with caplog.at_level(logging.ERROR, logger="django_idempotency"):
-        response = post(client, "/v1/jobs", key="outage", data=SPEC_BODY)
+        cursor.execute(f"ALTER TABLE {quote(table)} RENAME TO {quote(table + '_gone')}")
+    try:
+        with caplog.at_level(logging.ERROR, logger="django_idempotency"):
+            response = post(client, "/v1/jobs", key="outage", data=SPEC_BODY)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {quote(table + '_gone')} RENAME TO {quote(table)}")
     assert_envelope(response, 500, "idempotency_misconfigured")
     assert (response["X-Should-Retry"], response.get("Retry-After")) == ("false", None)
     (entry,) = [r for r in caplog.records if r.name.startswith("django_idempotency")]

@@ -55,6 +55,24 @@ state is one number per (alias, function) (written whole, never
 read-then-updated), so threads and async tasks need no lock for correctness;
 a lock only keeps the warning to one line per change.
 
+Finding a record
+----------------
+Every path finds a record by ``digest`` (``keys.scoped_key``: SHA-256 of
+scope, NUL, key, in lowercase hex), unique and indexed, never by the
+``scope`` and ``key`` columns, which compare by their collation: MySQL's and
+MariaDB's defaults ignore case and trailing spaces and would make two callers
+one. The PostgreSQL functions compute the same digest from their arguments.
+
+Claiming on MySQL and MariaDB
+-----------------------------
+``_begin_mysql``: a plain read answers a finished record; else
+``GET_LOCK(name, 0)`` on the key (never waits: not granted is "in use"), and
+only its holder writes the key's row, so InnoDB never makes a duplicate wait
+on a row lock, and no claim takes a gap lock that two INSERTs could deadlock
+on under REPEATABLE READ. The lock is session-level: released by the store
+once the claim's block has ended (``_release_user_lock``), and by the server
+when the connection drops.
+
 Other databases
 ---------------
 The portable path reads, then inserts in a savepoint and relies on the unique
@@ -81,7 +99,9 @@ Why each claim path is kept
   ``RETURNING``: there ``_SQLITE_OLD_SQL`` deletes an expired record and then
   runs ``INSERT OR IGNORE`` (both writes), taking the claim's id from the cursor.
   It is chosen by Django's feature flag, ``can_return_columns_from_insert``.
-* The portable path: MySQL, Oracle and third-party backends.
+* MySQL and MariaDB (``_begin_mysql``): InnoDB's row locks make a duplicate
+  wait, and its gap locks deadlock racing claims, on the portable path.
+* The portable path: Oracle and third-party backends.
 
 Purging
 -------
@@ -100,9 +120,12 @@ batch is::
 waiting on each other or deleting a row twice, and never waits on a request
 that is taking over an expired key in place. Each purge counts the rows that
 its own statements deleted (the cursor's rowcount), so the counts add up.
-Elsewhere (SQLite, MySQL...) a batch selects primary keys through the ORM, then
-deletes them in one statement that checks the expiry again; a row that another
-purge deleted meanwhile is simply not counted.
+On MySQL and MariaDB a batch selects its primary keys ``FOR UPDATE SKIP
+LOCKED`` in a transaction and deletes them; concurrent purges take turns, a
+batch at a time, under a user lock. Elsewhere (SQLite...) a batch
+selects primary keys through the ORM, then deletes them in one statement that
+checks the expiry again; a row that another purge deleted meanwhile is simply
+not counted.
 """
 
 from __future__ import annotations
@@ -133,6 +156,7 @@ from django.utils import timezone
 
 from ..conf import conf, store_database
 from ..errors import table_missing
+from ..keys import scoped_key
 from ..models import IdempotencyRecord
 from .base import (
     Claim,
@@ -156,6 +180,8 @@ CLAIM_FUNCTION = "django_idempotency_claim_v2"
 CLAIM_FUNCTION_V1 = "django_idempotency_claim_v1"
 # The functions in the order the store tries them; past the last, the CTE.
 _CLAIM_FUNCTIONS = (CLAIM_FUNCTION, CLAIM_FUNCTION_V1)
+#: MySQL and MariaDB: seconds a purge batch waits for another purge's batch.
+PURGE_LOCK_WAIT = 60
 #: Seconds between attempts to use a claim function again once it was missing.
 CLAIM_FUNCTION_RETRY = 30.0
 # SQLSTATEs that mean "the claim function cannot be called here" while its
@@ -216,11 +242,44 @@ class _Held:
     pk: int | None
     #: With pk None: an expired record of the key is there, to take over.
     take_over: bool = False
+    #: MySQL and MariaDB: the name of the user-level lock that holds the key,
+    #: released once the claim's block has ended.
+    user_lock: str | None = None
 
 
 def _lock_id(record: RequestRecord) -> int:
     digest = hashlib.blake2b(f"{record.scope}\x00{record.key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+# MySQL's ER_DUP_ENTRY (MariaDB's too).
+_MYSQL_DUPLICATE_KEY = 1062
+
+
+def _user_lock_name(connection: BaseDatabaseWrapper, record: RequestRecord) -> str:
+    """The GET_LOCK name of (scope, key) in this database. User locks are
+    server-wide, so the name includes the database; MySQL allows 64 characters."""
+    database = connection.settings_dict["NAME"]
+    digest = scoped_key(record.scope, record.key)
+    return (
+        "django_idempotency:"
+        + hashlib.blake2b(f"{database}\x00{digest}".encode(), digest_size=20).hexdigest()
+    )
+
+
+def _release_user_lock(connection: BaseDatabaseWrapper, name: str | None) -> None:
+    if name is None:
+        return
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT RELEASE_LOCK(%s)", [name])
+    except DatabaseError:
+        # The session still holds the lock unless the connection is gone. A
+        # connection that Django keeps (CONN_MAX_AGE) would keep the key in
+        # use, so end it: the server then frees every lock of the session.
+        logger.warning("Could not release the claim's lock %s", name, exc_info=True)
+        if not connection.in_atomic_block:
+            connection.close()
 
 
 def _sqlite_busy(connection: BaseDatabaseWrapper, exc: BaseException) -> bool:
@@ -402,6 +461,7 @@ class DatabaseStore(Store):
                 raise StoreError(str(exc)) from exc
             first_claimed_at = None
             function = None
+            user_lock = None
             try:
                 outcome: Outcome | int | _Released | _Unwritten
                 if connection.vendor == "postgresql":
@@ -412,6 +472,8 @@ class DatabaseStore(Store):
                         outcome = self._begin_sqlite(connection, record)
                     else:
                         outcome = self._begin_old_sqlite(connection, record)
+                elif connection.vendor == "mysql":
+                    outcome, user_lock = self._begin_mysql(connection, record)
                 else:
                     outcome = self._begin_portable(alias, record)
                 if isinstance(outcome, _Released):
@@ -421,6 +483,7 @@ class DatabaseStore(Store):
             except BaseException as exc:
                 # Rolls back the block (or its savepoint): nothing was claimed.
                 atomic.__exit__(type(exc), exc, exc.__traceback__)
+                _release_user_lock(connection, user_lock)
                 if _sqlite_busy(connection, exc):
                     raise _sqlite_busy_error(exc) from exc
                 if function is not None and _claim_function_missing(connection, exc, function):
@@ -437,11 +500,16 @@ class DatabaseStore(Store):
                 raise
             break
         if isinstance(outcome, int):
-            return Claim(record, _Held(alias, atomic, outcome), first_claimed_at)
+            return Claim(
+                record, _Held(alias, atomic, outcome, user_lock=user_lock), first_claimed_at
+            )
         if isinstance(outcome, _Unwritten):
             return Claim(record, _Held(alias, atomic, None, outcome.take_over))
         # Nothing claimed: end the block now.
-        atomic.__exit__(None, None, None)
+        try:
+            atomic.__exit__(None, None, None)
+        finally:
+            _release_user_lock(connection, user_lock)
         return outcome
 
     _FINISH_SQL = (
@@ -455,17 +523,17 @@ class DatabaseStore(Store):
     # while holding the advisory lock, so someone who does not take it wrote
     # it), the transaction rolls back and the request answers "unavailable".
     _FINISH_INSERT_SQL = (
-        "INSERT INTO {table} (scope, key, fingerprint, method, path, state, "
+        "INSERT INTO {table} (scope, key, digest, fingerprint, method, path, state, "
         "response_status, response_headers, response_body, created_at, expires_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     )
     # An expired record is there: taken over in place, as the claim would. No
     # row back means it became live meanwhile, as above.
     _FINISH_TAKE_OVER_SQL = (
-        "INSERT INTO {table} AS r (scope, key, fingerprint, method, path, state, "
+        "INSERT INTO {table} AS r (scope, key, digest, fingerprint, method, path, state, "
         "response_status, response_headers, response_body, created_at, expires_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-        "ON CONFLICT (scope, key) DO UPDATE SET "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (digest) DO UPDATE SET "
         "fingerprint = EXCLUDED.fingerprint, method = EXCLUDED.method, "
         "path = EXCLUDED.path, state = EXCLUDED.state, "
         "response_status = EXCLUDED.response_status, "
@@ -494,6 +562,7 @@ class DatabaseStore(Store):
                         [
                             record.scope,
                             record.key,
+                            scoped_key(record.scope, record.key),
                             record.fingerprint,
                             record.method,
                             record.path,
@@ -516,15 +585,29 @@ class DatabaseStore(Store):
                         [_COMPLETED, response.status, headers, body, held.pk],
                     )
         except BaseException as exc:
-            held.atomic.__exit__(type(exc), exc, exc.__traceback__)
+            try:
+                held.atomic.__exit__(type(exc), exc, exc.__traceback__)
+            finally:
+                _release_user_lock(connection, held.user_lock)
             if isinstance(exc, DatabaseError):
                 raise StoreError(str(exc)) from exc
             raise
         # Commits the claim, the view's writes and the response together. A
         # failure here raises out of the view: nothing was committed.
-        held.atomic.__exit__(None, None, None)
+        try:
+            held.atomic.__exit__(None, None, None)
+        finally:
+            _release_user_lock(connection, held.user_lock)
 
     def release(self, claim: Claim, exc: BaseException | None = None) -> None:
+        held: _Held = claim.state
+        try:
+            self._release(claim, exc)
+        finally:
+            # After the released marker is written: the next claimant finds it.
+            _release_user_lock(connections[held.alias], held.user_lock)
+
+    def _release(self, claim: Claim, exc: BaseException | None) -> None:
         held: _Held = claim.state
         if exc is None:
             transaction.set_rollback(True, using=held.alias)
@@ -553,6 +636,9 @@ class DatabaseStore(Store):
         holds the key: that one owns it now."""
         record = claim.record
         connection = connections[alias]
+        if connection.vendor == "mysql":
+            self._keep_released_mysql(connection, claim)
+            return
         manager = IdempotencyRecord.objects.using(alias)
         with transaction.atomic(using=alias):
             if connection.vendor == "postgresql":
@@ -562,7 +648,7 @@ class DatabaseStore(Store):
                     (got,) = cursor.fetchone()
                 if not got:
                     return
-            mine = manager.filter(scope=record.scope, key=record.key)
+            mine = manager.filter(digest=scoped_key(record.scope, record.key))
             if mine.filter(expires_at__gt=record.created_at).exclude(state=_RELEASED).exists():
                 return
             mine.delete()
@@ -571,6 +657,7 @@ class DatabaseStore(Store):
             manager.create(
                 scope=record.scope,
                 key=record.key,
+                digest=scoped_key(record.scope, record.key),
                 fingerprint=record.fingerprint,
                 method=record.method,
                 path=record.path,
@@ -591,9 +678,8 @@ class DatabaseStore(Store):
             if not got:
                 return InUse()
         manager = IdempotencyRecord.objects.using(connection.alias)
-        released = manager.filter(
-            scope=record.scope, key=record.key, state=_RELEASED, expires_at__gt=record.created_at
-        )
+        digest = scoped_key(record.scope, record.key)
+        released = manager.filter(digest=digest, state=_RELEASED, expires_at__gt=record.created_at)
         # created_at first: MySQL evaluates SET clauses left to right.
         taken = released.update(
             created_at=Case(
@@ -608,9 +694,7 @@ class DatabaseStore(Store):
         )
         if not taken:
             return InUse()  # another attempt took it over first
-        pk, first_claimed_at = manager.filter(scope=record.scope, key=record.key).values_list(
-            "pk", "created_at"
-        )[0]
+        pk, first_claimed_at = manager.filter(digest=digest).values_list("pk", "created_at")[0]
         return int(pk), first_claimed_at
 
     # PostgreSQL: claim or fetch in one round trip.
@@ -618,14 +702,14 @@ class DatabaseStore(Store):
     _PG_SQL = """
 WITH existing AS (
     SELECT {columns} FROM {table}
-    WHERE scope = %(scope)s AND key = %(key)s AND expires_at > %(now)s
+    WHERE digest = %(digest)s AND expires_at > %(now)s
 ), lock AS (
     SELECT pg_try_advisory_xact_lock(%(lock)s) AS got
     WHERE NOT EXISTS (SELECT 1 FROM existing)
 ), claimed AS (
-    INSERT INTO {table} (scope, key, fingerprint, method, path, state,
+    INSERT INTO {table} (scope, key, digest, fingerprint, method, path, state,
                          response_headers, created_at, expires_at)
-    SELECT %(scope)s, %(key)s, %(fingerprint)s, %(method)s, %(path)s, %(state)s,
+    SELECT %(scope)s, %(key)s, %(digest)s, %(fingerprint)s, %(method)s, %(path)s, %(state)s,
            '[]', %(now)s, %(expires)s
     FROM lock WHERE lock.got
     {upsert}
@@ -640,7 +724,7 @@ SELECT 'locked', NULL, NULL, NULL, NULL, NULL, NULL FROM lock WHERE NOT lock.got
 
     # An expired record is taken over in place: it no longer counts, even when
     # the purge command has not deleted it yet.
-    _UPSERT = """ON CONFLICT (scope, key) DO UPDATE SET
+    _UPSERT = """ON CONFLICT (digest) DO UPDATE SET
         fingerprint = EXCLUDED.fingerprint, method = EXCLUDED.method,
         path = EXCLUDED.path, state = EXCLUDED.state, response_status = NULL,
         response_headers = EXCLUDED.response_headers, response_body = NULL,
@@ -666,6 +750,7 @@ SELECT 'locked', NULL, NULL, NULL, NULL, NULL, NULL FROM lock WHERE NOT lock.got
         params = {
             "scope": record.scope,
             "key": record.key,
+            "digest": scoped_key(record.scope, record.key),
             "fingerprint": record.fingerprint,
             "method": record.method,
             "path": record.path,
@@ -696,9 +781,9 @@ SELECT 'locked', NULL, NULL, NULL, NULL, NULL, NULL FROM lock WHERE NOT lock.got
     # for the database lock (a read first would make SQLite fail at once).
 
     _SQLITE_SQL = """
-INSERT INTO {table} (scope, key, fingerprint, method, path, state,
+INSERT INTO {table} (scope, key, digest, fingerprint, method, path, state,
                      response_headers, created_at, expires_at)
-VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)
+VALUES (%s, %s, %s, %s, %s, %s, %s, '[]', %s, %s)
 {upsert}
 RETURNING id
 """
@@ -714,6 +799,7 @@ RETURNING id
         params = [
             record.scope,
             record.key,
+            scoped_key(record.scope, record.key),
             record.fingerprint,
             record.method,
             record.path,
@@ -734,10 +820,10 @@ RETURNING id
     # record; INSERT OR IGNORE then claims, or meets the live record.
 
     _SQLITE_OLD_SQL = (
-        "DELETE FROM {table} WHERE scope = %s AND key = %s AND expires_at <= %s",
-        """INSERT OR IGNORE INTO {table} (scope, key, fingerprint, method, path, state,
+        "DELETE FROM {table} WHERE digest = %s AND expires_at <= %s",
+        """INSERT OR IGNORE INTO {table} (scope, key, digest, fingerprint, method, path, state,
                      response_headers, created_at, expires_at)
-VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
+VALUES (%s, %s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
     )
 
     def _begin_old_sqlite(
@@ -747,13 +833,15 @@ VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
         delete, insert = (sql.format(table=table) for sql in self._SQLITE_OLD_SQL)
         adapt = connection.ops.adapt_datetimefield_value
         created, expires = adapt(record.created_at), adapt(record.expires_at)
+        digest = scoped_key(record.scope, record.key)
         with connection.cursor() as cursor:
-            cursor.execute(delete, [record.scope, record.key, created])
+            cursor.execute(delete, [digest, created])
             cursor.execute(
                 insert,
                 [
                     record.scope,
                     record.key,
+                    digest,
                     record.fingerprint,
                     record.method,
                     record.path,
@@ -767,6 +855,138 @@ VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
                 return pk
         return self._fetch(connection.alias, record) or InUse()
 
+    # MySQL and MariaDB: a user-level lock per key holds the claim, as the
+    # advisory lock does on PostgreSQL.
+    #
+    # InnoDB alone cannot answer a duplicate at once: a second INSERT of a key
+    # that an open transaction inserted waits on that row (and, should the
+    # first roll back, several such waiters deadlock), and a locking read of a
+    # key that has no row takes a gap lock under REPEATABLE READ, on which two
+    # claimants' INSERTs deadlock. So the claim takes GET_LOCK(name, 0), which
+    # never waits, and only its holder writes the key's row. Its locking reads
+    # (after a duplicate-key error) always find a row, so they lock that row
+    # alone, and InnoDB's locking reads see the latest committed version
+    # whatever the isolation level. The lock belongs to the session: the
+    # server frees it when the connection drops (a killed worker), and the
+    # store releases it once the claim's block has ended.
+
+    def _begin_mysql(
+        self, connection: BaseDatabaseWrapper, record: RequestRecord
+    ) -> tuple[Outcome | int | _Released, str | None]:
+        """The outcome, and the name of the user lock if this claim holds it."""
+        isolation = getattr(connection, "isolation_level", None)
+        # A finished record answers without the lock, so concurrent retries of
+        # a completed request all get the replay. Not under SERIALIZABLE (its
+        # plain reads lock, and a gap lock is what must not be taken) nor
+        # READ UNCOMMITTED (it would replay a response not yet committed).
+        if isolation not in ("serializable", "read uncommitted"):
+            outcome = self._fetch(connection.alias, record)
+            if outcome is not None and not isinstance(outcome, (InUse, _Released)):
+                return outcome, None
+        name = _user_lock_name(connection, record)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT GET_LOCK(%s, 0)", [name])
+            (got,) = cursor.fetchone()
+        if got != 1:  # 0: another session holds it; NULL: an error
+            return InUse(), None
+        try:
+            return self._claim_mysql(connection, record), name
+        except BaseException:
+            _release_user_lock(connection, name)
+            raise
+
+    def _claim_mysql(
+        self, connection: BaseDatabaseWrapper, record: RequestRecord
+    ) -> Outcome | int | _Released:
+        """Under the key's user lock: insert the claim, or read the row that is
+        there (committed: no one else writes it) and take it over if expired."""
+        table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
+        quote = connection.ops.quote_name
+        adapt = connection.ops.adapt_datetimefield_value
+        digest = scoped_key(record.scope, record.key)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"INSERT INTO {table} ({quote('scope')}, {quote('key')}, digest, "
+                    "fingerprint, method, path, state, response_headers, created_at, expires_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, '[]', %s, %s)",
+                    [
+                        record.scope,
+                        record.key,
+                        digest,
+                        record.fingerprint,
+                        record.method,
+                        record.path,
+                        _IN_FLIGHT,
+                        adapt(record.created_at),
+                        adapt(record.expires_at),
+                    ],
+                )
+                pk: int = cursor.lastrowid
+                return pk
+        except IntegrityError as exc:
+            if getattr(exc.__cause__, "args", (None,))[0] != _MYSQL_DUPLICATE_KEY:
+                raise
+        manager = IdempotencyRecord.objects.using(connection.alias)
+        rows = list(
+            manager.select_for_update()
+            .filter(digest=digest)
+            .values_list("pk", "expires_at", *_COLUMNS.split(", "))
+        )
+        if not rows:
+            return InUse()  # a purge deleted it just now: the retry claims
+        pk, expires_at, *columns = rows[0]
+        if expires_at > record.created_at:
+            return self._outcome(record, *columns)
+        # Expired, and not purged yet: taken over in place.
+        manager.filter(pk=pk).update(
+            fingerprint=record.fingerprint,
+            method=record.method,
+            path=record.path,
+            state=_IN_FLIGHT,
+            response_status=None,
+            response_headers="[]",
+            response_body=None,
+            created_at=record.created_at,
+            expires_at=record.expires_at,
+        )
+        taken: int = pk
+        return taken
+
+    def _keep_released_mysql(self, connection: BaseDatabaseWrapper, claim: Claim) -> None:
+        """_keep_released on MySQL and MariaDB, still under the key's user lock.
+        Writes the marker without a locking read of a missing row, whose gap
+        lock could deadlock with another key's INSERT under REPEATABLE READ."""
+        record = claim.record
+        if claim.anchor_expires_at <= record.created_at:
+            return  # the request's TTL is over; an expired row is taken over later
+        manager = IdempotencyRecord.objects.using(connection.alias)
+        digest = scoped_key(record.scope, record.key)
+        values = {
+            "fingerprint": record.fingerprint,
+            "method": record.method,
+            "path": record.path,
+            "state": _RELEASED,
+            "response_status": None,
+            "response_headers": "[]",
+            "response_body": None,
+            "created_at": claim.anchor,
+            "expires_at": claim.anchor_expires_at,
+        }
+        with transaction.atomic(using=connection.alias):
+            try:
+                with transaction.atomic(using=connection.alias):
+                    manager.create(scope=record.scope, key=record.key, digest=digest, **values)
+                return
+            except IntegrityError as exc:
+                if getattr(exc.__cause__, "args", (None,))[0] != _MYSQL_DUPLICATE_KEY:
+                    raise
+            mine = manager.select_for_update().filter(digest=digest)
+            live = mine.filter(expires_at__gt=record.created_at).exclude(state=_RELEASED)
+            if live.exists():
+                return
+            mine.update(**values)
+
     # Any other database: read, then insert under the unique constraint.
 
     def _begin_portable(self, alias: str, record: RequestRecord) -> Outcome | int | _Released:
@@ -777,11 +997,12 @@ VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
         try:
             with transaction.atomic(using=alias):
                 manager.filter(
-                    scope=record.scope, key=record.key, expires_at__lte=record.created_at
+                    digest=scoped_key(record.scope, record.key), expires_at__lte=record.created_at
                 ).delete()
                 row = manager.create(
                     scope=record.scope,
                     key=record.key,
+                    digest=scoped_key(record.scope, record.key),
                     fingerprint=record.fingerprint,
                     method=record.method,
                     path=record.path,
@@ -798,7 +1019,7 @@ VALUES (%s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
         """The outcome that the live record of (scope, key) gives, if there is one."""
         rows = list(
             IdempotencyRecord.objects.using(alias)
-            .filter(scope=record.scope, key=record.key, expires_at__gt=record.created_at)
+            .filter(digest=scoped_key(record.scope, record.key), expires_at__gt=record.created_at)
             .values_list(*_COLUMNS.split(", "))[:1]
         )
         if not rows:
@@ -849,6 +1070,8 @@ class _Purge:
         connection = connections[self.alias]
         if connection.vendor == "postgresql":
             return self._batch_postgresql(connection, size)
+        if connection.vendor == "mysql":
+            return self._batch_mysql(size)
         pks = list(self.queryset().order_by("expires_at").values_list("pk", flat=True)[:size])
         if not pks:
             return None
@@ -878,3 +1101,37 @@ class _Purge:
         # Zero rows: none left, or every one left is locked by another purge,
         # which deletes it.
         return deleted or None
+
+    def _batch_mysql(self, size: int) -> int | None:
+        # SKIP LOCKED (MySQL 8.0.1, MariaDB 10.6): a batch never waits on a
+        # request that is taking an expired row over in place. Concurrent
+        # purges (cron on several hosts) take turns, a batch at a time, under
+        # a user lock: two batches picking rows at once could still deadlock
+        # on InnoDB's row locks.
+        connection = connections[self.alias]
+        database = connection.settings_dict["NAME"]
+        name = (
+            "django_idempotency:purge:"
+            + hashlib.blake2b(str(database).encode(), digest_size=16).hexdigest()
+        )
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT GET_LOCK(%s, %s)", [name, PURGE_LOCK_WAIT])
+            (got,) = cursor.fetchone()
+        if got != 1:
+            raise OperationalError(f"Another purge held the lock {name} for {PURGE_LOCK_WAIT} s.")
+        try:
+            with transaction.atomic(using=self.alias):
+                pks = list(
+                    self.queryset()
+                    .select_for_update(skip_locked=True)
+                    .order_by("expires_at")
+                    .values_list("pk", flat=True)[:size]
+                )
+                if not pks:
+                    return None
+                # The rows are locked by this transaction, so still expired.
+                manager = IdempotencyRecord.objects.using(self.alias)
+                deleted: int = manager.filter(pk__in=pks)._raw_delete(self.alias)
+            return deleted
+        finally:
+            _release_user_lock(connection, name)

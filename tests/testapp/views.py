@@ -142,3 +142,10 @@ def plain_view(request: HttpRequest) -> HttpResponse:
             bytes(range(256)) + request.body, content_type="application/octet-stream"
         )
     return JsonResponse({"id": widget.pk}, status=201)
+
+
+def tenant_scope(request: Any) -> str | None:
+    """A scope taken as sent (``X-Tenant``), for servers that tests start with
+    ``TEST_IDEMPOTENCY_SCOPE=tests.testapp.views.tenant_scope``."""
+    value: str | None = request.META.get("HTTP_X_TENANT")
+    return value
