@@ -59,7 +59,9 @@ ESTIMATE_ABOVE = 100_000
 Records = QuerySet[IdempotencyRecord]
 
 #: The fields that the list's query string may filter on (``?scope=user:7``,
-#: the state filter, the date drill-down): all shown in the list. Anything else,
+#: the state filter, the date drill-down): all shown in the list, and the digest
+#: of scope and key (what the store looks records up by, derived from two shown
+#: fields and from no content, so a filter on it tells nothing). Anything else,
 #: the stored body and headers, the fingerprint and any field added later, is
 #: refused with a 400 (Django's ``DisallowedModelAdminLookup``).
 LOOKUP_FIELDS = frozenset(
@@ -68,6 +70,7 @@ LOOKUP_FIELDS = frozenset(
         "id",
         "scope",
         "key",
+        "digest",
         "method",
         "path",
         "state",

@@ -563,12 +563,16 @@ def _notify(
                 )
     if outcome is signals.store_unavailable:
         exc = info["exception"]
+        # A StoreError, or the database error of a view that failed on an
+        # outage (refuse_outage), which is always worth a retry.
+        retryable = getattr(exc, "retryable", True)
+        answer = errors.STORE_UNAVAILABLE if retryable else errors.MISCONFIGURED
         logger.error(
             "The idempotency store %s %s (%s); answered %s to %s %s, key %r, scope %r.",
             type(store).__name__,
-            "failed" if exc.retryable else "is misconfigured, fix it",
+            "failed" if retryable else "is misconfigured, fix it",
             exc,
-            _answer_of(exc).status,
+            answer.status,
             record.method,
             record.path,
             record.key,
