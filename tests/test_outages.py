@@ -137,17 +137,24 @@ def test_other_database_errors_stay_500s(
         client.post("/t/widgets", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="k")
 
 
-@pytest.mark.django_db
+# Transactional, and the table renamed back: MySQL and MariaDB commit DDL, so
+# a rename left to the test's rollback would outlive the test there.
+@pytest.mark.django_db(transaction=True)
 def test_a_missing_table_is_no_outage(alice: Any) -> None:
     # SQLite says "no such table" with an OperationalError, the class of its
-    # outages too: still a 500, never "retry" (PostgreSQL: a ProgrammingError).
+    # outages too: still a 500, never "retry" (PostgreSQL: a ProgrammingError;
+    # MySQL and MariaDB: error 1146).
     quote = connection.ops.quote_name
-    with connection.cursor() as cursor:  # undone with the test's transaction
+    with connection.cursor() as cursor:
         cursor.execute(f"ALTER TABLE {quote('auth_user')} RENAME TO {quote('auth_user_gone')}")
-    # Answered by the package's handler500, which says "do not retry".
-    client = APIClient(raise_request_exception=False)
-    client.credentials(HTTP_AUTHORIZATION="Basic YWxpY2U6YWxpY2UtcHc=")
-    response = client.post("/t/widgets", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="k")
+    try:
+        # Answered by the package's handler500, which says "do not retry".
+        client = APIClient(raise_request_exception=False)
+        client.credentials(HTTP_AUTHORIZATION="Basic YWxpY2U6YWxpY2UtcHc=")
+        response = client.post("/t/widgets", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="k")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {quote('auth_user_gone')} RENAME TO {quote('auth_user')}")
     assert response.status_code == 500
     assert response.json()["error"]["type"] == "api_error"
     assert (response["X-Should-Retry"], response.get("Retry-After")) == ("false", None)
