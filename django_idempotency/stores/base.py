@@ -132,7 +132,7 @@ class Store(abc.ABC):
     #: Whether releasing a claim undoes the view's database writes (the
     #: database store's claim and the view share one transaction). Where it
     #: does not, a claim whose view was stopped halfway is never released:
-    #: :meth:`abandon` leaves it to lapse.
+    #: ``abandon()`` leaves it to lapse.
     rolls_back_view_writes: bool = False
 
     @classmethod
