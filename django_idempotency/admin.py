@@ -47,6 +47,7 @@ from django.utils.timesince import timesince, timeuntil
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from . import encryption
 from .conf import conf, store_database
 from .models import IdempotencyRecord
 
@@ -482,11 +483,11 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.display(description=_("headers"))
     def headers(self, obj: IdempotencyRecord) -> SafeString:
-        return render_headers(obj)
+        return encryption.shown(obj, render_headers)
 
     @admin.display(description=_("body"))
     def body(self, obj: IdempotencyRecord) -> SafeString:
-        return render_body(obj)
+        return encryption.shown(obj, render_body)
 
     # Writes go to the store's database (the routers' write alias), not to the
     # database the list was read from: under a primary/replica router the

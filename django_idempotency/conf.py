@@ -86,6 +86,8 @@ DEFAULTS: dict[str, Any] = {
     "IDEMPOTENCY_REDIS_WAIT_TIMEOUT": timedelta(seconds=1),
     # The most time one request waits for Redis, redis-py's own retries included.
     "IDEMPOTENCY_REDIS_TIMEOUT_BUDGET": timedelta(seconds=3),
+    # Fernet keys that seal stored responses (encryption.py); None keeps them plain.
+    "IDEMPOTENCY_ENCRYPTION_KEYS": None,
 }
 
 

@@ -25,7 +25,7 @@ from django.http.multipartparser import MultiPartParserError
 from django.utils import timezone
 from rest_framework.response import Response
 
-from . import errors, exceptions, signals
+from . import encryption, errors, exceptions, signals
 from .checks import ensure_checked
 from .conf import conf, ttl_problem
 from .keys import (
@@ -405,8 +405,11 @@ def _start(
         _notify(signals.store_unavailable, store, request, record, exception=exc)
         return _refuse(request, _answer_of(exc))
     if isinstance(outcome, Replay):
-        _notify(signals.replayed, store, request, record, status=outcome.response.status)
-        return _replay(request, outcome.response)
+        stored = encryption.replayable(outcome.response, record)
+        if stored is None:
+            return _refuse(request, errors.RECORD_UNREADABLE)
+        _notify(signals.replayed, store, request, record, status=stored.status)
+        return _replay(request, stored)
     if isinstance(outcome, Conflict):
         _notify(signals.conflict, store, request, record)
         return _refuse(request, errors.CONFLICT)
@@ -499,7 +502,7 @@ def _finish(
         _release(store, claim, request, status=rendered.status_code)
     else:
         try:
-            store.finish(claim, stored)
+            store.finish(claim, encryption.seal(stored, claim.record.scope, claim.record.key))
         except StoreError as exc:
             # The outcome could not be kept. A store raises this only when the
             # view's effects were undone with it (the database store rolls the

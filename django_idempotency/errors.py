@@ -125,6 +125,15 @@ MISCONFIGURED = ErrorType(
     "Idempotency-Key support is misconfigured on this server; the request was not processed",
 )
 
+# A stored response sealed with a key this server no longer has, or altered:
+# replaying it is impossible and running the view again would do it twice.
+RECORD_UNREADABLE = ErrorType(
+    500,
+    "idempotency_record_unreadable",
+    "The stored response for this idempotency key cannot be read on this server; "
+    "the request was not processed again",
+)
+
 
 # How each backend says "no such table": PostgreSQL's SQLSTATE undefined_table,
 # MySQL's and MariaDB's ER_NO_SUCH_TABLE, SQLite's words (it has no codes).
@@ -221,6 +230,7 @@ __all__ = [
     "KEY_MISSING",
     "MISCONFIGURED",
     "PATH_INVALID",
+    "RECORD_UNREADABLE",
     "REQUEST_ID_HEADER",
     "REQUEST_TOO_LARGE",
     "SCOPE_UNAVAILABLE",

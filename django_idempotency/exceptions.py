@@ -90,6 +90,10 @@ class IdempotencyMisconfigured(IdempotencyError):
     error = errors.MISCONFIGURED
 
 
+class IdempotencyRecordUnreadable(IdempotencyError):
+    error = errors.RECORD_UNREADABLE
+
+
 _BY_ERROR: dict[errors.ErrorType, type[IdempotencyError]] = {
     cls.error: cls for cls in IdempotencyError.__subclasses__()
 }
@@ -222,6 +226,7 @@ __all__ = [
     "IdempotencyKeyInvalid",
     "IdempotencyKeyMissing",
     "IdempotencyMisconfigured",
+    "IdempotencyRecordUnreadable",
     "IdempotencyScopeUnavailable",
     "IdempotencyStoreUnavailable",
     "RequestBodyInvalid",

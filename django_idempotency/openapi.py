@@ -248,12 +248,12 @@ def _replayable(code: str) -> bool:
 
 
 def _error_types() -> list[errors.ErrorType]:
-    # Not MISCONFIGURED: a server's configuration error is no part of an API's
-    # contract, as a crash's 500 is not.
+    # Not the 500s: a server's configuration error, or a record it can no
+    # longer read, is no part of an API's contract, as a crash's 500 is not.
     return [
         value
         for value in vars(errors).values()
-        if isinstance(value, errors.ErrorType) and value is not errors.MISCONFIGURED
+        if isinstance(value, errors.ErrorType) and value.status != 500
     ]
 
 

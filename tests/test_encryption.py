@@ -1,0 +1,290 @@
+"""Stored responses encrypted at rest (IDEMPOTENCY_ENCRYPTION_KEYS), proven from
+outside: the demo's POST /v1/api_keys answers with a live secret, and neither the
+records table (raw SQL) nor the Redis value (GET and DUMP) may hold it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import pytest
+import requests
+from cryptography.fernet import Fernet
+from django.core import checks
+from django.db import connection
+from django.test import override_settings
+from rest_framework.test import APIClient
+
+from django_idempotency import encryption
+from django_idempotency.models import IdempotencyRecord
+from django_idempotency.stores.base import StoredResponse
+from testproject.api.models import Account, ApiKey
+from tests.conftest import StoreUnderTest, redis_client, staff
+from tests.servers import gunicorn
+
+pytestmark = pytest.mark.django_db
+
+KEY_A = Fernet.generate_key().decode()
+KEY_B = Fernet.generate_key().decode()
+
+
+def demo_client(name: str = "acme") -> APIClient:
+    """A client of the demo's API, holding a bearer key of a new account."""
+    from django.contrib.auth.models import User
+
+    account = Account.objects.create(user=User.objects.create_user(name), credits_cents=0)
+    _, secret = ApiKey.issue(account)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    client.account = account  # type: ignore[attr-defined]
+    return client
+
+
+def issue(client: APIClient, key: str = "issue-1", name: str = "ci") -> Any:
+    return client.post("/v1/api_keys", {"name": name}, format="json", HTTP_IDEMPOTENCY_KEY=key)
+
+
+def issued(client: APIClient, name: str = "ci") -> int:
+    """How many times the view really ran: the keys it issued."""
+    return ApiKey.objects.filter(account=client.account, name=name).count()  # type: ignore[attr-defined]
+
+
+def raw_values(store: StoreUnderTest) -> list[bytes]:
+    """Everything the store holds, read as an operator with access would: every
+    column of every row by raw SQL, or every Redis value by GET and by DUMP."""
+    if store.name == "database":
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT * FROM {IdempotencyRecord._meta.db_table}")
+            rows = cursor.fetchall()
+        assert rows
+        return [
+            bytes(value) if isinstance(value, (bytes, memoryview)) else str(value).encode()
+            for row in rows
+            for value in row
+        ]
+    from django.conf import settings
+
+    client = redis_client()
+    names = list(client.scan_iter(match=settings.REDIS_TEST_PREFIX + ":*"))
+    assert names
+    return [value for name in names for value in (client.get(name), client.dump(name))]
+
+
+def assert_unreadable(response: Any) -> None:
+    assert response.status_code == 500, response.content
+    error = response.json()["error"]
+    assert error["type"] == "idempotency_record_unreadable"
+    assert response["Request-Id"] == error["request_id"]
+    assert response["X-Should-Retry"] == "false"
+    assert "Retry-After" not in response
+
+
+def corrupt(store: StoreUnderTest) -> None:
+    """Change one character of every stored token, as a bad disk or a hand would."""
+
+    def flipped(value: bytes) -> bytes:
+        at = len(value) - 20
+        return value[:at] + (b"A" if value[at : at + 1] != b"A" else b"B") + value[at + 1 :]
+
+    if store.name == "database":
+        for record in IdempotencyRecord.objects.exclude(response_body=None):
+            record.response_body = flipped(bytes(record.response_body))
+            record.save()
+        return
+    from django.conf import settings
+
+    client = redis_client()
+    for name in client.scan_iter(match=settings.REDIS_TEST_PREFIX + ":*"):
+        client.set(name, flipped(client.get(name)), keepttl=True)
+
+
+def test_the_issued_secret_is_nowhere_in_the_store_and_replays(
+    store: StoreUnderTest, settings: Any
+) -> None:
+    settings.IDEMPOTENCY_ENCRYPTION_KEYS = [KEY_A]
+    client = demo_client()
+    first = issue(client)
+    assert first.status_code == 201, first.content
+    secret = first.json()["secret"]
+    assert len(secret) > 20
+
+    for value in raw_values(store):
+        assert secret.encode() not in value
+        assert b'"name"' not in value  # no part of the body or its headers either
+        assert b"application/json" not in value
+
+    retry = issue(client)
+    assert retry.status_code == 201
+    assert retry["Idempotent-Replayed"] == "true"
+    assert retry.json() == first.json()
+    assert retry["Content-Type"] == first["Content-Type"]
+    assert issued(client) == 1
+
+
+def test_a_key_rotation_replays_old_records_and_a_removed_key_refuses_them(
+    store: StoreUnderTest, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = demo_client()
+    settings.IDEMPOTENCY_ENCRYPTION_KEYS = [KEY_A]
+    under_a = issue(client, "under-a")
+    assert under_a.status_code == 201
+
+    settings.IDEMPOTENCY_ENCRYPTION_KEYS = [KEY_B, KEY_A]
+    assert issue(client, "under-a").json() == under_a.json()
+    under_b = issue(client, "under-b", name="rotated")
+    assert under_b.status_code == 201
+    sealed_by = {headers[0][1] for headers in (rec.headers for rec in store.records())}
+    assert sealed_by == {f"fernet {encryption.key_id(KEY_A)}", f"fernet {encryption.key_id(KEY_B)}"}
+
+    settings.IDEMPOTENCY_ENCRYPTION_KEYS = [KEY_B]
+    assert issue(client, "under-b", name="rotated").json() == under_b.json()
+    with caplog.at_level(logging.ERROR, logger="django_idempotency.encryption"):
+        assert_unreadable(issue(client, "under-a"))
+    assert issued(client) == 1  # the view did not run again
+
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "django_idempotency.encryption"]
+    assert f"sealed with key {encryption.key_id(KEY_A)}" in line
+    assert "not in IDEMPOTENCY_ENCRYPTION_KEYS" in line
+    assert "under-a" in line
+    assert KEY_A not in line and KEY_B not in line
+
+
+def test_a_corrupted_token_is_refused_without_running_the_view(
+    store: StoreUnderTest, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.IDEMPOTENCY_ENCRYPTION_KEYS = [KEY_A]
+    client = demo_client()
+    assert issue(client).status_code == 201
+    corrupt(store)
+    with caplog.at_level(logging.ERROR, logger="django_idempotency.encryption"):
+        assert_unreadable(issue(client))
+    assert issued(client) == 1
+    assert "corrupted or altered" in caplog.text
+
+
+def test_records_kept_in_plaintext_still_replay_once_encryption_is_on(
+    store: StoreUnderTest, settings: Any
+) -> None:
+    client = demo_client()
+    first = issue(client)
+    assert first.status_code == 201
+    # The probe sees a plaintext record: its silence under encryption means something.
+    assert any(first.json()["secret"].encode() in value for value in raw_values(store))
+    settings.IDEMPOTENCY_ENCRYPTION_KEYS = [KEY_A]
+    retry = issue(client)
+    assert retry.status_code == 201 and retry["Idempotent-Replayed"] == "true"
+    assert retry.json() == first.json()
+    assert issued(client) == 1
+
+
+def test_sealed_records_are_refused_once_encryption_is_off(
+    store: StoreUnderTest, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.IDEMPOTENCY_ENCRYPTION_KEYS = [KEY_A]
+    client = demo_client()
+    assert issue(client).status_code == 201
+    settings.IDEMPOTENCY_ENCRYPTION_KEYS = None
+    with caplog.at_level(logging.ERROR, logger="django_idempotency.encryption"):
+        assert_unreadable(issue(client))
+    assert issued(client) == 1
+    assert "encryption is off" in caplog.text
+
+
+@pytest.mark.parametrize("status", [200, 201, 404])
+def test_a_sealed_response_opens_only_as_itself(settings: Any, status: int) -> None:
+    """A status edited in the clear, or a token moved to another record, is refused."""
+    settings.IDEMPOTENCY_ENCRYPTION_KEYS = [KEY_A]
+    plain = StoredResponse(status, [("Content-Type", "text/plain"), ("X-A", "1")], b"\x00body\n")
+    sealed = encryption.seal(plain, "user:1", "k")
+    assert encryption.is_sealed(sealed) and sealed.status == status
+    assert encryption.unseal(sealed, "user:1", "k") == plain
+    with pytest.raises(encryption.Unreadable, match="another record"):
+        encryption.unseal(sealed, "user:2", "k")
+    with pytest.raises(encryption.Unreadable, match="another record"):
+        encryption.unseal(sealed, "user:1", "k2")
+    edited = StoredResponse(status + 1, sealed.headers, sealed.body)
+    with pytest.raises(encryption.Unreadable, match="status was altered"):
+        encryption.unseal(edited, "user:1", "k")
+    unknown = StoredResponse(status, [(encryption.MARKER, "rot13 x")], sealed.body)
+    with pytest.raises(encryption.Unreadable, match="unknown scheme"):
+        encryption.unseal(unknown, "user:1", "k")
+
+
+def test_the_admin_shows_opened_responses_masked_and_never_fails_on_an_unreadable_one(
+    database_store: None, settings: Any
+) -> None:
+    settings.IDEMPOTENCY_ENCRYPTION_KEYS = [KEY_A]
+    client = demo_client()
+    secret = issue(client, name="shown-name").json()["secret"]
+    record = IdempotencyRecord.objects.get()
+    admin = staff("view")
+    url = f"/admin/django_idempotency/idempotencyrecord/{record.pk}/change/"
+
+    page = admin.get(url)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "shown-name" in html and "application/json" in html  # opened
+    assert secret not in html and "********" in html  # still masked
+    assert encryption.MARKER not in html
+
+    settings.IDEMPOTENCY_ENCRYPTION_KEYS = [KEY_B]
+    page = admin.get(url)
+    assert page.status_code == 200
+    assert "cannot be decrypted" in page.content.decode()
+    assert admin.get("/admin/django_idempotency/idempotencyrecord/").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_over_http_replays_the_decrypted_response(store: StoreUnderTest) -> None:
+    client = demo_client("http")
+    bearer = client._credentials["HTTP_AUTHORIZATION"]  # type: ignore[attr-defined]
+    overrides = {"IDEMPOTENCY_ENCRYPTION_KEYS": [KEY_A]}
+    env = {"TEST_IDEMPOTENCY_STORE": store.path, "TEST_SETTINGS_OVERRIDES": json.dumps(overrides)}
+    with gunicorn(workers=2, env=env, settings="tests.settings_overrides") as server:
+        answers = [
+            requests.post(
+                server.base + "/v1/api_keys",
+                json={"name": "ci"},
+                headers={"Authorization": bearer, "Idempotency-Key": "over-http"},
+                timeout=30,
+            )
+            for _ in range(2)
+        ]
+    assert [a.status_code for a in answers] == [201, 201]
+    assert answers[1].headers["Idempotent-Replayed"] == "true"
+    assert answers[1].json() == answers[0].json()
+    assert issued(client) == 1
+    secret = answers[0].json()["secret"].encode()
+    assert all(secret not in value for value in raw_values(store))
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        (None, []),
+        ([KEY_A], []),
+        ([KEY_B, KEY_A.encode()], []),
+        ([], ["django_idempotency.W060"]),
+        (KEY_A, ["django_idempotency.E060"]),
+        ({"a": KEY_A}, ["django_idempotency.E060"]),
+        ([KEY_A, "not-a-key"], ["django_idempotency.E060"]),
+        ([KEY_A[:-2]], ["django_idempotency.E060"]),
+        ([42], ["django_idempotency.E060"]),
+    ],
+)
+def test_the_key_list_is_checked(keys: Any, expected: list[str]) -> None:
+    with override_settings(IDEMPOTENCY_ENCRYPTION_KEYS=keys):
+        messages = encryption.check()
+    assert [m.id for m in messages] == expected
+    for message in messages:
+        assert KEY_A not in f"{message.msg} {message.hint}"  # never the secret
+
+
+def test_the_key_list_needs_cryptography(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cryptography.fernet", None)  # as if not installed
+    with override_settings(IDEMPOTENCY_ENCRYPTION_KEYS=[KEY_A]):
+        messages = encryption.check()
+        assert [m.id for m in messages] == ["django_idempotency.E061"]
+        assert isinstance(messages[0], checks.Error)
