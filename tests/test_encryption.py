@@ -282,6 +282,27 @@ def test_the_key_list_is_checked(keys: Any, expected: list[str]) -> None:
         assert KEY_A not in f"{message.msg} {message.hint}"  # never the secret
 
 
+def test_the_app_checks_include_the_key_list() -> None:
+    from django_idempotency.checks import check_settings
+
+    with override_settings(IDEMPOTENCY_ENCRYPTION_KEYS=["not-a-key"]):
+        assert "django_idempotency.E060" in [m.id for m in check_settings()]
+
+
+def test_the_fingerprint_stays_a_plain_hash_of_the_request(
+    database_store: None, settings: Any
+) -> None:
+    """As docs/security.rst says: encrypted or not, the fingerprint confirms a
+    guess of a whole request to whoever holds the table."""
+    from django_idempotency.keys import canonical_body, fingerprint_content
+
+    settings.IDEMPOTENCY_ENCRYPTION_KEYS = [KEY_A]
+    assert issue(demo_client(), name="guessable").status_code == 201
+    guess = canonical_body("application/json", b'{"name": "guessable"}')
+    stored = IdempotencyRecord.objects.get().fingerprint
+    assert stored == fingerprint_content("POST", "/v1/api_keys", "", guess)
+
+
 def test_the_key_list_needs_cryptography(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "cryptography.fernet", None)  # as if not installed
     with override_settings(IDEMPOTENCY_ENCRYPTION_KEYS=[KEY_A]):
