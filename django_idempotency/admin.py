@@ -482,12 +482,14 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return _in_words(obj.expires_at, text)
 
     @admin.display(description=_("headers"))
+    @encryption.shown_opened
     def headers(self, obj: IdempotencyRecord) -> SafeString:
-        return encryption.shown(obj, render_headers)
+        return render_headers(obj)
 
     @admin.display(description=_("body"))
+    @encryption.shown_opened
     def body(self, obj: IdempotencyRecord) -> SafeString:
-        return encryption.shown(obj, render_body)
+        return render_body(obj)
 
     # Writes go to the store's database (the routers' write alias), not to the
     # database the list was read from: under a primary/replica router the

@@ -14,6 +14,7 @@ that people already generate and keep. The first key seals; every key opens.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -188,29 +189,35 @@ def replayable(response: StoredResponse, record: RequestRecord) -> StoredRespons
         return None
 
 
-def shown(
-    record: IdempotencyRecord, render: Callable[[IdempotencyRecord], SafeString]
-) -> SafeString:
-    """``render(record)`` for the admin, on the record's opened response."""
-    from django.utils.html import format_html
+def shown_opened(
+    display: Callable[[Any, IdempotencyRecord], SafeString],
+) -> Callable[[Any, IdempotencyRecord], SafeString]:
+    """An admin display method, given the record with its response opened, or
+    replaced by "cannot be decrypted" and the cause: the admin never fails on it."""
 
-    stored = StoredResponse(
-        record.response_status or 0,
-        record.headers,
-        bytes(record.response_body) if record.response_body is not None else b"",
-    )
-    if not is_sealed(stored):
-        return render(record)
-    try:
-        opened = unseal(stored, record.scope, record.key)
-    except Unreadable as exc:
-        return format_html("<em>cannot be decrypted: {}</em>", exc)
-    copy = type(record)(
-        pk=record.pk,
-        scope=record.scope,
-        key=record.key,
-        response_status=record.response_status,
-        response_headers=json.dumps(opened.headers),
-        response_body=opened.body,
-    )
-    return render(copy)
+    @functools.wraps(display)
+    def wrapper(model_admin: Any, record: IdempotencyRecord) -> SafeString:
+        from django.utils.html import format_html
+
+        stored = StoredResponse(
+            record.response_status or 0,
+            record.headers,
+            bytes(record.response_body) if record.response_body is not None else b"",
+        )
+        if not is_sealed(stored):
+            return display(model_admin, record)
+        try:
+            opened = unseal(stored, record.scope, record.key)
+        except Unreadable as exc:
+            return format_html("<em>cannot be decrypted: {}</em>", exc)
+        copy = type(record)(
+            pk=record.pk,
+            scope=record.scope,
+            key=record.key,
+            response_status=record.response_status,
+            response_headers=json.dumps(opened.headers),
+            response_body=opened.body,
+        )
+        return display(model_admin, copy)
+
+    return wrapper
