@@ -10,7 +10,7 @@ view's reads to the database its writes go to.
 Put it first in ``DATABASE_ROUTERS``, before the router that picks replicas::
 
     DATABASE_ROUTERS = [
-        "django_idempotency.routers.GuardedReadsRouter",
+        "django_idempotency.stores.database.routers.GuardedReadsRouter",
         "myproject.routers.PrimaryReplicaRouter",
     ]
 
@@ -38,7 +38,7 @@ class guarded:  # lower case: used as a function, `with guarded():`
     """Mark the context as running a guarded view, for as long as the block runs.
 
     A class rather than a @contextmanager generator: every guarded request
-    enters it, and a generator's context manager costs several times more."""
+    enters it, and a class is the cheaper of the two."""
 
     __slots__ = ("_token",)
 
