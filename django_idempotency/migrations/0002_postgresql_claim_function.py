@@ -1,5 +1,6 @@
 """PostgreSQL only: the function with which the database store claims keys, and
-LZ4 compression of stored bodies. Other databases run nothing here."""
+LZ4 compression of stored bodies (kept when migrating back: harmless). Other
+databases run nothing here."""
 
 from typing import Any
 
@@ -28,6 +29,6 @@ class Migration(migrations.Migration):
     operations = [
         RunSQLOnPostgreSQL(
             sql=[sql.CREATE_CLAIM_FUNCTION, sql.BODY_LZ4],
-            reverse_sql=[sql.BODY_DEFAULT_COMPRESSION, sql.DROP_CLAIM_FUNCTION],
+            reverse_sql=[sql.DROP_CLAIM_FUNCTION],
         ),
     ]

@@ -1,9 +1,8 @@
 """The database store's system checks (ids listed in docs/settings.rst).
 
-:func:`check_settings` is what ``DatabaseStore.check()`` returns. The checks
-that ask the database itself are database checks: Django runs them only for
-the databases it is asked about (``check --database``, ``migrate``), and they
-say nothing when the database cannot be reached.
+``DatabaseStore.check()`` returns :func:`check_settings`. :func:`check_database`
+asks the database itself, so Django runs it only for the databases it is asked
+about (``check --database``, ``migrate``); it is silent when they cannot be reached.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from django.db import DatabaseError, connections, router
 from django.db.migrations.recorder import MigrationRecorder
 from django.utils.module_loading import import_string
 
+from ...checks import _error, _warning
 from ...conf import conf, store_database
 from ...models import IdempotencyRecord
 from . import sql
@@ -33,18 +33,14 @@ MYSQL_MINIMUM = (8, 0, 1)
 _TABLE = IdempotencyRecord._meta.db_table
 
 
-def _error(id_: int, msg: str, hint: str) -> checks.Error:
-    return checks.Error(msg, hint=hint, id=f"django_idempotency.E{id_:03d}")
-
-
-def _warning(id_: int, msg: str, hint: str) -> checks.Warning:
-    return checks.Warning(msg, hint=hint, id=f"django_idempotency.W{id_:03d}")
+def _valid_alias() -> bool:
+    alias = conf.raw("IDEMPOTENCY_DATABASE")  # None: the routers decide
+    return alias is None or (isinstance(alias, str) and alias in settings.DATABASES)
 
 
 def check_settings() -> Messages:
-    alias = conf.raw("IDEMPOTENCY_DATABASE")
-    # Unset: the routers decide.
-    if alias is not None and (not isinstance(alias, str) or alias not in settings.DATABASES):
+    if not _valid_alias():
+        alias = conf.raw("IDEMPOTENCY_DATABASE")
         return [
             _error(
                 11,
@@ -134,8 +130,7 @@ def _asked_alias(databases: Collection[str] | None) -> str | None:
         return None
     if not (isinstance(store_class, type) and issubclass(store_class, DatabaseStore)):
         return None
-    alias = conf.raw("IDEMPOTENCY_DATABASE")
-    if alias is not None and (not isinstance(alias, str) or alias not in settings.DATABASES):
+    if not _valid_alias():
         return None
     alias = store_database()
     return alias if alias in databases and alias in settings.DATABASES else None

@@ -1,23 +1,7 @@
-"""Read replicas: a guarded view reads what the primary says.
-
-A response that ``@idempotent`` stores is replayed for as long as the key
-lives (24 hours by default). If the view read from a lagging replica (a balance,
-a row that was just written), every replay repeats that stale answer. While a
-guarded view runs (from its claim until its response is stored), the decorator
-marks the context (:func:`guarded`); :class:`GuardedReadsRouter` then sends the
-view's reads to the database its writes go to.
-
-Put it first in ``DATABASE_ROUTERS``, before the router that picks replicas::
-
-    DATABASE_ROUTERS = [
-        "django_idempotency.stores.database.routers.GuardedReadsRouter",
-        "myproject.routers.PrimaryReplicaRouter",
-    ]
-
-Outside guarded views it returns ``None``, so the next router decides as before.
-The mark is a :mod:`contextvars` variable: it follows a request through threads
-and ``sync_to_async``, and never leaks into another request.
-"""
+"""Read replicas: while a guarded view runs, its reads go where its writes go,
+so a stored response never repeats a lagging replica's answer (docs/scaling.rst,
+"The replica router"). The mark is a contextvar: it follows the request through
+threads and ``sync_to_async`` and never leaks into another request."""
 
 from __future__ import annotations
 
@@ -36,9 +20,7 @@ def in_guarded_view() -> bool:
 
 class guarded:  # lower case: used as a function, `with guarded():`
     """Mark the context as running a guarded view, for as long as the block runs.
-
-    A class rather than a @contextmanager generator: every guarded request
-    enters it, and a class is the cheaper of the two."""
+    A class: every guarded request enters it, and a generator costs more."""
 
     __slots__ = ("_token",)
 
@@ -50,11 +32,8 @@ class guarded:  # lower case: used as a function, `with guarded():`
 
 
 class GuardedReadsRouter:
-    """Reads inside a guarded view go where the model's writes go (the primary).
-
-    Asks the other routers for ``db_for_write`` (this router answers only reads),
-    so it needs no alias of its own and works with any primary/replica router.
-    """
+    """Reads inside a guarded view go where the model's writes go (the primary),
+    as the other routers' ``db_for_write`` says; outside them, no opinion."""
 
     def db_for_read(self, model: type[Any], **hints: Any) -> str | None:
         if not _guarded.get():

@@ -1,8 +1,6 @@
-"""The SQL that the database store sends, by vendor; docs/databases.rst explains each claim.
-
-Migration 0002 creates the PostgreSQL claim function from this text, so the
-store and the schema cannot disagree about it.
-"""
+"""The SQL that the database store sends, by vendor (docs/databases.rst
+explains each claim). Migration 0002 creates the PostgreSQL claim function
+from this text, so the store and the schema cannot disagree about it."""
 
 from __future__ import annotations
 
@@ -58,19 +56,9 @@ _FIND = f"""SELECT 'existing'::text, NULL::bigint, r.fingerprint, r.state,
                r.response_status, r.response_headers, r.response_body
         FROM {TABLE} AS r WHERE r.digest = v_digest AND r.expires_at > p_now"""
 
-# A PL/pgSQL function plans its statements once per connection; the same
-# steps sent as one statement would be planned on every request. Steps:
-# 1. the live record of the key: 'existing' (replays never touch the lock);
-# 2. pg_try_advisory_xact_lock, which never waits: 'locked' if another
-#    transaction holds the key;
-# 3. READ COMMITTED: look again in a new statement, which sees what the lock's
-#    previous holder committed (a VOLATILE function takes a snapshot per
-#    statement, and a commit is visible before its locks are released).
-#    Nothing is written: 'claimed' (finish inserts) or 'expired' (finish
-#    takes the expired record over);
-# 4. REPEATABLE READ and SERIALIZABLE cannot see that commit, so the claim
-#    inserts the in-flight row and the unique index stops a late duplicate:
-#    'claimed' with the row's id, else the record that won.
+# A function plans its statements once per connection, where one statement
+# doing the same would be planned on every request. Its steps are explained
+# in docs/design.rst, "The claim on PostgreSQL".
 CREATE_CLAIM_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION {CLAIM_FUNCTION}(
     p_scope varchar, p_key varchar, p_fingerprint varchar, p_method varchar,
@@ -146,16 +134,6 @@ EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN
 END
 $$;
 """
-BODY_DEFAULT_COMPRESSION = f"""
-DO $$
-BEGIN
-    IF current_setting('server_version_num')::int >= 140000 THEN
-        EXECUTE 'ALTER TABLE {TABLE} ALTER COLUMN response_body SET COMPRESSION DEFAULT';
-    END IF;
-END
-$$;
-"""
-
 FINISH = (
     "UPDATE {table} SET state = %s, response_status = %s, response_headers = %s, "
     "response_body = %s WHERE id = %s"

@@ -125,6 +125,23 @@ def _row(
     ]
 
 
+def _values(
+    record: RequestRecord, state: str, created_at: datetime, expires_at: datetime
+) -> dict[str, Any]:
+    """An unfinished record's fields, for the ORM (all but scope, key and digest)."""
+    return {
+        "fingerprint": record.fingerprint,
+        "method": record.method,
+        "path": record.path,
+        "state": state,
+        "response_status": None,
+        "response_headers": "[]",
+        "response_body": None,
+        "created_at": created_at,
+        "expires_at": expires_at,
+    }
+
+
 def _store_error(connection: BaseDatabaseWrapper, exc: DatabaseError) -> StoreError:
     """What a database error in begin() means to the client."""
     alias = connection.alias
@@ -301,39 +318,33 @@ class DatabaseStore(Store):
         released and when its first attempt began, so that a retry gets the
         same ``request.idempotency_key``: a view that charged a payment
         provider and then failed must not charge it again under a new key.
-
-        In its own transaction (a savepoint under ATOMIC_REQUESTS, which the
-        request's rollback then takes with it). Skipped when another request
-        holds the key: that one owns it now."""
+        Skipped when another request holds the key: that one owns it now."""
         record = claim.record
+        if claim.anchor_expires_at <= record.created_at:
+            return  # the request's TTL is over: the next attempt is a new one
         connection = connections[alias]
-        if connection.vendor == "mysql":
-            self._keep_released_mysql(connection, claim)
-            return
         manager = IdempotencyRecord.objects.using(alias)
+        digest = scoped_key(record.scope, record.key)
+        values = _values(record, _RELEASED, claim.anchor, claim.anchor_expires_at)
+        # A savepoint under ATOMIC_REQUESTS, which the request's rollback takes with it.
         with transaction.atomic(using=alias):
             # Never wait for a claimant's transaction on the unique index.
             if connection.vendor == "postgresql" and not locks.try_advisory_lock(
                 connection, record
             ):
                 return
-            mine = manager.filter(digest=scoped_key(record.scope, record.key))
+            # Insert first: on MySQL a locking read of a missing row takes a gap
+            # lock that could deadlock with another key's INSERT.
+            try:
+                with transaction.atomic(using=alias):
+                    manager.create(scope=record.scope, key=record.key, digest=digest, **values)
+                return
+            except IntegrityError:
+                pass
+            mine = manager.select_for_update().filter(digest=digest)
             if mine.filter(expires_at__gt=record.created_at).exclude(state=_RELEASED).exists():
                 return
-            mine.delete()
-            if claim.anchor_expires_at <= record.created_at:
-                return  # the request's TTL is over: the next attempt is a new one
-            manager.create(
-                scope=record.scope,
-                key=record.key,
-                digest=scoped_key(record.scope, record.key),
-                fingerprint=record.fingerprint,
-                method=record.method,
-                path=record.path,
-                state=_RELEASED,
-                created_at=claim.anchor,
-                expires_at=claim.anchor_expires_at,
-            )
+            mine.update(**values)
 
     def _take_over(
         self, connection: BaseDatabaseWrapper, record: RequestRecord
@@ -471,53 +482,10 @@ class DatabaseStore(Store):
         pk, expires_at, *columns = rows[0]
         if expires_at > record.created_at:
             return self._outcome(record, *columns)
-        manager.filter(pk=pk).update(
-            fingerprint=record.fingerprint,
-            method=record.method,
-            path=record.path,
-            state=_IN_FLIGHT,
-            response_status=None,
-            response_headers="[]",
-            response_body=None,
-            created_at=record.created_at,
-            expires_at=record.expires_at,
-        )
+        values = _values(record, _IN_FLIGHT, record.created_at, record.expires_at)
+        manager.filter(pk=pk).update(**values)
         taken: int = pk
         return taken
-
-    def _keep_released_mysql(self, connection: BaseDatabaseWrapper, claim: Claim) -> None:
-        """_keep_released on MySQL and MariaDB, still under the key's user lock.
-        Writes the marker without a locking read of a missing row, whose gap
-        lock could deadlock with another key's INSERT under REPEATABLE READ."""
-        record = claim.record
-        if claim.anchor_expires_at <= record.created_at:
-            return  # the request's TTL is over; an expired row is taken over later
-        manager = IdempotencyRecord.objects.using(connection.alias)
-        digest = scoped_key(record.scope, record.key)
-        values = {
-            "fingerprint": record.fingerprint,
-            "method": record.method,
-            "path": record.path,
-            "state": _RELEASED,
-            "response_status": None,
-            "response_headers": "[]",
-            "response_body": None,
-            "created_at": claim.anchor,
-            "expires_at": claim.anchor_expires_at,
-        }
-        with transaction.atomic(using=connection.alias):
-            try:
-                with transaction.atomic(using=connection.alias):
-                    manager.create(scope=record.scope, key=record.key, digest=digest, **values)
-                return
-            except IntegrityError as exc:
-                if getattr(exc.__cause__, "args", (None,))[0] != _MYSQL_DUPLICATE_KEY:
-                    raise
-            mine = manager.select_for_update().filter(digest=digest)
-            live = mine.filter(expires_at__gt=record.created_at).exclude(state=_RELEASED)
-            if live.exists():
-                return
-            mine.update(**values)
 
     def _begin_portable(self, alias: str, record: RequestRecord) -> Outcome | int | _Released:
         """Any other database: read, then insert under the unique constraint."""
@@ -529,17 +497,8 @@ class DatabaseStore(Store):
         try:
             with transaction.atomic(using=alias):
                 manager.filter(digest=digest, expires_at__lte=record.created_at).delete()
-                row = manager.create(
-                    scope=record.scope,
-                    key=record.key,
-                    digest=digest,
-                    fingerprint=record.fingerprint,
-                    method=record.method,
-                    path=record.path,
-                    state=State.IN_FLIGHT,
-                    created_at=record.created_at,
-                    expires_at=record.expires_at,
-                )
+                values = _values(record, _IN_FLIGHT, record.created_at, record.expires_at)
+                row = manager.create(scope=record.scope, key=record.key, digest=digest, **values)
         except IntegrityError:
             return self._fetch(alias, record) or InUse()
         pk: int = row.pk
