@@ -290,28 +290,23 @@ class DatabaseStore(Store):
     def release(self, claim: Claim, exc: BaseException | None = None) -> None:
         held: _Held = claim.state
         try:
-            self._release(claim, exc)
+            if exc is None:
+                transaction.set_rollback(True, using=held.alias)
+                held.atomic.__exit__(None, None, None)
+            else:
+                held.atomic.__exit__(type(exc), exc, exc.__traceback__)
+            # Without may_have_acted the rollback restored an earlier attempt's marker.
+            if claim.may_have_acted:
+                try:
+                    self._keep_released(held.alias, claim)
+                except DatabaseError:
+                    # The claim is gone either way; only the next attempt's
+                    # request.idempotency_key is new (as after a crash).
+                    key = claim.record.key
+                    logger.warning("Could not keep the released attempt of %s", key, exc_info=True)
         finally:
             # After the released marker is written: the next claimant finds it.
             locks.release_user_lock(connections[held.alias], held.user_lock)
-
-    def _release(self, claim: Claim, exc: BaseException | None) -> None:
-        held: _Held = claim.state
-        if exc is None:
-            transaction.set_rollback(True, using=held.alias)
-            held.atomic.__exit__(None, None, None)
-        else:
-            held.atomic.__exit__(type(exc), exc, exc.__traceback__)
-        if not claim.may_have_acted:
-            return  # the rollback restored an earlier attempt's marker, if any
-        try:
-            self._keep_released(held.alias, claim)
-        except DatabaseError:
-            # The claim is gone either way; only the next attempt's
-            # request.idempotency_key is new (as after a crash).
-            logger.warning(
-                "Could not keep the released attempt of %s", claim.record.key, exc_info=True
-            )
 
     def _keep_released(self, alias: str, claim: Claim) -> None:
         """Write down, after the rollback, that this request's attempt was
