@@ -43,7 +43,6 @@ from .keys import (
     record_key,
     stored_scope,
 )
-from .routers import guarded
 from .stores import (
     Claim,
     Conflict,
@@ -55,6 +54,7 @@ from .stores import (
     StoreError,
     get_store,
 )
+from .stores.database.routers import guarded
 
 ViewFunc = TypeVar("ViewFunc", bound=Callable[..., Any])
 T = TypeVar("T")

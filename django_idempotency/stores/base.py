@@ -144,6 +144,11 @@ class Store(abc.ABC):
         """
         return []
 
+    def claims_held(self) -> tuple[int, datetime | None] | None:
+        """(How many claims are held right now, when the oldest began), for the
+        admin, where the store can tell without a record; None: it cannot."""
+        return None
+
     def purge_expired(
         self,
         *,
