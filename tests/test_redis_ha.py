@@ -38,7 +38,7 @@ from rest_framework.test import APIClient
 
 from django_idempotency.checks import check_redis_server
 from django_idempotency.keys import scoped_key
-from django_idempotency.stores.redis_cluster import RedisClusterClient
+from django_idempotency.stores.redis.cluster import RedisClusterClient
 from tests.conftest import CACHE_STORE, poll
 from tests.redis_servers import (
     Node,

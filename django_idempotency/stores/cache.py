@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from .redis import RedisStore, decode, encode
+from .redis.store import RedisStore, decode, encode
 
 __all__ = ["CacheStore", "decode", "encode"]
 

@@ -107,9 +107,9 @@ from django.utils.module_loading import import_string
 from redis.backoff import AbstractBackoff
 from redis.exceptions import AskError, NoScriptError, RedisError, ResponseError
 
-from ..conf import conf
-from ..keys import instant, scoped_key
-from .base import (
+from ...conf import conf
+from ...keys import instant, scoped_key
+from ..base import (
     Claim,
     InUse,
     Outcome,
@@ -134,7 +134,7 @@ KEY_NAMESPACE = "idempotency:"
 #: from the first to the last, then the last until the record expires.
 RETRY_FIRST, RETRY_LAST = 0.1, 5.0
 DJANGO_REDIS_BACKEND = "django_redis.cache.RedisCache"
-CLUSTER_CLIENT = "django_idempotency.stores.redis_cluster.RedisClusterClient"
+CLUSTER_CLIENT = "django_idempotency.stores.redis.cluster.RedisClusterClient"
 
 
 # The time budget (IDEMPOTENCY_REDIS_TIMEOUT_BUDGET): a deadline per thread,
@@ -1081,7 +1081,7 @@ def _check_cache() -> list[checks.CheckMessage]:
 
 
 def _check_lease() -> list[checks.CheckMessage]:
-    from ..conf import MIN_LEASE, SHORT_LEASE
+    from ...conf import MIN_LEASE, SHORT_LEASE
 
     lease = conf.raw("IDEMPOTENCY_LEASE")
     if isinstance(lease, timedelta):

@@ -43,7 +43,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
-from .redis import BudgetBackoff
+from .store import BudgetBackoff
 
 _clusters: dict[tuple[Any, ...], RedisCluster] = {}
 _lock = threading.Lock()
