@@ -144,6 +144,11 @@ class Store(abc.ABC):
         """
         return []
 
+    @classmethod
+    def check_deployment(cls) -> list[CheckMessage]:
+        """Checks that ask the store's backend itself, for ``manage.py check --deploy``."""
+        return []
+
     def purge_expired(
         self,
         *,
