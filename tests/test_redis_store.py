@@ -34,7 +34,7 @@ from rest_framework.test import APIClient
 
 from django_idempotency.checks import check_settings
 from django_idempotency.conf import conf
-from django_idempotency.stores.redis.store import CLUSTER_CLIENT
+from django_idempotency.stores.redis.checks import CLUSTER_CLIENT
 from tests.conftest import CACHE_STORE, DATABASE_STORE, StoreUnderTest, poll, post, redis_client
 from tests.servers import free_port, gunicorn
 from tests.testapp import views

@@ -1,8 +1,5 @@
-"""The Redis store: one Redis key per (scope, key), through django-redis.
-
-docs/redis.rst says how a claim, its lease, its completion and the failures
-of Redis go; the modules of this package hold one part each.
-"""
+"""The Redis store: one Redis key per (scope, key), through django-redis
+(docs/redis.rst says how a claim lives and what each failure of Redis does)."""
 
 from __future__ import annotations
 
@@ -14,25 +11,17 @@ from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.conf import settings
-from django.core import checks
 from django.core.cache import caches
+from django.core.checks import CheckMessage
 from django.utils import timezone
 from django_redis import get_redis_connection
+from redis.cluster import RedisCluster
 from redis.exceptions import AskError, RedisError, ResponseError
 
 from ...conf import conf
 from ...keys import instant, scoped_key
-from ..base import (
-    Claim,
-    InUse,
-    Outcome,
-    RequestRecord,
-    Store,
-    StoredResponse,
-    StoreError,
-    StoreMisconfigured,
-    outcome_of,
-)
+from .. import base
+from .checks import CLUSTER_CLIENT, check_server, check_settings
 from .commit import AwaitingCommit, open_atomic_blocks
 from .lease import Held, drop, renewer, start_completion
 from .records import COMPLETED, IN_FLIGHT, RELEASED, RedisRecord, decode, encode
@@ -42,14 +31,13 @@ logger = logging.getLogger("django_idempotency.stores.redis")
 
 #: Prepended to the hash of (scope, key) before the cache's ``make_key``.
 KEY_NAMESPACE = "idempotency:"
-CLUSTER_CLIENT = "django_idempotency.stores.redis.RedisClusterClient"
 
-# The caches whose server is known not to be a cluster node behind a plain
-# client, by alias and configuration; asked once per process (_check_cluster).
+# Caches (alias and configuration) whose server is known not to be a cluster
+# node behind a plain client: asked once per process.
 _not_a_stray_cluster: set[tuple[str, str]] = set()
 
 
-class RedisStore(Store):
+class RedisStore(base.Store):
     """Stores records in Redis through django-redis (``IDEMPOTENCY_CACHE``)."""
 
     needs_purge = False
@@ -63,9 +51,8 @@ class RedisStore(Store):
         return str(caches[self.alias].make_key(KEY_NAMESPACE + scoped_key(scope, key)))
 
     def client(self) -> Any:
-        """The raw redis-py client of the cache alias, the primary's (writes).
-
-        Raises ``NotImplementedError`` for a cache that is not django-redis's."""
+        """The cache's raw redis-py client, the primary's; ``NotImplementedError``
+        for a cache that is not django-redis's."""
         return get_redis_connection(self.alias, write=True)
 
     def lookup(self, scope: str, key: str) -> RedisRecord | None:
@@ -73,15 +60,12 @@ class RedisStore(Store):
         value = self.client().get(self.redis_key(scope, key))
         return decode(value) if value is not None else None
 
-    def begin(self, record: RequestRecord) -> Outcome:
+    def begin(self, record: base.RequestRecord) -> base.Outcome:
         key = self.redis_key(record.scope, record.key)
-        token = self._in_flight(record, record.created_at)
-        first_claimed_at = None
+        token, first_claimed_at = self._in_flight(record, record.created_at), None
         lease_ms = max(1, round(conf.lease_seconds * 1000))
-        kept_ms = lease_ms + LAPSE_MEMORY_MS
-        replicas = min_replicas()
-        budget = timeout_budget()
-        started = time.monotonic()
+        kept_ms, replicas = lease_ms + LAPSE_MEMORY_MS, min_replicas()
+        budget, started = timeout_budget(), time.monotonic()
         try:
             with within(budget):
                 client = self._client()
@@ -93,8 +77,8 @@ class RedisStore(Store):
                     self._log_lapsed(key, found, past_ms=int(reply[1]))
                     found = None  # the lapsed claim is ours now
                 if found is not None and found.state == RELEASED:
-                    # Take a released attempt's place, keeping when the request's
-                    # first attempt began if it is the same request.
+                    # Take a released attempt's place; the same request keeps
+                    # when its first attempt began.
                     if found.fingerprint == record.fingerprint and found.first_claimed_at:
                         first_claimed_at = found.first_claimed_at
                         if record.created_at.tzinfo is not None:  # instant() wrote UTC
@@ -103,7 +87,7 @@ class RedisStore(Store):
                     args = (reply[0], token, kept_ms)
                     taken, acknowledged = REPLACE.write(client, key, args, replicas)
                     if not taken:
-                        return InUse()  # another attempt took it over first
+                        return base.InUse()  # another attempt took it over first
                     found = None
         except (RedisError, ValueError, KeyError) as exc:
             if conf.IDEMPOTENCY_FAIL_OPEN and isinstance(exc, RedisError):
@@ -112,16 +96,15 @@ class RedisStore(Store):
                     "runs without idempotency protection.",
                     exc,
                 )
-                return Claim(record, None)
+                return base.Claim(record, None)
             self._log_failure(exc)
             # MOVED or ASK reach us only through a client that does not follow
             # the cluster's slots (the cluster client follows them itself).
-            error = StoreMisconfigured if isinstance(exc, AskError) else StoreError
+            error = base.StoreMisconfigured if isinstance(exc, AskError) else base.StoreError
             raise error(f"{type(exc).__name__}: {exc}") from exc
         if found is not None:
-            return outcome_of(record, found.fingerprint, found.response)
-        held = Held(client, key, token, lease_ms)
-        held.budget_left = budget - (time.monotonic() - started)
+            return base.outcome_of(record, found.fingerprint, found.response)
+        held = Held(client, key, token, lease_ms, budget_left=budget - time.monotonic() + started)
         if replicas and acknowledged < replicas:
             # A failover now could lose the claim and let a duplicate run
             # beside this request: refuse rather than run unprotected.
@@ -137,18 +120,17 @@ class RedisStore(Store):
                 acknowledged,
                 replicas,
             )
-            raise StoreError(f"the claim reached {acknowledged} of {replicas} replicas")
+            raise base.StoreError(f"the claim reached {acknowledged} of {replicas} replicas")
         renewer.hold(held)
-        return Claim(record, held, first_claimed_at)
+        return base.Claim(record, held, first_claimed_at)
 
-    def finish(self, claim: Claim, response: StoredResponse) -> None:
+    def finish(self, claim: base.Claim, response: base.StoredResponse) -> None:
         held: Held | None = claim.state
         if held is None:  # fail-open: nothing was claimed
             return
         record = claim.record
-        value = encode(
-            COMPLETED, record, response.body, status=response.status, headers=response.headers
-        )
+        meta = {"status": response.status, "headers": response.headers}
+        value = encode(COMPLETED, record, response.body, **meta)
         seconds = (record.expires_at - timezone.now()).total_seconds()
         completion = (value, max(1, round(seconds * 1000)), time.monotonic() + seconds)
         open_on = open_atomic_blocks()
@@ -157,17 +139,16 @@ class RedisStore(Store):
         else:
             start_completion(held, *completion)
 
-    def release(self, claim: Claim, exc: BaseException | None = None) -> None:
+    def release(self, claim: base.Claim, exc: BaseException | None = None) -> None:
         held: Held | None = claim.state
         if held is None:
             return
         drop(held)
         released = encode(RELEASED, claim.record, first=instant(claim.anchor))
         remaining = (claim.anchor_expires_at - timezone.now()).total_seconds()
-        ttl_ms = max(1, round(remaining * 1000))
         try:
             with within(max(0.0, held.budget_left)):
-                REPLACE(held.client, held.key, held.token, released, ttl_ms)
+                REPLACE(held.client, held.key, held.token, released, max(1, round(remaining * 1e3)))
         except RedisError as error:
             logger.warning(
                 "Could not release idempotency claim %s (%s); the key stays in use until "
@@ -176,23 +157,19 @@ class RedisStore(Store):
                 error,
             )
 
-    def abandon(self, claim: Claim) -> None:
+    def abandon(self, claim: base.Claim) -> None:
         # No more renewals: the key lapses with its lease (IDEMPOTENCY_LEASE).
         if claim.state is not None:
             drop(claim.state)
 
     @classmethod
-    def check(cls) -> list[checks.CheckMessage]:
-        """The Redis store's system checks: its cache and its settings."""
-        from .checks import check_settings
-
+    def check(cls) -> list[CheckMessage]:
+        """The store's system checks: its cache and its settings."""
         return check_settings()
 
     @classmethod
-    def check_deployment(cls) -> list[checks.CheckMessage]:
-        """Deploy checks that ask the Redis server (``manage.py check --deploy``)."""
-        from .checks import check_server
-
+    def check_deployment(cls) -> list[CheckMessage]:
+        """Whether the server is a Redis Cluster node behind a plain client."""
         return check_server(cls())
 
     def check_cluster(self, client: Any) -> None:
@@ -201,8 +178,6 @@ class RedisStore(Store):
         identity = (self.alias, repr(getattr(settings, "CACHES", {}).get(self.alias)))
         if identity in _not_a_stray_cluster:
             return
-        from redis.cluster import RedisCluster
-
         if not isinstance(client, RedisCluster):
             try:
                 enabled = client.info("cluster").get("cluster_enabled")
@@ -215,38 +190,36 @@ class RedisStore(Store):
                     self.alias,
                     CLUSTER_CLIENT,
                 )
-                raise StoreMisconfigured(
+                raise base.StoreMisconfigured(
                     f"cache {self.alias!r} points at a Redis Cluster without a "
                     f"cluster client ({CLUSTER_CLIENT})"
                 )
         _not_a_stray_cluster.add(identity)
 
     def _client(self) -> Any:
-        """:meth:`client`, for a request: a cache without a raw client is a
-        configuration error (E012), not an outage."""
+        # A cache without a raw client is a configuration error (E012), not an outage.
         try:
             return self.client()
         except NotImplementedError:
-            raise StoreMisconfigured(
+            raise base.StoreMisconfigured(
                 f"cache {self.alias!r} gives no raw redis-py client (system check "
-                "django_idempotency.E012): set its BACKEND to 'django_redis.cache.RedisCache' "
-                f"with the default client, SentinelClient or CLIENT_CLASS {CLUSTER_CLIENT!r}"
+                "django_idempotency.E012)"
             ) from None
 
     @staticmethod
-    def _in_flight(record: RequestRecord, first_claimed_at: datetime) -> bytes:
+    def _in_flight(record: base.RequestRecord, first_claimed_at: datetime) -> bytes:
         # The owner: finish, release and renew act only on this exact value.
         owner = os.urandom(16).hex()
         return encode(IN_FLIGHT, record, owner=owner, first=instant(first_claimed_at))
 
     @staticmethod
     def _log_lapsed(key: str, found: RedisRecord, past_ms: int) -> None:
-        """A claim whose worker stopped renewing it (it died, or stalled past
-        the lease) is taken over: its view may have had effects, so say so."""
+        # Its worker stopped renewing it (it died, or stalled past the lease):
+        # its view may have had effects, so say so.
         logger.warning(
-            "Idempotency claim %s (%s %s) lapsed %.1f s after its lease "
-            "(IDEMPOTENCY_LEASE) ran out: its worker stopped renewing it. This request "
-            "takes the key over and runs the view; the first run may have had effects.",
+            "Idempotency claim %s (%s %s) lapsed %.1f s after its lease (IDEMPOTENCY_LEASE) "
+            "ran out: its worker stopped renewing it. This request takes the key over and "
+            "runs the view; the first run may have had effects.",
             key,
             found.method,
             found.path,
@@ -265,9 +238,7 @@ class RedisStore(Store):
                 exc_info=exc,
             )
         else:
+            name = type(exc).__name__
             logger.error(
-                "The Redis store is unavailable (%s: %s); answering 503.",
-                type(exc).__name__,
-                exc,
-                exc_info=exc,
+                "The Redis store is unavailable (%s: %s); answering 503.", name, exc, exc_info=exc
             )
