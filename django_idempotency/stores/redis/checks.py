@@ -150,24 +150,15 @@ def _check_cache() -> list[CheckMessage]:
     sharded = client_class.endswith("ShardClient")
     if isinstance(backend_class, type) and issubclass(backend_class, RedisCache) and not sharded:
         return []
-    if backend == "django.core.cache.backends.redis.RedisCache":
-        hint = (
-            "Django's own RedisCache gives no access to a raw redis-py client, which the "
-            "store's Lua scripts need: use BACKEND 'django_redis.cache.RedisCache' "
-            "(pip install 'django-idempotency[redis]') with the same LOCATION."
-        )
-    else:
-        hint = (
-            "Use BACKEND 'django_redis.cache.RedisCache' (or a subclass) with its default "
-            f"client, SentinelClient or {CLUSTER_CLIENT!r}: {client_class or backend} is not "
-            "shared between processes, or cannot run scripts, so a retry that reaches "
-            "another worker would run the view again."
-        )
     return [
         Error(
             f"The cache {alias!r} ({backend}) cannot hold idempotency records: the "
             "Redis store needs a django-redis cache that all processes share.",
-            hint=hint,
+            hint="Use BACKEND 'django_redis.cache.RedisCache' (or a subclass; pip install "
+            "'django-idempotency[redis]') with its default client, SentinelClient or "
+            f"{CLUSTER_CLIENT!r}: Django's own RedisCache and django-redis's ShardClient "
+            "give no raw redis-py client for the store's Lua scripts, and the other "
+            "backends are not shared between processes.",
             id="django_idempotency.E012",
         )
     ]

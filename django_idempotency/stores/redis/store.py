@@ -22,8 +22,7 @@ from ...conf import conf
 from ...keys import instant, scoped_key
 from .. import base
 from .checks import CLUSTER_CLIENT, check_server, check_settings
-from .commit import AwaitingCommit, open_atomic_blocks
-from .lease import Held, drop, renewer, start_completion
+from .claims import AwaitingCommit, Held, drop, open_atomic_blocks, renewer, start_completion
 from .records import COMPLETED, IN_FLIGHT, RELEASED, RedisRecord, decode, encode
 from .scripts import CLAIM, DELETE, LAPSE_MEMORY_MS, REPLACE, min_replicas, timeout_budget, within
 
