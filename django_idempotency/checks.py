@@ -2,7 +2,7 @@
 
 Each check reads the setting as configured (``conf.raw``), so that a bad value
 is reported at start-up with a hint instead of failing in the first request.
-Ids are stable. E010, E012, E013 and E041 to E044 are the Redis store's
+Ids are stable. E010, E012, E013, E020 and E041 to E045 are the Redis store's
 (``RedisStore.check``, ``RedisStore.check_deployment``); E011, E021, E033,
 E034, E050 and W030 to W032 are the database store's: a store brings its own
 checks (``Store.check``).
@@ -44,14 +44,12 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> M
     return [
         *_check_store(),
         *_check_ttl(),
-        *_check_fail_open(),
         *_check_scope(),
         *_check_released_statuses(),
         *_check_header(),
         *_check_should_retry_headers(),
         *_check_retry_after(),
         *_check_admin_masked_fields(),
-        *_check_cache_store(),
     ]
 
 
@@ -146,20 +144,6 @@ def _check_ttl() -> Messages:
             4,
             f"IDEMPOTENCY_TTL {text}.",
             "A key is remembered for this long; 24 hours is the usual choice.",
-        )
-    ]
-
-
-def _check_fail_open() -> Messages:
-    value = conf.raw("IDEMPOTENCY_FAIL_OPEN")
-    if isinstance(value, bool):
-        return []
-    return [
-        _error(
-            20,
-            f"IDEMPOTENCY_FAIL_OPEN must be True or False, not {value!r}.",
-            "A string such as 'false' (read from an environment variable) is not a "
-            "boolean; convert it, e.g. os.environ.get('IDEMPOTENCY_FAIL_OPEN') == 'true'.",
         )
     ]
 
@@ -322,33 +306,15 @@ def _check_admin_masked_fields() -> Messages:
     return []
 
 
-def _check_cache_store() -> Messages:
-    """The deprecated dotted path of the Redis store. Its own checks are
-    ``RedisStore.check``, called through ``_check_store``."""
-    store_class, _ = _import_store()
-    if not isinstance(store_class, type):
-        return []
-    try:
-        from .stores.cache import NEW_PATH, OLD_PATH
-    except ImportError:  # redis is not installed: then the store's import failed (E001)
-        return []
-    if conf.raw("IDEMPOTENCY_STORE") != OLD_PATH:
-        return []
-    return [
-        _warning(
-            40,
-            f"IDEMPOTENCY_STORE {OLD_PATH!r} is deprecated.",
-            f"Use {NEW_PATH!r}: the same store under its new name.",
-        )
-    ]
-
-
 @checks.register(checks.Tags.caches, deploy=True)
 def check_redis_server(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> Messages:
     """``check --deploy``: the Redis store's checks that ask the server."""
+    from .stores.base import Store
+
     store_class, _ = _import_store()
-    check_deployment = getattr(store_class, "check_deployment", None)
-    return list(check_deployment()) if callable(check_deployment) else []
+    if not (isinstance(store_class, type) and issubclass(store_class, Store)):
+        return []
+    return list(store_class.check_deployment())
 
 
 # @idempotent where no POST can reach it (W050). The URLconf says which view

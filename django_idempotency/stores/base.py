@@ -144,6 +144,11 @@ class Store(abc.ABC):
         """
         return []
 
+    @classmethod
+    def check_deployment(cls) -> list[CheckMessage]:
+        """Checks that ask the store's backend itself, for ``manage.py check --deploy``."""
+        return []
+
     def claims_held(self) -> tuple[int, datetime | None] | None:
         """(How many claims are held right now, when the oldest began), for the
         admin, where the store can tell without a record; None: it cannot."""
