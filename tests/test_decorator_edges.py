@@ -15,7 +15,7 @@ from django.template.response import TemplateResponse
 from django.test import RequestFactory
 
 from django_idempotency import idempotent, signals
-from django_idempotency.keys import InvalidBody, canonical_json, fingerprint
+from django_idempotency.fingerprint import InvalidBody, canonical_json, fingerprint
 from django_idempotency.models import IdempotencyRecord
 
 pytestmark = pytest.mark.django_db

@@ -160,8 +160,8 @@ from ..keys import scoped_key
 from ..models import IdempotencyRecord
 from .base import (
     Claim,
+    Decision,
     InUse,
-    Outcome,
     RequestRecord,
     Store,
     StoredResponse,
@@ -447,7 +447,7 @@ class DatabaseStore(Store):
                 on_batch(deleted)
         return total
 
-    def begin(self, record: RequestRecord) -> Outcome:
+    def begin(self, record: RequestRecord) -> Decision:
         alias = self.alias
         connection = connections[alias]
         start = 0  # of _CLAIM_FUNCTIONS: the first one to try
@@ -463,7 +463,7 @@ class DatabaseStore(Store):
             function = None
             user_lock = None
             try:
-                outcome: Outcome | int | _Released | _Unwritten
+                outcome: Decision | int | _Released | _Unwritten
                 if connection.vendor == "postgresql":
                     function = _claim_function(alias, start)
                     outcome = self._begin_postgresql(connection, record, function)
@@ -668,7 +668,7 @@ class DatabaseStore(Store):
 
     def _take_over(
         self, connection: BaseDatabaseWrapper, record: RequestRecord
-    ) -> Outcome | tuple[int, datetime]:
+    ) -> Decision | tuple[int, datetime]:
         """Claim a key whose last attempt was released: (pk, when the first
         attempt claimed it) if the request is the same, else now."""
         if connection.vendor == "postgresql":
@@ -739,7 +739,7 @@ SELECT 'locked', NULL, NULL, NULL, NULL, NULL, NULL FROM lock WHERE NOT lock.got
 
     def _begin_postgresql(
         self, connection: BaseDatabaseWrapper, record: RequestRecord, function: str | None
-    ) -> Outcome | int | _Released | _Unwritten:
+    ) -> Decision | int | _Released | _Unwritten:
         if function is not None:
             sql = self._PG_CALLS[function]
         else:
@@ -790,7 +790,7 @@ RETURNING id
 
     def _begin_sqlite(
         self, connection: BaseDatabaseWrapper, record: RequestRecord
-    ) -> Outcome | int | _Released:
+    ) -> Decision | int | _Released:
         table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
         sql = self._SQLITE_SQL.format(
             table=table, upsert=self._UPSERT.format(table=table).replace("EXCLUDED", "excluded")
@@ -828,7 +828,7 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
 
     def _begin_old_sqlite(
         self, connection: BaseDatabaseWrapper, record: RequestRecord
-    ) -> Outcome | int | _Released:
+    ) -> Decision | int | _Released:
         table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
         delete, insert = (sql.format(table=table) for sql in self._SQLITE_OLD_SQL)
         adapt = connection.ops.adapt_datetimefield_value
@@ -872,7 +872,7 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
 
     def _begin_mysql(
         self, connection: BaseDatabaseWrapper, record: RequestRecord
-    ) -> tuple[Outcome | int | _Released, str | None]:
+    ) -> tuple[Decision | int | _Released, str | None]:
         """The outcome, and the name of the user lock if this claim holds it."""
         isolation = getattr(connection, "isolation_level", None)
         # A finished record answers without the lock, so concurrent retries of
@@ -897,7 +897,7 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
 
     def _claim_mysql(
         self, connection: BaseDatabaseWrapper, record: RequestRecord
-    ) -> Outcome | int | _Released:
+    ) -> Decision | int | _Released:
         """Under the key's user lock: insert the claim, or read the row that is
         there (committed: no one else writes it) and take it over if expired."""
         table = connection.ops.quote_name(IdempotencyRecord._meta.db_table)
@@ -989,7 +989,7 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
 
     # Any other database: read, then insert under the unique constraint.
 
-    def _begin_portable(self, alias: str, record: RequestRecord) -> Outcome | int | _Released:
+    def _begin_portable(self, alias: str, record: RequestRecord) -> Decision | int | _Released:
         outcome = self._fetch(alias, record)
         if outcome is not None:
             return outcome
@@ -1015,7 +1015,7 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
         pk: int = row.pk
         return pk
 
-    def _fetch(self, alias: str, record: RequestRecord) -> Outcome | _Released | None:
+    def _fetch(self, alias: str, record: RequestRecord) -> Decision | _Released | None:
         """The outcome that the live record of (scope, key) gives, if there is one."""
         rows = list(
             IdempotencyRecord.objects.using(alias)
@@ -1034,7 +1034,7 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, '[]', %s, %s)""",
         status: int | None,
         headers: str | None,
         body: Any,
-    ) -> Outcome | _Released:
+    ) -> Decision | _Released:
         if state == _RELEASED:
             return _RELEASED_FOUND
         response = None

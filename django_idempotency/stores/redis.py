@@ -111,8 +111,8 @@ from ..conf import conf
 from ..keys import instant, scoped_key
 from .base import (
     Claim,
+    Decision,
     InUse,
-    Outcome,
     RequestRecord,
     Store,
     StoredResponse,
@@ -777,7 +777,7 @@ class RedisStore(Store):
         value = self.client().get(self.redis_key(scope, key))
         return decode(value) if value is not None else None
 
-    def begin(self, record: RequestRecord) -> Outcome:
+    def begin(self, record: RequestRecord) -> Decision:
         key = self.redis_key(record.scope, record.key)
         token = self._in_flight(record, record.created_at)
         first_claimed_at = None
