@@ -49,18 +49,12 @@ def idempotent(
 ) -> ViewFunc | Callable[[ViewFunc], ViewFunc]:
     """Make a view's POST requests safe to retry with an ``Idempotency-Key`` header.
 
-    Use it bare or with options, on a DRF viewset method or ``@action``, an
-    ``APIView.post`` method, a function below ``@api_view``, or a plain Django
-    view, sync or ``async def``::
-
-        class JobViewSet(viewsets.ModelViewSet):
-            @idempotent
-            def create(self, request, *args, **kwargs): ...
-
+    On a DRF viewset method or ``@action``, an ``APIView.post`` method, a
+    function below ``@api_view``, or a plain Django view, sync or ``async def``.
     ``required=False`` lets requests without the header through unguarded;
-    ``ttl`` overrides ``IDEMPOTENCY_TTL`` for this view. Methods other than POST
-    pass through untouched. Uses that cannot work raise ``ImproperlyConfigured``
-    where the decorator is applied (docs/quickstart.rst lists them).
+    ``ttl`` overrides ``IDEMPOTENCY_TTL`` for this view. Other methods than POST
+    pass through. Uses that cannot work raise ``ImproperlyConfigured`` where the
+    decorator is applied (the quickstart lists them).
     """
     _check_options(required, ttl)
     if view is None:
@@ -71,8 +65,7 @@ def idempotent(
     else:
         wrapper = _sync_wrapper(view, required, ttl)
 
-    wrapper._idempotent = True  # type: ignore[attr-defined]
-    # Read by contrib.openapi to document the view.
+    wrapper._idempotent = True  # type: ignore[attr-defined]  # contrib.openapi reads these
     wrapper._idempotent_required = required  # type: ignore[attr-defined]
     wrapper._idempotent_ttl = ttl  # type: ignore[attr-defined]
     return wrapper
@@ -306,13 +299,13 @@ def _begin(
     try:
         store = get_store()
     except StoreError as exc:  # no store, so no signal
-        logger.error("%s; answered %s.", exc, _answer_of(exc).status)
-        raise IdempotencyError(_answer_of(exc)) from None
+        logger.error("%s; answered %s.", exc, errors.store_failure(exc).status)
+        raise IdempotencyError(errors.store_failure(exc)) from None
     try:
         decision = store.begin(record)
     except StoreError as exc:
         notify(signals.store_unavailable, store, request, record, exception=exc)
-        raise IdempotencyError(_answer_of(exc)) from None
+        raise IdempotencyError(errors.store_failure(exc)) from None
     if isinstance(decision, Replay):
         notify(signals.replayed, store, request, record, status=decision.response.status)
         return replay(request, decision.response)
@@ -333,11 +326,6 @@ def _refuse(request: Any, error: errors.ErrorType) -> HttpResponseBase:
     answer = errors.respond(request, IdempotencyError(error))
     assert answer is not None  # the package's own errors always have one
     return answer
-
-
-def _answer_of(exc: StoreError) -> errors.ErrorType:
-    # An outage says "retry", a configuration error (StoreMisconfigured) "do not".
-    return errors.STORE_UNAVAILABLE if exc.retryable else errors.MISCONFIGURED
 
 
 def _storable_path(path: str) -> bool:
@@ -380,7 +368,7 @@ def _finish(
             # A store raises this only when the view's effects were undone with
             # the claim, so "not processed" is the truth.
             notify(signals.store_unavailable, store, request, claim.record, exception=exc)
-            return _refuse(request, _answer_of(exc))
+            return _refuse(request, errors.store_failure(exc))
         notify(signals.stored, store, request, claim.record, status=stored.status)
     return errors.stamp(rendered, request)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from rest_framework import exceptions as drf_exceptions
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.response import Response
 
@@ -83,9 +84,7 @@ REQUEST_TOO_LARGE = ErrorType(
     413, "request_too_large", "The request body is larger than this server accepts"
 )
 CONFLICT = ErrorType(
-    409,
-    "idempotency_conflict",
-    "A different request was already made with this idempotency key",
+    409, "idempotency_conflict", "A different request was already made with this idempotency key"
 )
 IN_USE = ErrorType(
     409,
@@ -120,6 +119,12 @@ API_ERRORS = (
     IN_USE,
     STORE_UNAVAILABLE,
 )
+
+
+def store_failure(exc: BaseException) -> ErrorType:
+    """The answer to a store's failure: an outage says "retry", a StoreMisconfigured
+    "do not"; a view's database outage (no ``retryable``) is always worth a retry."""
+    return STORE_UNAVAILABLE if getattr(exc, "retryable", True) else MISCONFIGURED
 
 
 class IdempotencyError(APIException):
@@ -232,21 +237,12 @@ def error_response(request: Any, error: ErrorType) -> HttpResponse:
     return response
 
 
-# The envelope's "type" for DRF's own exceptions, whose codes are DRF's words.
+# DRF's own codes ("invalid", "not_authenticated"...) are DRF's words, not an
+# API's: the envelope's "type" is then a word for the status.
 _DRF_CODES = frozenset(
-    {
-        "error",
-        "invalid",
-        "parse_error",
-        "authentication_failed",
-        "not_authenticated",
-        "permission_denied",
-        "not_found",
-        "method_not_allowed",
-        "not_acceptable",
-        "unsupported_media_type",
-        "throttled",
-    }
+    cls.default_code
+    for cls in vars(drf_exceptions).values()
+    if isinstance(cls, type) and issubclass(cls, APIException)
 )
 _TYPES_BY_STATUS = {
     400: "invalid_request",

@@ -63,11 +63,6 @@ def request_fingerprint(request: Any, http_request: HttpRequest) -> str:
     return fingerprint_content(http_request.method or "POST", http_request.path, query, content)
 
 
-def fingerprint(method: str, path: str, query: str, content_type: str, body: bytes) -> str:
-    """The fingerprint of a request from its raw body."""
-    return fingerprint_content(method, path, query, canonical_body(content_type, body))
-
-
 def fingerprint_content(method: str, path: str, query: str, content: bytes) -> str:
     """The fingerprint of a request whose body has the canonical form ``content``."""
     digest = hashlib.sha256()

@@ -78,13 +78,11 @@ def notify(
                 )
     if outcome is store_unavailable:
         exc = info["exception"]
-        # A StoreError, or the database outage of a view, always worth a retry.
-        retryable = getattr(exc, "retryable", True)
-        answer = errors.STORE_UNAVAILABLE if retryable else errors.MISCONFIGURED
+        answer = errors.store_failure(exc)
         logger.error(
             "The idempotency store %s %s (%s); answered %s to %s %s, key %r, scope %r.",
             type(store).__name__,
-            "failed" if retryable else "is misconfigured, fix it",
+            "failed" if answer.retryable else "is misconfigured, fix it",
             exc,
             answer.status,
             record.method,
