@@ -41,7 +41,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django_idempotency.middleware.DatabaseUnavailableMiddleware",
+    "django_idempotency.contrib.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "tests.urls"

@@ -37,7 +37,7 @@ from ...models import IdempotencyRecord
 from ..base import (
     Claim,
     InUse,
-    Outcome,
+    Decision,
     RequestRecord,
     Store,
     StoredResponse,
@@ -203,7 +203,7 @@ class DatabaseStore(Store):
                 on_batch(deleted)
         return total
 
-    def begin(self, record: RequestRecord) -> Outcome:
+    def begin(self, record: RequestRecord) -> Decision:
         alias = self.alias
         connection = connections[alias]
         atomic = transaction.atomic(using=alias)
@@ -214,7 +214,7 @@ class DatabaseStore(Store):
         first_claimed_at = None
         user_lock = None
         try:
-            outcome: Outcome | int | _Released | _Unwritten
+            outcome: Decision | int | _Released | _Unwritten
             if connection.vendor == "postgresql":
                 outcome = self._begin_postgresql(connection, record)
             elif connection.vendor == "sqlite":
@@ -343,7 +343,7 @@ class DatabaseStore(Store):
 
     def _take_over(
         self, connection: BaseDatabaseWrapper, record: RequestRecord
-    ) -> Outcome | tuple[int, datetime]:
+    ) -> Decision | tuple[int, datetime]:
         """Claim a key whose last attempt was released: (pk, when the first
         attempt claimed it) if the request is the same, else now."""
         if connection.vendor == "postgresql" and not locks.try_advisory_lock(connection, record):
@@ -370,7 +370,7 @@ class DatabaseStore(Store):
 
     def _begin_postgresql(
         self, connection: BaseDatabaseWrapper, record: RequestRecord
-    ) -> Outcome | int | _Released | _Unwritten:
+    ) -> Decision | int | _Released | _Unwritten:
         params = {
             "scope": record.scope,
             "key": record.key,
@@ -400,7 +400,7 @@ class DatabaseStore(Store):
 
     def _begin_sqlite(
         self, connection: BaseDatabaseWrapper, record: RequestRecord
-    ) -> Outcome | int | _Released:
+    ) -> Decision | int | _Released:
         """Write first, so that a duplicate waits for the write lock under the
         busy timeout (a read first would fail at once)."""
         row = _row(connection, record, _IN_FLIGHT)
@@ -427,7 +427,7 @@ class DatabaseStore(Store):
 
     def _begin_mysql(
         self, connection: BaseDatabaseWrapper, record: RequestRecord
-    ) -> tuple[Outcome | int | _Released, str | None]:
+    ) -> tuple[Decision | int | _Released, str | None]:
         """The outcome, and the name of the user lock if this claim holds it.
 
         Only the holder of the key's user lock writes its row, so InnoDB never
@@ -453,7 +453,7 @@ class DatabaseStore(Store):
 
     def _claim_mysql(
         self, connection: BaseDatabaseWrapper, record: RequestRecord
-    ) -> Outcome | int | _Released:
+    ) -> Decision | int | _Released:
         """Under the key's user lock: insert the claim, or read the row that is
         there (committed: no one else writes it) and take it over if expired."""
         digest = scoped_key(record.scope, record.key)
@@ -482,7 +482,7 @@ class DatabaseStore(Store):
         taken: int = pk
         return taken
 
-    def _begin_portable(self, alias: str, record: RequestRecord) -> Outcome | int | _Released:
+    def _begin_portable(self, alias: str, record: RequestRecord) -> Decision | int | _Released:
         """Any other database: read, then insert under the unique constraint."""
         outcome = self._fetch(alias, record)
         if outcome is not None:
@@ -499,7 +499,7 @@ class DatabaseStore(Store):
         pk: int = row.pk
         return pk
 
-    def _fetch(self, alias: str, record: RequestRecord) -> Outcome | _Released | None:
+    def _fetch(self, alias: str, record: RequestRecord) -> Decision | _Released | None:
         """The outcome that the live record of (scope, key) gives, if there is one."""
         rows = list(
             IdempotencyRecord.objects.using(alias)
@@ -518,7 +518,7 @@ class DatabaseStore(Store):
         status: int | None,
         headers: str | None,
         body: Any,
-    ) -> Outcome | _Released:
+    ) -> Decision | _Released:
         if state == _RELEASED:
             return _RELEASED_FOUND
         response = None

@@ -59,7 +59,7 @@ class RedisStore(base.Store):
         value = self.client().get(self.redis_key(scope, key))
         return decode(value) if value is not None else None
 
-    def begin(self, record: base.RequestRecord) -> base.Outcome:
+    def begin(self, record: base.RequestRecord) -> base.Decision:
         key = self.redis_key(record.scope, record.key)
         token, first_claimed_at = self._in_flight(record, record.created_at), None
         lease_ms = max(1, round(conf.lease_seconds * 1000))
