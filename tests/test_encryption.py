@@ -294,7 +294,7 @@ def test_the_fingerprint_stays_a_plain_hash_of_the_request(
 ) -> None:
     """As docs/security.rst says: encrypted or not, the fingerprint confirms a
     guess of a whole request to whoever holds the table."""
-    from django_idempotency.keys import canonical_body, fingerprint_content
+    from django_idempotency.fingerprint import canonical_body, fingerprint_content
 
     settings.IDEMPOTENCY_ENCRYPTION_KEYS = [KEY_A]
     assert issue(demo_client(), name="guessable").status_code == 201
