@@ -97,45 +97,6 @@ def _size(record: IdempotencyRecord, body: bytes) -> SafeString:
     )
 
 
-def render_body(record: IdempotencyRecord) -> SafeString:
-    """The stored body as safe HTML: pretty masked JSON, escaped text, or its size."""
-    body = bytes(record.response_body) if record.response_body is not None else b""
-    if not body:
-        return format_html("<em>{}</em>", _("empty"))
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return _size(record, body)
-    try:
-        data = json.loads(text)
-    except ValueError:
-        pass
-    else:
-        return format_html("<pre>{}</pre>", json.dumps(mask(data), indent=2, ensure_ascii=False))
-    if not all(char.isprintable() or char in "\t\r\n" for char in text):
-        return _size(record, body)
-    if len(body) > MAX_SHOWN_BYTES:
-        shown = body[:MAX_SHOWN_BYTES].decode("utf-8", "ignore")
-        return format_html(
-            "<pre>{}</pre><em>{}</em>",
-            shown,
-            _("(first %(shown)d of %(size)d bytes)")
-            % {"shown": MAX_SHOWN_BYTES, "size": len(body)},
-        )
-    return format_html("<pre>{}</pre>", text)
-
-
-def render_headers(record: IdempotencyRecord) -> SafeString:
-    """The stored response headers as a table, sensitive values masked."""
-    rows = [(name, MASK if is_masked(name) else value) for name, value in record.headers]
-    if not rows:
-        return format_html("<em>{}</em>", _("none"))
-    return format_html(
-        "<table><tbody>{}</tbody></table>",
-        format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows),
-    )
-
-
 class EstimatedCountPaginator(Paginator):  # type: ignore[type-arg]
     """Counts exactly, except an unfiltered list on PostgreSQL: that uses the
     planner's estimate when it is large, so opening the list never scans the table."""
@@ -219,13 +180,9 @@ def _local(moment: datetime) -> datetime:
 
 def _truncate(moment: datetime, kind: str) -> datetime:
     moment = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    if kind in ("month", "year"):
-        moment = moment.replace(day=1)
-    if kind == "year":
-        moment = moment.replace(month=1)
-    if not settings.USE_TZ:
-        return moment
-    return timezone.make_aware(moment.replace(tzinfo=None))
+    if kind != "day":
+        moment = moment.replace(day=1, month=1 if kind == "year" else moment.month)
+    return timezone.make_aware(moment.replace(tzinfo=None)) if settings.USE_TZ else moment
 
 
 class StatusClassFilter(admin.SimpleListFilter):
@@ -260,8 +217,7 @@ class ExpiredFilter(admin.SimpleListFilter):
 
 def _in_words(moment: datetime, text: Any) -> SafeString:
     """A time as short words, the exact time on hover: narrow list columns."""
-    local = timezone.localtime(moment) if settings.USE_TZ else moment
-    exact = date_format(local, "DATETIME_FORMAT")
+    exact = date_format(_local(moment), "DATETIME_FORMAT")
     return format_html('<span title="{}">{}</span>', exact, text)
 
 
@@ -423,13 +379,46 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             text = _("in %(time)s") % {"time": timeuntil(obj.expires_at, depth=1)}
         return _in_words(obj.expires_at, text)
 
-    @admin.display(description=_("headers"))
-    def headers(self, obj: IdempotencyRecord) -> SafeString:
-        return render_headers(obj)
-
     @admin.display(description=_("body"))
     def body(self, obj: IdempotencyRecord) -> SafeString:
-        return render_body(obj)
+        """The stored body as safe HTML: pretty masked JSON, escaped text, or its size."""
+        body = bytes(obj.response_body) if obj.response_body is not None else b""
+        if not body:
+            return format_html("<em>{}</em>", _("empty"))
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return _size(obj, body)
+        try:
+            data = json.loads(text)
+        except ValueError:
+            pass
+        else:
+            return format_html(
+                "<pre>{}</pre>", json.dumps(mask(data), indent=2, ensure_ascii=False)
+            )
+        if not all(char.isprintable() or char in "\t\r\n" for char in text):
+            return _size(obj, body)
+        if len(body) > MAX_SHOWN_BYTES:
+            shown = body[:MAX_SHOWN_BYTES].decode("utf-8", "ignore")
+            return format_html(
+                "<pre>{}</pre><em>{}</em>",
+                shown,
+                _("(first %(shown)d of %(size)d bytes)")
+                % {"shown": MAX_SHOWN_BYTES, "size": len(body)},
+            )
+        return format_html("<pre>{}</pre>", text)
+
+    @admin.display(description=_("headers"))
+    def headers(self, obj: IdempotencyRecord) -> SafeString:
+        """The stored response headers as a table, sensitive values masked."""
+        rows = [(name, MASK if is_masked(name) else value) for name, value in obj.headers]
+        if not rows:
+            return format_html("<em>{}</em>", _("none"))
+        return format_html(
+            "<table><tbody>{}</tbody></table>",
+            format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows),
+        )
 
     # Writes go to the store's database, not to the replica the list was read from.
 
