@@ -127,23 +127,20 @@ class Settings:
         self._derived.clear()
         self.checked = False
 
-    def _derive(self, name: str, compute: Callable[[], Any]) -> Any:
-        try:
-            return self._derived[name]
-        except KeyError:
-            value = self._derived[name] = compute()
-            return value
+    def _derive(self, name: str, compute: Callable[[], T]) -> T:
+        if name not in self._derived:
+            self._derived[name] = compute()
+        value: T = self._derived[name]
+        return value
 
     @property
     def header_meta_name(self) -> str:
         """``IDEMPOTENCY_HEADER`` as a WSGI environ name (``HTTP_IDEMPOTENCY_KEY``)."""
-        name: str = self._derive("meta", lambda: header_meta_name(self.IDEMPOTENCY_HEADER))
-        return name
+        return self._derive("meta", lambda: header_meta_name(self.IDEMPOTENCY_HEADER))
 
     @property
     def IDEMPOTENCY_TTL(self) -> timedelta:
-        ttl: timedelta = self._derive("ttl", lambda: timedelta(seconds=self.ttl_seconds))
-        return ttl
+        return self._derive("ttl", lambda: timedelta(seconds=self.ttl_seconds))
 
     @property
     def ttl_seconds(self) -> float:
@@ -168,9 +165,9 @@ class Settings:
     @property
     def scope_function(self) -> Callable[..., Any]:
         scope = self.IDEMPOTENCY_SCOPE
-        function: Callable[..., Any] = (
-            scope if callable(scope) else self._derive("scope", lambda: import_string(scope))
-        )
+        if callable(scope):
+            return scope
+        function: Callable[..., Any] = self._derive("scope", lambda: import_string(scope))
         return function
 
 

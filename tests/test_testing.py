@@ -9,7 +9,11 @@ from django.contrib.auth.models import User
 from django.http import HttpResponse
 from django.test import override_settings
 
-from django_idempotency.testing import IdempotencyAPITestClient, IdempotencyTestClient, assert_replayed
+from django_idempotency.testing import (
+    IdempotencyAPITestClient,
+    IdempotencyTestClient,
+    assert_replayed,
+)
 from tests.testapp.models import Widget
 
 pytestmark = pytest.mark.django_db
