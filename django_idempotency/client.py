@@ -246,13 +246,3 @@ else:
                     await response.aclose()
                 await asyncio.sleep(wait)
                 retries += 1
-
-
-__all__ = [
-    "IDEMPOTENCY_HEADER",
-    "AsyncIdempotentClient",
-    "IdempotentClient",
-    "IdempotentSession",
-    "RetryPolicy",
-    "new_key",
-]
