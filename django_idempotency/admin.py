@@ -223,8 +223,8 @@ def _in_words(moment: datetime, text: Any) -> SafeString:
 
 @admin.register(IdempotencyRecord)
 class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    # What fits at 1280 px beside the navigation sidebar: times as short text,
-    # expiry as words (a red cross icon on every live record read as an error).
+    # What fits beside the navigation sidebar: times as short text, expiry as
+    # words (a boolean icon would show a red cross on every live record).
     list_display = ("key", "scope_link", "request_line", "outcome", "created", "expiry")
     list_filter = ("state", StatusClassFilter, ExpiredFilter)
     # Only indexed columns: sorting millions of rows by anything else is a full sort.

@@ -1,10 +1,9 @@
 """The ``IDEMPOTENCY_*`` settings and their defaults, read in one place.
 
-Values are read on first use and kept until Django's ``setting_changed`` signal
-says one changed (``override_settings``): a request reads about ten of them, and
-reading an unset one from ``django.conf.settings`` raises and catches each time.
-The system checks (:mod:`django_idempotency.checks`) validate them at start-up.
-"""
+A value is kept from its first use until Django's ``setting_changed`` signal
+says it changed (``override_settings``), since every request reads several and
+an unset one costs a raised and caught AttributeError each time. The system
+checks (:mod:`django_idempotency.checks`) validate them at start-up."""
 
 from __future__ import annotations
 
