@@ -1,4 +1,4 @@
-"""Schemathesis hooks for tests/test_schemathesis.py (``SCHEMATHESIS_HOOKS``).
+"""Schemathesis hooks for tests/integration/test_schemathesis.py (``SCHEMATHESIS_HOOKS``).
 
 With ``FUZZ_FRESH_KEYS=1`` every request that carries a schema-valid
 Idempotency-Key gets a new, unique one instead, as a real client makes one key

@@ -1,7 +1,7 @@
 """Async views under every common ASGI server: clients that give up waiting, races,
 and a server stopped while a view runs.
 
-The servers (tests/servers.py, ASGI_SERVERS): uvicorn, gunicorn with uvicorn's
+The servers (tests/servers/__init__.py, ASGI_SERVERS): uvicorn, gunicorn with uvicorn's
 workers, Hypercorn, Daphne and Granian, each on the database store (in both
 passes of scripts/test: SQLite, then PostgreSQL) and, in the PostgreSQL pass,
 on the Redis store. What every one of them must show:

@@ -36,7 +36,7 @@ import pytest
 from django.db import connection
 
 from tests.servers import free_port
-from tests.test_readme import README, ROOT, parse_readme
+from tests.unit.test_readme import README, ROOT, parse_readme
 
 nodes = pytest.importorskip("docutils.nodes")
 

@@ -1,7 +1,7 @@
 """The Redis store beyond one server: replicas, NOREPLICAS, Redis Cluster and a
 Sentinel failover under load.
 
-Every Redis here is the test's own (tests/redis_servers.py), on free loopback
+Every Redis here is the test's own (tests/servers/redis.py), on free loopback
 ports; the shared one is never touched. The suites start and stop servers and
 run once, in the PostgreSQL pass of scripts/test. The failovers under load are
 driven over real HTTP, through gunicorn (2 workers of 4 threads), by client
@@ -40,7 +40,7 @@ from django_idempotency.checks import check_redis_server
 from django_idempotency.keys import scoped_key
 from django_idempotency.stores.redis_cluster import RedisClusterClient
 from tests.conftest import CACHE_STORE, poll
-from tests.redis_servers import (
+from tests.servers.redis import (
     Node,
     redis_cluster,
     replicated,

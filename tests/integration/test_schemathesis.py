@@ -39,7 +39,7 @@ from tests.servers import Server, demo_database, demo_on
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Enough that a job never fails for credits (a 402 is a business rule that no
 # schema can express: schemathesis would call it valid data refused).
 CREDITS = 10**15
@@ -63,13 +63,13 @@ def schemathesis(server: Server, secret: str, workdir: Path, *args: str, fresh_k
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks",
+        "SCHEMATHESIS_HOOKS": "tests.integration.schemathesis_hooks",
         "FUZZ_FRESH_KEYS": "1" if fresh_keys else "0",
         "FUZZ_API_KEY": secret,
     }
     command = [
         sys.executable, "-m", "schemathesis.cli", "--no-color",
-        "--config-file", str(ROOT / "tests" / "schemathesis.toml"),
+        "--config-file", str(ROOT / "tests" / "integration" / "schemathesis.toml"),
         "run", f"{server.base}/v1/schema", "--checks", "all", "--workers", "1",
         "--seed", os.environ.get("FUZZ_SEED", "17"), "--request-timeout", "60", *args,
     ]  # fmt: skip

@@ -1,4 +1,4 @@
-"""The helpers that tests use to run servers and commands (tests/servers.py)."""
+"""The helpers that tests use to run servers and commands (tests/servers/__init__.py)."""
 
 from __future__ import annotations
 

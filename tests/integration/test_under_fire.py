@@ -142,7 +142,7 @@ def only_on(api: Api, store: str) -> None:
 # These find the request's session in pg_stat_activity, or end it with
 # PostgreSQL's idle_in_transaction_session_timeout; on MariaDB the killed
 # workers of test_workers_killed_at_random_moments_never_run_a_key_twice and
-# tests/test_concurrency.py cover crashes.
+# tests/unit/test_concurrency.py cover crashes.
 postgresql_only = pytest.mark.skipif(
     servers.on_mysql(), reason="finds or ends sessions the PostgreSQL way"
 )

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from django.db import connection
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

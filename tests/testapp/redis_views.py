@@ -1,5 +1,5 @@
 """Views whose transaction is opened around @idempotent, for the Redis store's
-commit tests (tests/test_redis_commit.py), with their own URLconf.
+commit tests (tests/unit/stores/test_redis_commit.py), with their own URLconf.
 
 ``X-Test-Fail-Commit: 1`` adds a row whose deferred foreign key is checked only
 at COMMIT, so the commit itself fails (the table is the test's own); the body

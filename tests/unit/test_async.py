@@ -257,7 +257,7 @@ def test_concurrent_async_requests_with_one_key_run_the_view_once(alice: User) -
 
 
 # Cancellation at every step, in process: what Django 5.0+ does when a client
-# disconnects (tests/test_asgi_server.py shows it under five ASGI servers).
+# disconnects (tests/integration/test_asgi_server.py shows it under five ASGI servers).
 
 
 def abandon(request: Any, reached: Any, delay_header: str) -> None:

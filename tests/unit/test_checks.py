@@ -162,7 +162,7 @@ def test_good_admin_masked_fields_pass(fields: object) -> None:
 def test_e011_only_applies_to_the_database_store() -> None:
     # Another store does not use IDEMPOTENCY_DATABASE, so it is not checked.
     assert (
-        ids(IDEMPOTENCY_STORE="tests.test_checks.OtherStore", IDEMPOTENCY_DATABASE="replica") == []
+        ids(IDEMPOTENCY_STORE="tests.unit.test_checks.OtherStore", IDEMPOTENCY_DATABASE="replica") == []
     )
 
 
@@ -227,7 +227,7 @@ def test_e033_is_accepted_knowingly_with_the_setting() -> None:
 
 @pytest.mark.usefixtures("oracle")
 def test_e033_leaves_other_stores_alone() -> None:
-    assert ids(IDEMPOTENCY_STORE="tests.test_checks.OtherStore") == []
+    assert ids(IDEMPOTENCY_STORE="tests.unit.test_checks.OtherStore") == []
 
 
 @pytest.mark.usefixtures("database_store")

@@ -3,7 +3,7 @@
 Over real HTTP, against a small scripted server on a free port that answers each
 request as the test says (a status and headers, a dropped connection, a late
 answer), and records the method and key of every request it got. The clients
-against the demo itself are in tests/test_sdk.py.
+against the demo itself are in tests/integration/test_sdk.py.
 """
 
 from __future__ import annotations

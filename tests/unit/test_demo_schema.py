@@ -1,7 +1,7 @@
 """The demo's OpenAPI schema says what the demo does, status by status, field by field (issue 17).
 
 The schema is the one ``manage.py spectacular`` makes with the demo's own
-settings; the behaviour is checked through the API. tests/test_schemathesis.py
+settings; the behaviour is checked through the API. tests/integration/test_schemathesis.py
 fuzzes the two against each other; these are the findings of issue 17, one by one.
 """
 
@@ -27,7 +27,7 @@ from tests.servers import Reply, Server, demo_database, demo_on
 
 pytest.importorskip("drf_spectacular")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENVELOPE = {"$ref": "#/components/schemas/IdempotencyError"}
 JOB = {
     "type": "data_collection",

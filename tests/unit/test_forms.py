@@ -1,6 +1,6 @@
 """Edges of the content fingerprint, with Django's test client and request factory.
 
-The proof with real clients and random boundaries is tests/test_forms_http.py.
+The proof with real clients and random boundaries is tests/integration/test_forms_http.py.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Configuration errors are answered as such: ``500 idempotency_misconfigured``
 with ``X-Should-Retry: false`` and no ``Retry-After`` (a client that retried
 would retry forever), and a log line that names the fix. Outages stay ``503``
-with ``X-Should-Retry: true`` (tests/test_errors.py).
+with ``X-Should-Retry: true`` (tests/unit/test_errors.py).
 
 Each cause is made for real: the app taken out of INSTALLED_APPS, a cache that
 gives no raw Redis client. The records' table renamed away is
-tests/test_unstorable.py's; the Redis Cluster behind a plain client is
-tests/test_redis_ha.py's (it needs a cluster).
+tests/unit/test_unstorable.py's; the Redis Cluster behind a plain client is
+tests/integration/test_redis_ha.py's (it needs a cluster).
 """
 
 from __future__ import annotations

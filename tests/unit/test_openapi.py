@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from django_idempotency.keys import InvalidKey, parse_key
 from django_idempotency.openapi import KEY_PATTERN, key_schema
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ERROR_REF = {"$ref": "#/components/schemas/IdempotencyError"}
 
 

@@ -38,7 +38,7 @@ import pytest
 docutils_core = pytest.importorskip("docutils.core")
 from docutils import nodes  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.rst"
 # Every page of docs/. changelog.rst only includes CHANGELOG.rst, which has no code.
 DOC_PAGES = sorted((ROOT / "docs").glob("*.rst"))

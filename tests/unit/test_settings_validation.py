@@ -28,7 +28,7 @@ from django_idempotency.conf import conf
 from django_idempotency.stores.base import Store
 from tests.conftest import post
 from tests.servers import ROOT, free_port
-from tests.test_checks import ids
+from tests.unit.test_checks import ids
 
 # IDEMPOTENCY_FAIL_OPEN: a boolean, not anything truthy.
 

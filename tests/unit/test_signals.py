@@ -21,11 +21,11 @@ from django_idempotency.models import IdempotencyRecord
 from django_idempotency.stores.base import StoreError
 from django_idempotency.stores.database import DatabaseStore
 from tests.conftest import post
-from tests.test_async import apost
+from tests.unit.test_async import apost
 
 pytestmark = pytest.mark.django_db
 
-MONITORING = Path(__file__).resolve().parent.parent / "docs" / "monitoring.rst"
+MONITORING = Path(__file__).resolve().parents[2] / "docs" / "monitoring.rst"
 LOGGER = "django_idempotency.decorators"
 
 

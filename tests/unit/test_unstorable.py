@@ -78,7 +78,7 @@ def _scope_with_nul(request: Any) -> str:
     return f"tenant\x00{request.user.pk}"
 
 
-@override_settings(IDEMPOTENCY_SCOPE="tests.test_unstorable._scope_with_nul")
+@override_settings(IDEMPOTENCY_SCOPE="tests.unit.test_unstorable._scope_with_nul")
 def test_a_scope_with_a_nul_byte_is_stored_hashed(client: APIClient) -> None:
     first = post(client, "/v1/jobs", key="nul-scope", data=SPEC_BODY)
     assert first.status_code == 201, first.content

@@ -24,7 +24,7 @@ from rest_framework.test import APIClient
 
 from django_idempotency.models import IdempotencyRecord
 from tests.conftest import make_record, post
-from tests.test_concurrency import assert_one_run, race
+from tests.unit.test_concurrency import assert_one_run, race
 from tests.testapp.models import Widget
 
 

@@ -18,13 +18,13 @@ pytest.importorskip("django_redis")
 from django.db import connection
 from rest_framework.test import APIClient
 
-from tests import redis_views
+from tests.testapp import redis_views
 from tests.conftest import StoreUnderTest, post
 from tests.testapp.models import Widget
 
 pytestmark = [
     pytest.mark.redis,
-    pytest.mark.urls("tests.redis_views"),
+    pytest.mark.urls("tests.testapp.redis_views"),
     pytest.mark.parametrize("store", ["redis"], indirect=True),
     pytest.mark.django_db(transaction=True),
 ]

@@ -124,7 +124,7 @@ def test_check_accepts_a_subclass_of_django_redis() -> None:
     caches = {
         "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
         "idem": {
-            "BACKEND": "tests.test_redis_store.SubclassedRedisCache",
+            "BACKEND": "tests.unit.stores.test_redis_store.SubclassedRedisCache",
             "LOCATION": "redis://127.0.0.1:6379/0",
         },
     }

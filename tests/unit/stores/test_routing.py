@@ -2,7 +2,7 @@
 
 Real second databases, on whichever database the suite runs on: "second" is a
 database of its own, "standby" a read-only connection to the test database (a
-replica without lag; tests/test_scale.py uses a real streaming one).
+replica without lag; tests/integration/test_scale.py uses a real streaming one).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def test_w031_the_routers_never_migrate_the_records_there(settings: Any) -> None
 
 
 def test_the_routing_checks_leave_other_stores_alone(settings: Any) -> None:
-    settings.IDEMPOTENCY_STORE = "tests.test_checks.OtherStore"
+    settings.IDEMPOTENCY_STORE = "tests.unit.test_checks.OtherStore"
     settings.DATABASE_ROUTERS = ["tests.routers.RecordsNowhereRouter"]
     assert ids(check_database_routing()) == []
     assert ids(check_database_table(databases=TWO)) == []
