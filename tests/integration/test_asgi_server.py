@@ -1,7 +1,7 @@
 """Async views under every common ASGI server: clients that give up waiting, races,
 and a server stopped while a view runs.
 
-The servers (tests/servers/__init__.py, ASGI_SERVERS): uvicorn, gunicorn with uvicorn's
+The servers (tests/servers/http.py, ASGI_SERVERS): uvicorn, gunicorn with uvicorn's
 workers, Hypercorn, Daphne and Granian, each on the database store (in both
 passes of scripts/test: SQLite, then PostgreSQL) and, in the PostgreSQL pass,
 on the Redis store. What every one of them must show:
@@ -42,8 +42,9 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
 
-from tests.conftest import CACHE_STORE, DATABASE_STORE, poll
-from tests.servers import ASGI_SERVERS, Reply, Server, asgi, on_postgresql, redis_server
+from tests.helpers import CACHE_STORE, DATABASE_STORE, on_postgresql, poll
+from tests.servers.http import ASGI_SERVERS, Reply, Server, asgi
+from tests.servers.redis import redis_server
 from tests.testapp.models import Widget
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]

@@ -26,7 +26,8 @@ import requests
 from django.contrib.auth.models import User
 from rest_framework.authtoken.models import Token
 
-from tests.servers import Reply, Server, gunicorn
+from tests.helpers import envelope
+from tests.servers.http import Reply, Server, gunicorn
 from tests.testapp.models import Widget
 
 pytestmark = pytest.mark.slow
@@ -155,12 +156,6 @@ def send(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     return send_requests
 
 
-def error_type(reply: Reply) -> str:
-    body = reply.json()
-    assert isinstance(body, dict)
-    return str(body["error"]["type"])
-
-
 FORM: Fields = [("name", "report"), ("tag", "a"), ("tag", "b")]
 FILES: Files = [("photo", "a.jpg", "image/jpeg", FILE_A), ("photo", "b.txt", "text/plain", b"b")]
 
@@ -196,7 +191,7 @@ def test_an_upload_retried_with_a_new_boundary_replays_and_any_change_conflicts(
     for what, (fields, files) in changed.items():
         reply = send(server, path, caller, "upload-1", fields, files)
         assert reply.status == 409, (what, reply.status, reply.body)
-        assert error_type(reply) == "idempotency_conflict", what
+        assert envelope(reply)["type"] == "idempotency_conflict", what
     assert Widget.objects.count() == 1, "the view ran once"
 
 
@@ -214,7 +209,7 @@ def test_an_urlencoded_form_is_fingerprinted_by_its_values(
     assert replay.body == first.body
     for fields in ([*FORM, ("tag", "c")], FORM[:2], [("name", "x"), *FORM[1:]]):
         reply = send(server, path, caller, "form-1", fields, [])
-        assert (reply.status, error_type(reply)) == (409, "idempotency_conflict"), fields
+        assert (reply.status, envelope(reply)["type"]) == (409, "idempotency_conflict"), fields
     assert Widget.objects.count() == 1
 
 

@@ -9,9 +9,8 @@ test counts how many times the view really ran (its Widget rows).
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,8 +19,8 @@ from django.contrib.auth.models import User
 from django.db import connection
 
 from django_idempotency.models import IdempotencyRecord
-from tests.conftest import poll
-from tests.servers import Reply, Server, gunicorn
+from tests.helpers import envelope, poll, race
+from tests.servers.http import Reply, Server, gunicorn
 from tests.testapp.models import Widget
 
 pytestmark = [
@@ -71,21 +70,6 @@ def send(
     )
 
 
-def race(n: int, one: Callable[[int], Reply]) -> list[Reply]:
-    barrier = threading.Barrier(n)
-
-    def go(i: int) -> Reply:
-        barrier.wait()
-        return one(i)
-
-    with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(go, range(n)))
-
-
-def error_type(reply: Reply) -> str:
-    return str(json.loads(reply.body)["error"]["type"])
-
-
 def first_runs(replies: list[Reply]) -> list[Reply]:
     return [r for r in replies if r.status == 201 and "Idempotent-Replayed" not in r.headers]
 
@@ -96,7 +80,9 @@ def test_thirty_way_races_run_the_view_once(server: Server, alice: User) -> None
         replies = race(RACERS, lambda i, key=key: send(server, key, {"name": "r"}))  # type: ignore[misc]
         assert [r.status for r in replies if r.status not in (201, 409)] == []
         assert len(first_runs(replies)) == 1
-        assert all(error_type(r) == "idempotency_key_in_use" for r in replies if r.status == 409)
+        assert all(
+            envelope(r)["type"] == "idempotency_key_in_use" for r in replies if r.status == 409
+        )
         assert Widget.objects.count() == round_ + 1
 
 
@@ -118,7 +104,7 @@ def test_a_duplicate_of_a_running_request_is_told_at_once_and_other_keys_never_w
             began = time.monotonic()
             duplicate = send(server, "slow", {"name": "s"})
             assert duplicate.status == 409, duplicate.body
-            assert error_type(duplicate) == "idempotency_key_in_use"
+            assert envelope(duplicate)["type"] == "idempotency_key_in_use"
             assert "Retry-After" in duplicate.headers
             assert time.monotonic() - began < 1.5, "the duplicate waited for the first"
         began = time.monotonic()

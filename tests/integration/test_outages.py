@@ -32,18 +32,12 @@ from django.db import (
 from rest_framework.authentication import BasicAuthentication
 from rest_framework.test import APIClient
 
-from tests.conftest import CACHE_STORE, poll
-from tests.servers import (
-    Cluster,
-    Reply,
-    Server,
-    demo_on,
-    gunicorn,
-    postgres_bin,
-    postgres_cluster,
-    redis_server,
-    run_checked,
-)
+from tests.helpers import CACHE_STORE, poll
+from tests.servers import run_checked
+from tests.servers.demo import demo_on
+from tests.servers.http import Reply, Server, gunicorn
+from tests.servers.postgres import Cluster, postgres_bin, postgres_cluster
+from tests.servers.redis import redis_server
 
 # Real servers started, killed and stopped: minutes, not the inner loop.
 pytestmark = pytest.mark.slow
@@ -346,7 +340,7 @@ def test_demo_on_redis_fails_closed_and_resumes_when_redis_restarts(cluster: Clu
                 timeout=30,
             )
 
-        clients = run_outage(server, Outage(redis.stop, redis.start), send)
+        clients = run_outage(server, Outage(redis.kill, redis.start), send)
     assert any(
         r.status == 503 and json.loads(r.body)["error"]["type"] == "idempotency_store_unavailable"
         for r in clients.replies

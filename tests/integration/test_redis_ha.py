@@ -39,7 +39,8 @@ from rest_framework.test import APIClient
 from django_idempotency.checks import check_redis_server
 from django_idempotency.keys import scoped_key
 from django_idempotency.stores.redis_cluster import RedisClusterClient
-from tests.conftest import CACHE_STORE, poll
+from tests.helpers import CACHE_STORE, envelope, poll
+from tests.servers.http import Server, gunicorn
 from tests.servers.redis import (
     Node,
     redis_cluster,
@@ -47,7 +48,6 @@ from tests.servers.redis import (
     sentinel_set,
     wait_in_sync,
 )
-from tests.servers import Server, gunicorn
 from tests.testapp import views
 from tests.testapp.models import Widget
 
@@ -115,10 +115,6 @@ def send(user: User, key: str, **headers: str) -> Any:
         connections.close_all()
 
 
-def error_type(response: Any) -> str:
-    return str(json.loads(response.content)["error"]["type"])
-
-
 def runs(key: str) -> int:
     return Widget.objects.filter(name=key).count()
 
@@ -177,7 +173,7 @@ def test_min_replicas_refuses_a_claim_that_no_replica_acknowledged(
         deployment.replicas[0].kill()
         refused = send(alice, "alone")
         assert refused.status_code == 503
-        assert error_type(refused) == "idempotency_store_unavailable"
+        assert envelope(refused)["type"] == "idempotency_store_unavailable"
         assert runs("alone") == 0, "the view did not run"
         assert deployment.primary.client().keys(f"{PREFIX}:*") == [name], "claim released"
 
@@ -248,7 +244,7 @@ def test_a_cluster_behind_a_plain_client_is_refused_and_logged_plainly(
             answers = [send(alice, f"plain-{i}") for i in range(6)]
         assert {a.status_code for a in answers} == {500}, "not some keys, then MOVED for others"
         # A configuration error: no retry can succeed until the client class is fixed.
-        assert {error_type(a) for a in answers} == {"idempotency_misconfigured"}
+        assert {envelope(a)["type"] for a in answers} == {"idempotency_misconfigured"}
         assert {(a["X-Should-Retry"], a.get("Retry-After")) for a in answers} == {("false", None)}
         assert Widget.objects.count() == 0
         assert "is a Redis Cluster node" in caplog.text
@@ -280,7 +276,7 @@ def test_the_cluster_client_runs_each_view_once_under_concurrent_duplicates(
         for key, answer in answers:
             assert answer.status_code in (201, 409), (key, answer.status_code, answer.content)
             if answer.status_code == 409:
-                assert error_type(answer) == "idempotency_key_in_use"
+                assert envelope(answer)["type"] == "idempotency_key_in_use"
         for key in keys:
             replay = send(alice, key)
             assert replay["Idempotent-Replayed"] == "true", key

@@ -30,12 +30,10 @@ from importlib import import_module
 import psycopg
 import pytest
 
-from tests.conftest import poll
-from tests.servers import (
+from tests.helpers import poll
+from tests.servers.http import Reply, Server, gunicorn
+from tests.servers.postgres import (
     Cluster,
-    Reply,
-    Server,
-    gunicorn,
     pgbouncer,
     postgres_bin,
     postgres_cluster,

@@ -35,7 +35,8 @@ if (
 pytest.importorskip("schemathesis", reason="schemathesis needs Python 3.11+")
 pytest.importorskip("drf_spectacular")
 
-from tests.servers import Server, demo_database, demo_on
+from tests.servers.demo import demo_database, demo_on
+from tests.servers.http import Server
 
 pytestmark = pytest.mark.slow
 

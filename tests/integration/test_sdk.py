@@ -40,9 +40,11 @@ from django_idempotency.client import (
     IdempotentSession,
     RetryPolicy,
 )
-from tests import servers
-from tests.conftest import CACHE_STORE
-from tests.servers import Demo, Server, demo_on, redis_server
+from tests.helpers import CACHE_STORE, on_postgresql
+from tests.servers.demo import Demo, demo_on
+from tests.servers.demo import scratch_database as database_on_the_server
+from tests.servers.http import Server
+from tests.servers.redis import redis_server
 
 pytestmark = pytest.mark.slow
 
@@ -143,9 +145,9 @@ class Api:
 
 @contextmanager
 def scratch_database(suffix: str) -> Iterator[str]:
-    if not servers.on_postgresql():
+    if not on_postgresql():
         pytest.skip("runs in the PostgreSQL pass of scripts/test")
-    with servers.scratch_database("sdk_" + suffix) as url:
+    with database_on_the_server("sdk_" + suffix) as url:
         yield url
 
 

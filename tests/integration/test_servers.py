@@ -1,10 +1,10 @@
-"""The helpers that tests use to run servers and commands (tests/servers/__init__.py)."""
+"""The helpers that tests use to run servers and commands (tests/servers/)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.servers import Demo
+from tests.servers.demo import Demo
 
 
 def test_a_failed_manage_command_shows_its_stderr(tmp_path) -> None:

@@ -28,9 +28,11 @@ from typing import Any
 
 import pytest
 
-from tests import servers
-from tests.conftest import CACHE_STORE, poll
-from tests.servers import Demo, Reply, Server, demo_on, redis_server, worker_of_connection
+from tests.helpers import CACHE_STORE, envelope, on_mysql, on_postgresql, poll, race
+from tests.servers.demo import Demo, demo_on
+from tests.servers.demo import scratch_database as database_on_the_server
+from tests.servers.http import Reply, Server, worker_of_connection
+from tests.servers.redis import redis_server
 
 # Real servers started, killed and stopped: minutes, not the inner loop.
 pytestmark = pytest.mark.slow
@@ -103,9 +105,9 @@ class Api:
 
 @contextmanager
 def scratch_database(suffix: str) -> Iterator[str]:
-    if not (servers.on_postgresql() or servers.on_mysql()):
+    if not (on_postgresql() or on_mysql()):
         pytest.skip("runs in the PostgreSQL and MariaDB passes of scripts/test")
-    with servers.scratch_database("fire_" + suffix) as url:
+    with database_on_the_server("fire_" + suffix) as url:
         yield url
 
 
@@ -143,9 +145,7 @@ def only_on(api: Api, store: str) -> None:
 # PostgreSQL's idle_in_transaction_session_timeout; on MariaDB the killed
 # workers of test_workers_killed_at_random_moments_never_run_a_key_twice and
 # tests/unit/test_concurrency.py cover crashes.
-postgresql_only = pytest.mark.skipif(
-    servers.on_mysql(), reason="finds or ends sessions the PostgreSQL way"
-)
+postgresql_only = pytest.mark.skipif(on_mysql(), reason="finds or ends sessions the PostgreSQL way")
 
 
 class Books:
@@ -166,21 +166,6 @@ def books(api: Api) -> Books:
     return Books(api)
 
 
-def race(n: int, send: Callable[[int], Reply]) -> list[Reply]:
-    barrier = threading.Barrier(n)
-
-    def one(i: int) -> Reply:
-        barrier.wait()
-        return send(i)
-
-    with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(one, range(n)))
-
-
-def error_type(reply: Reply) -> str:
-    return str(json.loads(reply.body)["error"]["type"])
-
-
 # Races across processes.
 
 
@@ -197,7 +182,7 @@ def test_same_key_races_run_once_across_processes(api: Api, books: Books) -> Non
         ]
         for reply in replies:
             if reply.status == 409:
-                assert error_type(reply) == "idempotency_key_in_use"
+                assert envelope(reply)["type"] == "idempotency_key_in_use"
                 assert reply.headers["Retry-After"]
         fresh = [r for r in created if "Idempotent-Replayed" not in r.headers]
         assert len(fresh) == 1, "exactly one request ran"
@@ -235,7 +220,7 @@ def test_mixed_bodies_under_one_key_run_once_across_processes(api: Api, books: B
                 kinds = {"idempotency_key_in_use"} | (
                     {"idempotency_conflict"} if prices[i] != winner else set()
                 )
-                assert error_type(reply) in kinds
+                assert envelope(reply)["type"] in kinds
         assert api.demo.sql(
             "SELECT price_per_file_cents FROM api_job WHERE description = %s", key
         ) == [(winner,)]
@@ -292,7 +277,7 @@ def answered(api: Api, key: str) -> Reply:
         except DROPPED:  # a worker died with the connection
             time.sleep(0.05)
             continue
-        if reply.status == 409 and error_type(reply) == "idempotency_key_in_use":
+        if reply.status == 409 and envelope(reply)["type"] == "idempotency_key_in_use":
             time.sleep(0.05)
             continue
         return reply
@@ -310,7 +295,7 @@ def test_a_worker_killed_in_the_view_leaves_nothing_and_the_retry_runs_once(
             doomed = pool.submit(api.post, key, delay=30)
             backend, port = job_being_created(api)
             busy = api.post(key)
-            assert busy.status == 409 and error_type(busy) == "idempotency_key_in_use"
+            assert busy.status == 409 and envelope(busy)["type"] == "idempotency_key_in_use"
             worker = worker_of_connection(api.server, port)
             assert worker is not None, "the worker running the view"
             os.kill(worker, signal.SIGKILL)
@@ -411,7 +396,9 @@ def test_workers_killed_at_random_moments_never_run_a_key_twice(api: Api, books:
                 if reply.status == 201:
                     first_answers[key] = reply
                     break
-                assert reply.status == 409 and error_type(reply) == "idempotency_key_in_use", (
+                assert (
+                    reply.status == 409 and envelope(reply)["type"] == "idempotency_key_in_use"
+                ), (
                     reply.status,
                     reply.body[:300],
                 )
@@ -476,13 +463,13 @@ def test_a_view_that_outlives_the_servers_timeout_never_commits_twice(
             slow = pool.submit(api.post, key, delay=4)
             backend, _ = job_being_created(api)
             busy = api.post(key)
-            assert busy.status == 409 and error_type(busy) == "idempotency_key_in_use"
+            assert busy.status == 409 and envelope(busy)["type"] == "idempotency_key_in_use"
             wait_until(lambda: session_gone(api, backend))
             retry = api.post(key)
             assert retry.status == 201 and "Idempotent-Replayed" not in retry.headers
             late = slow.result(timeout=30)
         assert late.status == 503, (late.status, late.body[:300])
-        assert error_type(late) in {"service_unavailable", "idempotency_store_unavailable"}
+        assert envelope(late)["type"] in {"service_unavailable", "idempotency_store_unavailable"}
         replay = api.post(key)
         assert replay.headers["Idempotent-Replayed"] == "true"
         assert replay.body == retry.body, "the late request overwrote nothing"
@@ -503,7 +490,7 @@ def test_redis_crash_window_is_the_lease(api: Api, books: Books) -> None:
     # after its transaction committed and before the store keeps the response.
     kill_after_commit(api, key)
     busy = api.post(key)
-    assert busy.status == 409 and error_type(busy) == "idempotency_key_in_use"
+    assert busy.status == 409 and envelope(busy)["type"] == "idempotency_key_in_use"
     retry = answered(api, key)  # "in use" until the lease lapses
     assert retry.status == 201 and "Idempotent-Replayed" not in retry.headers
     assert api.jobs(key) == 2, "the second run that the Redis store's docs warn of"
@@ -538,7 +525,7 @@ def test_a_stalled_worker_never_has_its_response_overwrite_anothers(api: Api, bo
             time.sleep(LEASE * 1.5)
             if api.store == "database":
                 busy = api.post(key)
-                assert busy.status == 409 and error_type(busy) == "idempotency_key_in_use"
+                assert busy.status == 409 and envelope(busy)["type"] == "idempotency_key_in_use"
                 second = None
             else:
                 while True:  # until the lease has lapsed and a duplicate claims the key
@@ -548,7 +535,7 @@ def test_a_stalled_worker_never_has_its_response_overwrite_anothers(api: Api, bo
                     if not second.done():
                         break
                     busy = second.result()
-                    assert busy.status == 409 and error_type(busy) == "idempotency_key_in_use"
+                    assert busy.status == 409 and envelope(busy)["type"] == "idempotency_key_in_use"
                     time.sleep(0.1)
         finally:
             os.kill(worker, signal.SIGCONT)

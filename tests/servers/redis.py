@@ -1,5 +1,5 @@
-"""Redis deployments of a test's own, on free loopback ports: a primary with
-replicas, three Sentinels, a three-node Cluster. The shared Redis of
+"""redis-server of a test's own, on free loopback ports: one server, a primary
+with replicas, three Sentinels, a three-node Cluster. The shared Redis of
 ``REDIS_URL`` is never touched; everything here is started and stopped by the
 test that uses it (``redis-server`` from Debian's redis-server package, which
 scripts/lib.sh installs; Sentinel is ``redis-server --sentinel``)."""
@@ -9,40 +9,35 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING, Any
 
 from tests.servers import free_port
 
+if TYPE_CHECKING:  # redis-py is imported when used: the suite runs without it too
+    import redis
+
 
 def _until(condition: Callable[[], Any], seconds: float, what: str) -> Any:
+    from redis import RedisError
+
     deadline = time.monotonic() + seconds
     while True:
         try:
             value = condition()
-        except (redis.RedisError, OSError):
+        except (RedisError, OSError):
             value = None
         if value:
             return value
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass
@@ -54,6 +49,10 @@ class Node:
     lines: list[str] = field(default_factory=list)
     sentinel: bool = False
     process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
 
     @property
     def config(self) -> Path:
@@ -84,6 +83,8 @@ class Node:
         _until(lambda: self.client().ping(), 15, f"redis on {self.port}")
 
     def client(self, **kwargs: Any) -> redis.Redis:
+        import redis
+
         return redis.Redis(port=self.port, socket_timeout=5, socket_connect_timeout=2, **kwargs)
 
     def kill(self) -> None:
@@ -96,6 +97,18 @@ class Node:
     def log(self) -> str:
         path = self.directory / f"log-{self.port}.txt"
         return path.read_text() if path.exists() else ""
+
+
+@contextmanager
+def redis_server() -> Iterator[Node]:
+    """One redis-server, in a temporary directory, killed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="idempotency-redis-") as directory:
+        node = Node(Path(directory))
+        try:
+            node.start()
+            yield node
+        finally:
+            node.kill()
 
 
 def replica_of(directory: Path, primary: Node, *lines: str) -> Node:

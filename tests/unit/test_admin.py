@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 from django_idempotency import admin as record_admin
 from django_idempotency.admin import is_masked, mask
 from django_idempotency.models import IdempotencyRecord
-from tests.conftest import make_record, post, staff
+from tests.helpers import make_record, post, staff
 from tests.testapp.models import Widget
 
 pytestmark = pytest.mark.django_db

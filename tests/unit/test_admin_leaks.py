@@ -31,7 +31,7 @@ from rest_framework.test import APIClient
 from django_idempotency.admin import LOOKUP_FIELDS, IdempotencyRecordAdmin
 from django_idempotency.models import IdempotencyRecord
 from testproject.api.models import Account, ApiKey
-from tests.conftest import make_record, staff
+from tests.helpers import make_record, staff
 
 pytestmark = pytest.mark.django_db
 
@@ -360,7 +360,7 @@ URLSAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 def test_the_guessing_script_recovers_nothing_over_http(transactional_db: None) -> None:
     import requests
 
-    from tests.servers import gunicorn
+    from tests.servers.http import gunicorn
 
     owner = User.objects.create_user("owner")
     _, first = ApiKey.issue(Account.objects.create(user=owner, credits_cents=1000))

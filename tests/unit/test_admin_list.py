@@ -15,7 +15,7 @@ from django.urls import URLPattern, path
 
 from django_idempotency.admin import IdempotencyRecordAdmin
 from django_idempotency.models import IdempotencyRecord
-from tests.conftest import make_record
+from tests.helpers import make_record
 
 pytestmark = pytest.mark.django_db
 

@@ -22,7 +22,7 @@ from django.db import connection, connections
 from django.test import AsyncClient, AsyncRequestFactory, Client
 
 from django_idempotency.models import IdempotencyRecord
-from tests.conftest import StoreUnderTest, poll
+from tests.helpers import StoreUnderTest, poll
 from tests.testapp import async_views
 from tests.testapp.models import Widget
 

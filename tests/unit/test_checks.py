@@ -18,19 +18,12 @@ from django.test import override_settings
 
 from django_idempotency.checks import check_mysql_version, check_settings
 from django_idempotency.stores.base import Store
-from tests.servers import ROOT, run_checked
-
-
-def ids(**settings: Any) -> list[str]:
-    with override_settings(**settings):
-        messages = check_settings()
-    for message in messages:
-        assert message.hint, f"{message.id} has no hint"
-    return [message.id for message in messages]
+from tests.helpers import ROOT, check_ids
+from tests.servers import run_checked
 
 
 def test_default_settings_pass() -> None:
-    assert ids() == []
+    assert check_ids() == []
 
 
 # Django 6 runs the database-dependent checks too (a JSONField asks SQLite
@@ -59,43 +52,43 @@ def test_checks_are_registered_with_django() -> None:
     ],
 )
 def test_e001_store_cannot_be_imported(store: str) -> None:
-    assert ids(IDEMPOTENCY_STORE=store) == ["django_idempotency.E001"]
+    assert check_ids(IDEMPOTENCY_STORE=store) == ["django_idempotency.E001"]
 
 
 @pytest.mark.parametrize(
     "store", ["django_idempotency.conf.Settings", "django_idempotency.conf.DEFAULT_STORE"]
 )
 def test_e002_store_is_not_a_store_class(store: str) -> None:
-    assert ids(IDEMPOTENCY_STORE=store) == ["django_idempotency.E002"]
+    assert check_ids(IDEMPOTENCY_STORE=store) == ["django_idempotency.E002"]
 
 
 @pytest.mark.parametrize("ttl", ["24h", None, [1], True, float("nan"), float("inf")])
 def test_e003_ttl_is_not_a_duration(ttl: object) -> None:
-    assert ids(IDEMPOTENCY_TTL=ttl) == ["django_idempotency.E003"]
+    assert check_ids(IDEMPOTENCY_TTL=ttl) == ["django_idempotency.E003"]
 
 
 @pytest.mark.parametrize("ttl", [0, -1, 0.0, timedelta(0), timedelta(hours=-1)])
 def test_e004_ttl_is_not_positive(ttl: object) -> None:
-    assert ids(IDEMPOTENCY_TTL=ttl) == ["django_idempotency.E004"]
+    assert check_ids(IDEMPOTENCY_TTL=ttl) == ["django_idempotency.E004"]
 
 
 @pytest.mark.parametrize("ttl", [1, 0.5, 86400, timedelta(hours=48)])
 def test_good_ttls_pass(ttl: object) -> None:
-    assert ids(IDEMPOTENCY_TTL=ttl) == []
+    assert check_ids(IDEMPOTENCY_TTL=ttl) == []
 
 
 @pytest.mark.parametrize("scope", ["myapp.nowhere.scope", "django_idempotency.keys.nothing"])
 def test_e005_scope_cannot_be_imported(scope: str) -> None:
-    assert ids(IDEMPOTENCY_SCOPE=scope) == ["django_idempotency.E005"]
+    assert check_ids(IDEMPOTENCY_SCOPE=scope) == ["django_idempotency.E005"]
 
 
 @pytest.mark.parametrize("scope", [None, 42, "django_idempotency.keys.MAX_KEY_LENGTH"])
 def test_e006_scope_is_not_callable(scope: object) -> None:
-    assert ids(IDEMPOTENCY_SCOPE=scope) == ["django_idempotency.E006"]
+    assert check_ids(IDEMPOTENCY_SCOPE=scope) == ["django_idempotency.E006"]
 
 
 def test_callable_scope_passes() -> None:
-    assert ids(IDEMPOTENCY_SCOPE=lambda request: "everyone") == []
+    assert check_ids(IDEMPOTENCY_SCOPE=lambda request: "everyone") == []
 
 
 @pytest.mark.parametrize(
@@ -103,12 +96,12 @@ def test_callable_scope_passes() -> None:
     [400, "400", b"400", None, {400, "422"}, [400, 99], [600], (True,), {400: "x", 4.5: "y"}],
 )
 def test_e007_released_statuses_are_not_status_codes(statuses: object) -> None:
-    assert ids(IDEMPOTENCY_RELEASED_STATUSES=statuses) == ["django_idempotency.E007"]
+    assert check_ids(IDEMPOTENCY_RELEASED_STATUSES=statuses) == ["django_idempotency.E007"]
 
 
 @pytest.mark.parametrize("statuses", [[], (400, 409), frozenset({400, 401, 403, 422, 429, 503})])
 def test_good_released_statuses_pass(statuses: object) -> None:
-    assert ids(IDEMPOTENCY_RELEASED_STATUSES=statuses) == []
+    assert check_ids(IDEMPOTENCY_RELEASED_STATUSES=statuses) == []
 
 
 def test_w001_released_statuses_include_success() -> None:
@@ -121,53 +114,56 @@ def test_w001_released_statuses_include_success() -> None:
 
 @pytest.mark.parametrize("header", ["", "Idempotency Key", "Idempotency-Key:", "Kéy", None, 1])
 def test_e008_header_is_not_a_token(header: object) -> None:
-    assert ids(IDEMPOTENCY_HEADER=header) == ["django_idempotency.E008"]
+    assert check_ids(IDEMPOTENCY_HEADER=header) == ["django_idempotency.E008"]
 
 
 def test_w002_header_with_underscore() -> None:
-    assert ids(IDEMPOTENCY_HEADER="Idempotency_Key") == ["django_idempotency.W002"]
+    assert check_ids(IDEMPOTENCY_HEADER="Idempotency_Key") == ["django_idempotency.W002"]
 
 
 @pytest.mark.parametrize("header", ["X-Request-Key", "idempotency-key", "Key"])
 def test_good_headers_pass(header: str) -> None:
-    assert ids(IDEMPOTENCY_HEADER=header) == []
+    assert check_ids(IDEMPOTENCY_HEADER=header) == []
 
 
 @pytest.mark.parametrize("retry_after", [-1, 1.5, "1", None, True])
 def test_e009_retry_after_is_not_a_whole_number(retry_after: object) -> None:
-    assert ids(IDEMPOTENCY_RETRY_AFTER=retry_after) == ["django_idempotency.E009"]
+    assert check_ids(IDEMPOTENCY_RETRY_AFTER=retry_after) == ["django_idempotency.E009"]
 
 
 @pytest.mark.parametrize("retry_after", [0, 1, 30])
 def test_good_retry_after_passes(retry_after: int) -> None:
-    assert ids(IDEMPOTENCY_RETRY_AFTER=retry_after) == []
+    assert check_ids(IDEMPOTENCY_RETRY_AFTER=retry_after) == []
 
 
 @pytest.mark.usefixtures("database_store")  # E011 is the database store's check
 @pytest.mark.parametrize("alias", ["replica", ""])
 def test_e011_database_is_not_an_alias(alias: object) -> None:
-    assert ids(IDEMPOTENCY_DATABASE=alias) == ["django_idempotency.E011"]
+    assert check_ids(IDEMPOTENCY_DATABASE=alias) == ["django_idempotency.E011"]
 
 
 @pytest.mark.parametrize("fields", ["secret", None, ["secret", ""], [1], b"key"])
 def test_e014_admin_masked_fields_are_not_names(fields: object) -> None:
-    assert ids(IDEMPOTENCY_ADMIN_MASKED_FIELDS=fields) == ["django_idempotency.E014"]
+    assert check_ids(IDEMPOTENCY_ADMIN_MASKED_FIELDS=fields) == ["django_idempotency.E014"]
 
 
 @pytest.mark.parametrize("fields", [(), ["iban"], {"secret", "token"}])
 def test_good_admin_masked_fields_pass(fields: object) -> None:
-    assert ids(IDEMPOTENCY_ADMIN_MASKED_FIELDS=fields) == []
+    assert check_ids(IDEMPOTENCY_ADMIN_MASKED_FIELDS=fields) == []
 
 
 def test_e011_only_applies_to_the_database_store() -> None:
     # Another store does not use IDEMPOTENCY_DATABASE, so it is not checked.
     assert (
-        ids(IDEMPOTENCY_STORE="tests.unit.test_checks.OtherStore", IDEMPOTENCY_DATABASE="replica") == []
+        check_ids(
+            IDEMPOTENCY_STORE="tests.unit.test_checks.OtherStore", IDEMPOTENCY_DATABASE="replica"
+        )
+        == []
     )
 
 
 def test_each_bad_setting_is_reported_at_once() -> None:
-    found = ids(
+    found = check_ids(
         IDEMPOTENCY_STORE="nowhere.Store",
         IDEMPOTENCY_TTL=-5,
         IDEMPOTENCY_SCOPE=3,
@@ -222,12 +218,12 @@ def test_e033_an_untested_vendor_is_an_error_naming_it() -> None:
 
 @pytest.mark.usefixtures("database_store", "oracle")
 def test_e033_is_accepted_knowingly_with_the_setting() -> None:
-    assert ids(IDEMPOTENCY_ALLOW_UNTESTED_DATABASE=True) == []
+    assert check_ids(IDEMPOTENCY_ALLOW_UNTESTED_DATABASE=True) == []
 
 
 @pytest.mark.usefixtures("oracle")
 def test_e033_leaves_other_stores_alone() -> None:
-    assert ids(IDEMPOTENCY_STORE="tests.unit.test_checks.OtherStore") == []
+    assert check_ids(IDEMPOTENCY_STORE="tests.unit.test_checks.OtherStore") == []
 
 
 @pytest.mark.usefixtures("database_store")
@@ -236,13 +232,13 @@ def test_the_proven_vendors_pass(vendor: str, monkeypatch: pytest.MonkeyPatch) -
     from django.db import connections
 
     monkeypatch.setattr(connections["default"], "vendor", vendor)
-    assert ids() == []
+    assert check_ids() == []
 
 
 @pytest.mark.usefixtures("database_store")
 @pytest.mark.parametrize("value", ["true", "False", 1, None])
 def test_e021_allow_untested_database_must_be_a_real_boolean(value: object) -> None:
-    assert ids(IDEMPOTENCY_ALLOW_UNTESTED_DATABASE=value) == ["django_idempotency.E021"]
+    assert check_ids(IDEMPOTENCY_ALLOW_UNTESTED_DATABASE=value) == ["django_idempotency.E021"]
 
 
 # W050: @idempotent where no POST reaches it, found through the URLconf.

@@ -14,15 +14,15 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.db import connection, connections
-from rest_framework.test import APIClient
+from django.db import connection
 
 from django_idempotency.models import IdempotencyRecord
-from tests.conftest import StoreUnderTest, post
-from tests.servers import gunicorn
+from tests.helpers import StoreUnderTest, assert_one_run, post_as, race
+from tests.servers.http import gunicorn
 from tests.testapp import views
 from tests.testapp.models import Widget
 
@@ -31,38 +31,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 RACERS = 20
 
 
-def race(user: User, n: int = RACERS, body: dict | None = None, key: str = "race") -> list:
-    barrier = threading.Barrier(n)
-
-    def one(i: int):
-        client = APIClient()
-        client.force_authenticate(user)
-        try:
-            barrier.wait()
-            return post(client, "/t/widgets", body or {"name": "r"}, key=key)
-        finally:
-            connections.close_all()
-
-    with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(one, range(n)))
-
-
-def assert_one_run(responses: list, body_of_run: bytes | None = None) -> None:
-    assert Widget.objects.count() == 1
-    created = [r for r in responses if r.status_code == 201]
-    in_use = [r for r in responses if r.status_code == 409]
-    assert len(created) + len(in_use) == len(responses), [r.status_code for r in responses]
-    assert len({r.content for r in created}) == 1, "every 201 is the one stored response"
-    assert sum("Idempotent-Replayed" not in r for r in created) == 1
-    for r in in_use:
-        assert json.loads(r.content)["error"]["type"] == "idempotency_key_in_use"
-        assert r["Retry-After"] == "1"
+def same_key(user: User, n: int = RACERS) -> list[Any]:
+    return race(n, lambda i: post_as(user, "/t/widgets", {"name": "r"}, key="race"))
 
 
 def test_twenty_threads_one_key_run_the_view_once(
     alice: User, atomic_requests: bool, store: StoreUnderTest
 ) -> None:
-    assert_one_run(race(alice))
+    assert_one_run(same_key(alice))
     assert [r.state for r in store.records()] == ["completed"]
 
 
@@ -72,9 +48,9 @@ def test_twenty_threads_while_the_first_is_still_running(
     views.hold.clear()
     views.started.clear()
     with ThreadPoolExecutor(RACERS) as pool:
-        first = pool.submit(race, alice, 1)
+        first = pool.submit(same_key, alice, 1)
         assert views.started.wait(10)
-        others = pool.submit(race, alice, RACERS - 1)
+        others = pool.submit(same_key, alice, RACERS - 1)
         # PostgreSQL, MariaDB/MySQL and Redis answer "in use" at once, without waiting for the
         # first; but with ATOMIC_REQUESTS on SQLite every request first waits for
         # the one write lock (BEGIN IMMEDIATE), whatever the store.
@@ -90,19 +66,9 @@ def test_twenty_threads_while_the_first_is_still_running(
 
 
 def test_mixed_bodies_under_one_key_run_once(alice: User, store: StoreUnderTest) -> None:
-    barrier = threading.Barrier(RACERS)
-
-    def one(i: int):
-        client = APIClient()
-        client.force_authenticate(alice)
-        try:
-            barrier.wait()
-            return post(client, "/t/widgets", {"name": f"body-{i % 4}"}, key="mixed")
-        finally:
-            connections.close_all()
-
-    with ThreadPoolExecutor(RACERS) as pool:
-        responses = list(pool.map(one, range(RACERS)))
+    responses = race(
+        RACERS, lambda i: post_as(alice, "/t/widgets", {"name": f"body-{i % 4}"}, key="mixed")
+    )
     assert Widget.objects.count() == 1
     winner = Widget.objects.get().name
     for r in responses:
@@ -117,19 +83,7 @@ def test_mixed_bodies_under_one_key_run_once(alice: User, store: StoreUnderTest)
 
 
 def test_different_keys_all_run(alice: User) -> None:
-    barrier = threading.Barrier(10)
-
-    def one(i: int):
-        client = APIClient()
-        client.force_authenticate(alice)
-        try:
-            barrier.wait()
-            return post(client, "/t/widgets", {"name": "x"}, key=f"key-{i}")
-        finally:
-            connections.close_all()
-
-    with ThreadPoolExecutor(10) as pool:
-        responses = list(pool.map(one, range(10)))
+    responses = race(10, lambda i: post_as(alice, "/t/widgets", {"name": "x"}, key=f"key-{i}"))
     assert [r.status_code for r in responses] == [201] * 10
     assert Widget.objects.count() == 10
 

@@ -6,7 +6,6 @@ the Redis store against the real Redis of ``REDIS_URL``.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import timedelta
 
@@ -15,23 +14,12 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from django_idempotency.models import IdempotencyRecord
-from tests.conftest import StoreUnderTest, post
+from tests.helpers import StoreUnderTest, envelope, post
 from tests.testapp.models import Widget
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("store")]
 
 REQUEST_ID = re.compile(r"^req_[0-9A-HJKMNP-TV-Z]{26}$")
-
-
-def envelope(response, type_: str) -> dict:
-    body = json.loads(response.content)
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"type", "message", "request_id"}
-    assert body["error"]["type"] == type_
-    assert REQUEST_ID.match(body["error"]["request_id"])
-    assert response["Request-Id"] == body["error"]["request_id"]
-    assert response["Content-Type"] == "application/json"
-    return body["error"]
 
 
 def test_new_key_runs_view_once_and_stores_response(
@@ -85,7 +73,7 @@ def test_changed_body_conflicts_with_exact_envelope(client_alice: APIClient) -> 
     post(client_alice, "/t/widgets", {"name": "a"})
     response = post(client_alice, "/t/widgets", {"name": "b"})
     assert response.status_code == 409
-    error = envelope(response, "idempotency_conflict")
+    error = envelope(response, error_type="idempotency_conflict")
     assert error["message"] == "A different request was already made with this idempotency key"
     assert Widget.objects.count() == 1
 
@@ -97,13 +85,13 @@ def test_same_key_on_another_endpoint_or_query_conflicts(
     post(client_alice, "/t/widgets", {"name": "a"})
     response = post(client_alice, other, {"name": "a"})
     assert response.status_code == 409
-    envelope(response, "idempotency_conflict")
+    envelope(response, error_type="idempotency_conflict")
 
 
 def test_missing_key_is_400(client_alice: APIClient) -> None:
     response = post(client_alice, "/t/widgets", {"name": "a"}, key=None)
     assert response.status_code == 400
-    error = envelope(response, "idempotency_key_missing")
+    error = envelope(response, error_type="idempotency_key_missing")
     assert "Idempotency-Key" in error["message"]
     assert Widget.objects.count() == 0
 
@@ -140,7 +128,7 @@ def test_missing_key_is_400(client_alice: APIClient) -> None:
 def test_malformed_keys_are_400(client_alice: APIClient, raw: str, store: StoreUnderTest) -> None:
     response = post(client_alice, "/t/widgets", {"name": "a"}, key=raw)
     assert response.status_code == 400, raw
-    envelope(response, "idempotency_key_invalid")
+    envelope(response, error_type="idempotency_key_invalid")
     assert store.records() == []
     assert Widget.objects.count() == 0
 
@@ -195,7 +183,7 @@ def test_users_never_see_each_others_responses(
 def test_anonymous_caller_gets_403_scope_unavailable(db: None) -> None:
     response = APIClient().post("/t/plain", {}, format="json", HTTP_IDEMPOTENCY_KEY="k1")
     assert response.status_code == 403
-    envelope(response, "idempotency_scope_unavailable")
+    envelope(response, error_type="idempotency_scope_unavailable")
     assert Widget.objects.count() == 0
 
 
@@ -384,7 +372,7 @@ def test_view_that_breaks_the_transaction_gets_503_and_nothing_is_kept(
     monkeypatch.setattr(DatabaseStore, "finish", broken_finish)
     response = post(client_alice, "/t/widgets", {"name": "a"})
     assert response.status_code == 503
-    envelope(response, "idempotency_store_unavailable")
+    envelope(response, error_type="idempotency_store_unavailable")
     monkeypatch.undo()
     assert Widget.objects.count() == 0
     assert IdempotencyRecord.objects.count() == 0

@@ -14,6 +14,7 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from testproject.api.models import Account, ApiKey, Job, hash_secret
+from tests.helpers import envelope
 
 pytestmark = pytest.mark.django_db
 
@@ -68,16 +69,6 @@ def create_job(client: APIClient, key: str = "job-create-order-1234", **changes:
     return response.json()
 
 
-def assert_error(response: Any, status: int, error_type: str) -> dict[str, Any]:
-    assert response.status_code == status, response.content
-    error: dict[str, Any] = response.json()["error"]
-    assert error["type"] == error_type
-    assert error["message"]
-    assert error["request_id"].startswith("req_")
-    assert response["Request-Id"] == error["request_id"]
-    return error
-
-
 # Jobs
 
 
@@ -118,7 +109,7 @@ def test_changed_body_with_the_same_key_is_a_conflict(client: APIClient) -> None
         client, "/v1/jobs", {**SPEC_BODY, "files_needed": 20}, key="job-create-order-1234"
     )
 
-    error = assert_error(response, 409, "idempotency_conflict")
+    error = envelope(response, 409, "idempotency_conflict")
     assert error["message"] == "A different request was already made with this idempotency key"
     assert Job.objects.count() == 1
     assert balance(client) == CREDITS - SPEC_COST
@@ -136,7 +127,7 @@ def test_two_accounts_with_one_key_get_their_own_jobs(make_client: MakeClient) -
 
 
 def test_post_without_a_key_is_refused(client: APIClient) -> None:
-    assert_error(post(client, "/v1/jobs", SPEC_BODY, key=None), 400, "idempotency_key_missing")
+    envelope(post(client, "/v1/jobs", SPEC_BODY, key=None), 400, "idempotency_key_missing")
     assert not Job.objects.exists()
 
 
@@ -144,7 +135,7 @@ def test_insufficient_credits_is_402_and_not_kept(make_client: MakeClient) -> No
     client = make_client(credits=SPEC_COST - 1)
 
     response = post(client, "/v1/jobs", SPEC_BODY, key="order-1")
-    assert_error(response, 402, "insufficient_credits")
+    envelope(response, 402, "insufficient_credits")
     assert balance(client) == SPEC_COST - 1
 
     # Raised, so not stored: after topping up, a retry with the same key runs.
@@ -174,11 +165,11 @@ def test_another_accounts_job_is_not_found(make_client: MakeClient) -> None:
     job = create_job(acme)
 
     assert acme.get(f"/v1/jobs/{job['id']}").json() == job
-    assert_error(globex.get(f"/v1/jobs/{job['id']}"), 404, "not_found")
-    assert_error(globex.patch(f"/v1/jobs/{job['id']}", {}, format="json"), 404, "not_found")
-    assert_error(globex.delete(f"/v1/jobs/{job['id']}"), 404, "not_found")
-    assert_error(post(globex, f"/v1/jobs/{job['id']}/cancel"), 404, "not_found")
-    assert_error(acme.get("/v1/jobs/not-a-number"), 404, "not_found")
+    envelope(globex.get(f"/v1/jobs/{job['id']}"), 404, "not_found")
+    envelope(globex.patch(f"/v1/jobs/{job['id']}", {}, format="json"), 404, "not_found")
+    envelope(globex.delete(f"/v1/jobs/{job['id']}"), 404, "not_found")
+    envelope(post(globex, f"/v1/jobs/{job['id']}/cancel"), 404, "not_found")
+    envelope(acme.get("/v1/jobs/not-a-number"), 404, "not_found")
 
 
 def test_patch_changes_description_and_completes(client: APIClient) -> None:
@@ -191,7 +182,7 @@ def test_patch_changes_description_and_completes(client: APIClient) -> None:
     assert response.status_code == 200
     assert response.json() == {**job, "description": "New", "status": "completed"}
     bad = client.patch(f"/v1/jobs/{job['id']}", {"status": "open"}, format="json")
-    assert "status" in assert_error(bad, 400, "invalid_request")["fields"]
+    assert "status" in envelope(bad, 400, "invalid_request")["fields"]
 
 
 def test_delete_refunds_an_open_job(client: APIClient) -> None:
@@ -223,7 +214,7 @@ def test_cancelling_a_cancelled_job_is_a_kept_conflict(client: APIClient) -> Non
     again = post(client, f"/v1/jobs/{job['id']}/cancel", key="cancel-2")
     replay = post(client, f"/v1/jobs/{job['id']}/cancel", key="cancel-2")
 
-    assert_error(again, 409, "job_not_cancellable")
+    envelope(again, 409, "job_not_cancellable")
     assert replay.content == again.content
     assert replay["Idempotent-Replayed"] == "true"
     assert balance(client) == CREDITS  # refunded once
@@ -232,7 +223,7 @@ def test_cancelling_a_cancelled_job_is_a_kept_conflict(client: APIClient) -> Non
 def test_rate_a_completed_job(client: APIClient) -> None:
     job = create_job(client)
     path = f"/v1/jobs/{job['id']}/rate"
-    assert_error(post(client, path, {"rating": 5}, key="r-1"), 409, "job_not_completed")
+    envelope(post(client, path, {"rating": 5}, key="r-1"), 409, "job_not_completed")
     client.patch(f"/v1/jobs/{job['id']}", {"status": "completed"}, format="json")
 
     response = post(client, path, {"rating": 5, "comment": "Sharp photos"}, key="r-2")
@@ -247,8 +238,8 @@ def test_rate_a_completed_job(client: APIClient) -> None:
         "comment": "Sharp photos",
         "created_at": rating["created_at"],
     }
-    assert_error(post(client, path, {"rating": 4}, key="r-3"), 409, "job_already_rated")
-    error = assert_error(post(client, path, {"rating": 6}, key="r-4"), 400, "invalid_request")
+    envelope(post(client, path, {"rating": 4}, key="r-3"), 409, "job_already_rated")
+    error = envelope(post(client, path, {"rating": 6}, key="r-4"), 400, "invalid_request")
     assert "rating" in error["fields"]
 
 
@@ -285,7 +276,7 @@ def test_create_webhook_endpoint(client: APIClient) -> None:
     assert body["secret"].startswith("whsec_")
 
     plain = post(client, "/v1/webhook_endpoints", {"url": "http://example.com"}, key="k-2")
-    assert "url" in assert_error(plain, 400, "invalid_request")["fields"]
+    assert "url" in envelope(plain, 400, "invalid_request")["fields"]
 
 
 def test_purchase_credits(client: APIClient) -> None:
@@ -301,7 +292,7 @@ def test_purchase_credits(client: APIClient) -> None:
 
     for amount in (0, -5, 1_000_001, "lots"):
         bad = post(client, "/v1/billing/purchase", {"amount_cents": amount}, key=f"p{amount}")
-        assert_error(bad, 400, "invalid_request")
+        envelope(bad, 400, "invalid_request")
 
 
 # Errors
@@ -310,7 +301,7 @@ def test_purchase_credits(client: APIClient) -> None:
 def test_validation_errors_use_the_envelope(client: APIClient) -> None:
     response = post(client, "/v1/jobs", {**SPEC_BODY, "files_needed": 0, "accepted_formats": []})
 
-    error = assert_error(response, 400, "invalid_request")
+    error = envelope(response, 400, "invalid_request")
     assert set(error["fields"]) == {"files_needed", "accepted_formats"}
     assert not Job.objects.exists()
     # 400 is not kept: the corrected request may reuse the key.
@@ -321,7 +312,7 @@ def test_invalid_json_is_a_400(client: APIClient) -> None:
     response = client.post(
         "/v1/jobs", b'{"type": ', content_type="application/json", HTTP_IDEMPOTENCY_KEY="k"
     )
-    assert_error(response, 400, "invalid_request")
+    envelope(response, 400, "invalid_request")
 
 
 @pytest.mark.parametrize("authorization", [None, "Bearer fh_test_nope", "Bearer", "Token abc"])
@@ -330,9 +321,9 @@ def test_requests_without_a_valid_key_are_401(authorization: str | None) -> None
     if authorization:
         client.credentials(HTTP_AUTHORIZATION=authorization)
 
-    assert_error(client.get("/v1/jobs"), 401, "authentication_required")
+    envelope(client.get("/v1/jobs"), 401, "authentication_required")
     response = post(client, "/v1/jobs", SPEC_BODY)
-    assert_error(response, 401, "authentication_required")
+    envelope(response, 401, "authentication_required")
     assert response["WWW-Authenticate"].startswith("Bearer")
 
 
@@ -347,7 +338,7 @@ def test_demo_delay_is_off_by_default(client: APIClient) -> None:
 def test_demo_delay_when_allowed(client: APIClient) -> None:
     assert post(client, "/v1/jobs", SPEC_BODY, HTTP_X_DEMO_DELAY="0.01").status_code == 201
     bad = post(client, "/v1/jobs", SPEC_BODY, key="k-2", HTTP_X_DEMO_DELAY="-1")
-    assert_error(bad, 400, "invalid_request")
+    envelope(bad, 400, "invalid_request")
 
 
 # The management command

@@ -23,7 +23,9 @@ from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from testproject.api.models import Account, ApiKey
-from tests.servers import Reply, Server, demo_database, demo_on
+from tests.helpers import envelope
+from tests.servers.demo import demo_database, demo_on
+from tests.servers.http import Reply, Server
 
 pytest.importorskip("drf_spectacular")
 
@@ -209,14 +211,6 @@ def call(server: Server, secret: str, method: str, path: str, body: bytes | None
         return Reply(error.code, dict(error.headers.items()), error.read())
 
 
-def assert_envelope(reply: Reply, status: int, error_type: str) -> None:
-    assert reply.status == status, reply.body[:300]
-    assert reply.headers["Content-Type"] == "application/json", reply.body[:300]
-    error = json.loads(reply.body)["error"]
-    assert error["type"] == error_type
-    assert reply.headers["Request-Id"] == error["request_id"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("debug", ["0", "1"])
 def test_errors_are_json_whatever_debug_says(tmp_path: Path, debug: str) -> None:
@@ -224,7 +218,7 @@ def test_errors_are_json_whatever_debug_says(tmp_path: Path, debug: str) -> None
         app = demo_on(stack.enter_context(demo_database(tmp_path, f"debug{debug}")))
         secret = app.api_key("debug", 100_000)
         server = stack.enter_context(app.server(workers=1, env={"DJANGO_DEBUG": debug}))
-        assert_envelope(call(server, secret, "GET", "/v1/no-such-thing"), 404, "not_found")
+        envelope(call(server, secret, "GET", "/v1/no-such-thing"), 404, "not_found")
         job = call(server, secret, "POST", "/v1/jobs", json.dumps({
             "type": "data_collection", "description": "d", "files_needed": 1,
             "accepted_formats": ["image/jpeg"], "price_per_file_cents": 1,
@@ -232,9 +226,9 @@ def test_errors_are_json_whatever_debug_says(tmp_path: Path, debug: str) -> None
         assert job.status == 201, job.body
         job_id = json.loads(job.body)["id"]
         big = json.dumps({"description": "x" * 3_000_000}).encode()
-        assert_envelope(call(server, secret, "PATCH", f"/v1/jobs/{job_id}", big), 413,
+        envelope(call(server, secret, "PATCH", f"/v1/jobs/{job_id}", big), 413,
                         "request_too_large")  # fmt: skip
-        assert_envelope(
+        envelope(
             call(server, secret, "POST", "/v1/jobs/%00/cancel", b"", {"Idempotency-Key": "nul"}),
             400, "request_path_invalid",
         )  # fmt: skip

@@ -24,7 +24,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from django_idempotency import exceptions
 from django_idempotency.stores.base import InUse, StoreError
 from django_idempotency.stores.database import DatabaseStore
-from tests.conftest import post
+from tests.helpers import envelope, post
 from tests.testapp.models import Widget
 
 pytestmark = pytest.mark.django_db
@@ -41,18 +41,6 @@ def client_alice(client_alice: APIClient, alice: User) -> APIClient:
     """Alice, for DRF views and (by her session) for plain Django views."""
     client_alice.force_login(alice)
     return client_alice
-
-
-def error_of(response: Any) -> dict[str, Any]:
-    """The envelope's error, checked for shape and for its request id."""
-    body = json.loads(response.content)
-    assert set(body) == {"error"}, body
-    error: dict[str, Any] = body["error"]
-    assert {"type", "message", "request_id"} <= set(error)
-    assert REQUEST_ID.match(error["request_id"])
-    assert response["Request-Id"] == error["request_id"]
-    assert response["Content-Type"] == "application/json"
-    return error
 
 
 def hints(response: Any) -> tuple[str | None, str | None]:
@@ -80,13 +68,13 @@ def test_in_use_and_store_unavailable_say_retry_with_retry_after(
     in_use(monkeypatch)
     busy = post(client_alice, path, {"name": "a"})
     assert busy.status_code == 409
-    assert error_of(busy)["type"] == "idempotency_key_in_use"
+    assert envelope(busy)["type"] == "idempotency_key_in_use"
     assert hints(busy) == ("true", "1")
 
     store_down(monkeypatch)
     down = post(client_alice, path, {"name": "a"})
     assert down.status_code == 503
-    assert error_of(down)["type"] == "idempotency_store_unavailable"
+    assert envelope(down)["type"] == "idempotency_store_unavailable"
     assert hints(down) == ("true", "1")
     assert Widget.objects.count() == 0
 
@@ -109,7 +97,7 @@ def test_refusals_that_a_retry_cannot_change_say_do_not_retry(
     for type_, response in answers.items():
         if response is None:
             continue
-        assert error_of(response)["type"] == type_
+        assert envelope(response)["type"] == type_
         assert hints(response) == ("false", None), type_
 
 
@@ -118,7 +106,7 @@ def test_refusals_that_a_retry_cannot_change_say_do_not_retry(
 def test_too_large_says_do_not_retry(client_alice: APIClient, path: str) -> None:
     response = post(client_alice, path, {"name": "x" * 200})
     assert response.status_code == 413
-    assert error_of(response)["type"] == "request_too_large"
+    assert envelope(response)["type"] == "request_too_large"
     assert hints(response) == ("false", None)
 
 
@@ -140,7 +128,7 @@ def test_the_hint_headers_are_a_setting(
 def test_every_drf_error_of_a_guarded_view_uses_the_envelope(client_alice: APIClient) -> None:
     invalid = post(client_alice, "/t/widgets", {})
     assert invalid.status_code == 400
-    error = error_of(invalid)
+    error = envelope(invalid)
     assert error["type"] == "invalid_request"
     assert error["message"] == "name: This field is required."
     assert error["fields"] == {"name": ["This field is required."]}
@@ -148,23 +136,23 @@ def test_every_drf_error_of_a_guarded_view_uses_the_envelope(client_alice: APICl
 
     missing = post(client_alice, "/t/widgets/999999/rename", {"name": "b"}, key="nf")
     assert missing.status_code == 404
-    assert error_of(missing)["type"] == "not_found"
+    assert envelope(missing)["type"] == "not_found"
 
     raised = post(client_alice, "/t/apiview", {"outcome": "invalid"}, key="invalid")
     assert raised.status_code == 400
-    assert error_of(raised)["fields"] == {"name": ["bad"]}
+    assert envelope(raised)["fields"] == {"name": ["bad"]}
 
 
 def test_authentication_errors_use_the_envelope(db: None) -> None:
     anonymous = post(APIClient(), "/t/widgets", {"name": "a"})
     assert anonymous.status_code == 401
-    assert error_of(anonymous)["type"] == "authentication_required"
+    assert envelope(anonymous)["type"] == "authentication_required"
     User.objects.create_user("carol", password="right")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION="Basic Y2Fyb2w6d3Jvbmc=")  # carol:wrong
     wrong = post(client, "/t/widgets", {"name": "a"})
     assert wrong.status_code == 401
-    assert error_of(wrong)["type"] == "authentication_required"
+    assert envelope(wrong)["type"] == "authentication_required"
 
 
 def test_an_api_exception_of_a_project_is_typed_by_its_code(db: None) -> None:
@@ -185,14 +173,14 @@ def test_an_api_exception_of_a_project_is_typed_by_its_code(db: None) -> None:
 @pytest.mark.usefixtures("own_handler")
 def test_plain_django_views_keep_the_built_in_envelope(client_alice: APIClient) -> None:
     response = post(client_alice, "/t/plain", {}, key="")
-    assert error_of(response)["type"] == "idempotency_key_invalid"
+    assert envelope(response)["type"] == "idempotency_key_invalid"
     assert seen == []
 
 
 def test_unrouted_urls_use_the_envelope(client_alice: APIClient) -> None:
     response = client_alice.get("/no/such/page")
     assert response.status_code == 404
-    assert error_of(response)["type"] == "not_found"
+    assert envelope(response)["type"] == "not_found"
 
 
 @override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=100)
@@ -200,7 +188,7 @@ def test_a_too_large_body_on_an_unguarded_view_uses_the_envelope(db: None) -> No
     # Django's RequestDataTooBig, answered by handler400: 413, not a bare 400.
     response = Client().post("/t/login", {"username": "x" * 200, "password": "p"})
     assert response.status_code == 413
-    assert error_of(response)["type"] == "request_too_large"
+    assert envelope(response)["type"] == "request_too_large"
     assert hints(response) == ("false", None)
 
 
@@ -209,7 +197,7 @@ def test_a_suspicious_request_uses_the_envelope(db: None) -> None:
     # A Host that ALLOWED_HOSTS refuses: Django's DisallowedHost, through handler400.
     response = Client().get("/t/login", HTTP_HOST="evil.example")
     assert response.status_code == 400
-    assert error_of(response)["type"] == "invalid_request"
+    assert envelope(response)["type"] == "invalid_request"
     assert hints(response) == ("false", None)
 
 
@@ -239,24 +227,24 @@ def test_with_drfs_default_handler_the_package_errors_use_the_envelope(
     assert post(client_alice, path, {"name": "a"}, key="k").status_code == 201
     conflict = post(client_alice, path, {"name": "b"}, key="k")
     assert conflict.status_code == 409
-    assert error_of(conflict) == {
+    assert envelope(conflict) == {
         "type": "idempotency_conflict",
         "message": "A different request was already made with this idempotency key",
         "request_id": conflict["Request-Id"],
     }
     assert hints(conflict) == ("false", None)
-    assert error_of(post(client_alice, path, {"name": "a"}, key=""))["type"] == (
+    assert envelope(post(client_alice, path, {"name": "a"}, key=""))["type"] == (
         "idempotency_key_invalid"
     )
 
     in_use(monkeypatch)
     busy = post(client_alice, path, {"name": "a"}, key="k2")
-    assert (busy.status_code, error_of(busy)["type"]) == (409, "idempotency_key_in_use")
+    assert (busy.status_code, envelope(busy)["type"]) == (409, "idempotency_key_in_use")
     assert hints(busy) == ("true", "1")
 
     store_down(monkeypatch)
     down = post(client_alice, path, {"name": "a"}, key="k3")
-    assert (down.status_code, error_of(down)["type"]) == (503, "idempotency_store_unavailable")
+    assert (down.status_code, envelope(down)["type"]) == (503, "idempotency_store_unavailable")
     assert hints(down) == ("true", "1")
 
 
@@ -286,7 +274,7 @@ def test_with_drfs_default_handler_a_views_own_handle_exception_still_runs(
 
     monkeypatch.setattr(WidgetViewSet, "handle_exception", handle_exception)
     response = post(client_alice, "/t/widgets", {"name": "a"}, key="")
-    assert error_of(response)["type"] == "idempotency_key_invalid"
+    assert envelope(response)["type"] == "idempotency_key_invalid"
     assert handled == ["IdempotencyKeyInvalid"]
 
 

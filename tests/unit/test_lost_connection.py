@@ -19,9 +19,8 @@ from asgiref.sync import async_to_sync
 from django.contrib.auth.models import User
 from django.db import connection, connections
 from django.test import AsyncClient
-from rest_framework.test import APIClient
 
-from tests.conftest import poll, post
+from tests.helpers import poll, post_as
 from tests.testapp import async_views, views
 from tests.testapp.models import Widget
 
@@ -39,12 +38,7 @@ WHERE datname = current_database() AND pid <> pg_backend_pid()
 
 
 def _post(user: User, body: dict[str, str], **extra: str) -> Any:
-    client = APIClient()
-    client.force_authenticate(user)
-    try:
-        return post(client, "/t/apiview", body, key="lost", **extra)
-    finally:
-        connections.close_all()
+    return post_as(user, "/t/apiview", body, key="lost", **extra)
 
 
 def _in_transaction() -> list[int]:

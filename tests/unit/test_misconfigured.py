@@ -24,7 +24,7 @@ from django.urls import get_resolver
 from rest_framework.test import APIClient
 
 from django_idempotency import idempotent
-from tests.conftest import post
+from tests.helpers import post
 from tests.testapp.models import Widget
 
 pytestmark = pytest.mark.django_db

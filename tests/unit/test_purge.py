@@ -20,7 +20,7 @@ from django_idempotency.keys import scoped_key
 from django_idempotency.management.commands.purge_idempotency_keys import parse_duration
 from django_idempotency.models import IdempotencyRecord
 from django_idempotency.stores.base import Store
-from tests.conftest import make_record, post
+from tests.helpers import make_record, post
 from tests.testapp import views
 
 EXPIRED = {"age": timedelta(hours=25), "expires_in": timedelta(hours=-1)}

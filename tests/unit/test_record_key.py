@@ -15,7 +15,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from django_idempotency.models import IdempotencyRecord
-from tests.conftest import StoreUnderTest, post
+from tests.helpers import StoreUnderTest, post
 from tests.testapp import key_views
 from tests.testapp.models import Widget
 

@@ -26,16 +26,15 @@ from django_idempotency import idempotent
 from django_idempotency.checks import check_settings
 from django_idempotency.conf import conf
 from django_idempotency.stores.base import Store
-from tests.conftest import post
-from tests.servers import ROOT, free_port
-from tests.unit.test_checks import ids
+from tests.helpers import ROOT, check_ids, post
+from tests.servers import free_port
 
 # IDEMPOTENCY_FAIL_OPEN: a boolean, not anything truthy.
 
 
 @pytest.mark.parametrize("value", ["false", "False", "true", "0", "", 1, 0, None])
 def test_e020_fail_open_must_be_a_real_boolean(value: object) -> None:
-    assert ids(IDEMPOTENCY_FAIL_OPEN=value) == ["django_idempotency.E020"]
+    assert check_ids(IDEMPOTENCY_FAIL_OPEN=value) == ["django_idempotency.E020"]
 
 
 @pytest.mark.parametrize("value", ["false", "true", 1, "yes"])
@@ -47,7 +46,7 @@ def test_a_fail_open_that_is_not_true_fails_closed(value: object) -> None:
 
 @pytest.mark.parametrize("value", [True, False])
 def test_fail_open_booleans_pass(value: bool) -> None:
-    assert ids(IDEMPOTENCY_FAIL_OPEN=value) == []
+    assert check_ids(IDEMPOTENCY_FAIL_OPEN=value) == []
     with override_settings(IDEMPOTENCY_FAIL_OPEN=value):
         assert conf.IDEMPOTENCY_FAIL_OPEN is value
 
@@ -59,12 +58,12 @@ def test_fail_open_booleans_pass(value: bool) -> None:
     "ttl", [10**12, 10**400, 1e300, timedelta(days=3651), timedelta.max, 86400 * 3651]
 )
 def test_e004_ttl_too_long(ttl: object) -> None:
-    assert ids(IDEMPOTENCY_TTL=ttl) == ["django_idempotency.E004"]
+    assert check_ids(IDEMPOTENCY_TTL=ttl) == ["django_idempotency.E004"]
 
 
 @pytest.mark.parametrize("ttl", [timedelta(days=3650), 86400 * 3650, timedelta(days=30)])
 def test_long_but_sane_ttls_pass(ttl: object) -> None:
-    assert ids(IDEMPOTENCY_TTL=ttl) == []
+    assert check_ids(IDEMPOTENCY_TTL=ttl) == []
 
 
 @pytest.mark.django_db
@@ -83,7 +82,7 @@ def test_a_ttl_that_overflowed_every_request_is_now_refused_with_its_reason(
 
 def lease_ids(lease: object) -> list[str]:
     pytest.importorskip("django_redis")
-    return ids(
+    return check_ids(
         IDEMPOTENCY_STORE="django_idempotency.stores.redis.RedisStore",
         IDEMPOTENCY_CACHE="r",
         CACHES={"r": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://x"}},
@@ -140,8 +139,8 @@ class StoreWithItsOwnChecks(ConcreteStore):
 
 
 def test_a_third_party_store_brings_its_own_checks() -> None:
-    assert ids(IDEMPOTENCY_STORE=f"{__name__}.StoreWithItsOwnChecks") == ["thirdparty.E001"]
-    assert ids(IDEMPOTENCY_STORE=f"{__name__}.ConcreteStore") == []
+    assert check_ids(IDEMPOTENCY_STORE=f"{__name__}.StoreWithItsOwnChecks") == ["thirdparty.E001"]
+    assert check_ids(IDEMPOTENCY_STORE=f"{__name__}.ConcreteStore") == []
 
 
 def test_the_database_store_checks_its_own_alias() -> None:
@@ -165,14 +164,14 @@ def _two_arguments(request: Any, other: Any) -> str:
     "scope", [lambda: "everyone", _two_arguments, f"{__name__}._two_arguments"]
 )
 def test_e006_scope_cannot_take_the_request(scope: object) -> None:
-    assert ids(IDEMPOTENCY_SCOPE=scope) == ["django_idempotency.E006"]
+    assert check_ids(IDEMPOTENCY_SCOPE=scope) == ["django_idempotency.E006"]
 
 
 @pytest.mark.parametrize(
     "scope", [lambda request, *rest: "x", lambda request, extra=None: "x", str]
 )
 def test_scopes_that_take_the_request_pass(scope: object) -> None:
-    assert ids(IDEMPOTENCY_SCOPE=scope) == []
+    assert check_ids(IDEMPOTENCY_SCOPE=scope) == []
 
 
 # IDEMPOTENCY_SHOULD_RETRY_HEADERS: a list or tuple of header names, never one string.
@@ -192,14 +191,14 @@ def test_scopes_that_take_the_request_pass(scope: object) -> None:
     ],
 )
 def test_e015_should_retry_headers_must_be_header_names(names: object) -> None:
-    assert ids(IDEMPOTENCY_SHOULD_RETRY_HEADERS=names) == ["django_idempotency.E015"]
+    assert check_ids(IDEMPOTENCY_SHOULD_RETRY_HEADERS=names) == ["django_idempotency.E015"]
 
 
 @pytest.mark.parametrize(
     "names", [(), ["X-Should-Retry"], ("X-Should-Retry", "Stripe-Should-Retry")]
 )
 def test_should_retry_header_lists_pass(names: object) -> None:
-    assert ids(IDEMPOTENCY_SHOULD_RETRY_HEADERS=names) == []
+    assert check_ids(IDEMPOTENCY_SHOULD_RETRY_HEADERS=names) == []
 
 
 @pytest.mark.django_db

@@ -20,7 +20,7 @@ from django_idempotency.errors import get_request_id
 from django_idempotency.models import IdempotencyRecord
 from django_idempotency.stores.base import StoreError
 from django_idempotency.stores.database import DatabaseStore
-from tests.conftest import post
+from tests.helpers import post
 from tests.unit.test_async import apost
 
 pytestmark = pytest.mark.django_db

@@ -20,7 +20,7 @@ from rest_framework.test import APIClient
 from django_idempotency.keys import scoped_key
 from django_idempotency.stores.base import RequestRecord
 from django_idempotency.stores.database import _lock_id
-from tests.conftest import StoreUnderTest, poll, post
+from tests.helpers import StoreUnderTest, poll, post
 from tests.testapp import views
 from tests.testapp.models import Widget
 

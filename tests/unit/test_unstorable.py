@@ -19,6 +19,7 @@ from rest_framework.test import APIClient
 
 from django_idempotency.models import IdempotencyRecord
 from testproject.api.models import Account, ApiKey
+from tests.helpers import envelope
 
 pytestmark = pytest.mark.django_db
 
@@ -44,13 +45,6 @@ def post(client: APIClient, path: str, key: str = "k-1", data: Any = None) -> An
     return client.post(path, data or {}, format="json", HTTP_IDEMPOTENCY_KEY=key)
 
 
-def assert_envelope(response: Any, status: int, error_type: str) -> None:
-    assert response.status_code == status, response.content
-    error = response.json()["error"]
-    assert error["type"] == error_type
-    assert response["Request-Id"] == error["request_id"]
-
-
 @pytest.mark.parametrize(
     "path", ["/v1/jobs/%00/cancel", "/v1/jobs/1%00/rate", "/t/widgets/%00/rename"]
 )
@@ -60,7 +54,7 @@ def test_a_nul_byte_in_a_guarded_path_is_a_400_not_a_503(
     # The demo's routes take its API keys; the tests' own app takes a logged-in user.
     caller = client_alice if path.startswith("/t/") else client
     response = post(caller, path, data={"rating": 5})
-    assert_envelope(response, 400, "request_path_invalid")
+    envelope(response, 400, "request_path_invalid")
     assert "Retry-After" not in response
     assert not IdempotencyRecord.objects.exists()
     # Decided before the claim: the store still works, for the next request too.
@@ -69,9 +63,7 @@ def test_a_nul_byte_in_a_guarded_path_is_a_400_not_a_503(
 
 
 def test_a_nul_byte_in_the_key_is_the_key_error(client: APIClient) -> None:
-    assert_envelope(
-        post(client, "/v1/jobs", key="a\x00b", data=SPEC_BODY), 400, "idempotency_key_invalid"
-    )
+    envelope(post(client, "/v1/jobs", key="a\x00b", data=SPEC_BODY), 400, "idempotency_key_invalid")
 
 
 def _scope_with_nul(request: Any) -> str:
@@ -107,7 +99,7 @@ def test_a_missing_table_is_a_configuration_error_and_its_cause_is_logged(
     finally:
         with connection.cursor() as cursor:
             cursor.execute(f"ALTER TABLE {quote(table + '_gone')} RENAME TO {quote(table)}")
-    assert_envelope(response, 500, "idempotency_misconfigured")
+    envelope(response, 500, "idempotency_misconfigured")
     assert (response["X-Should-Retry"], response.get("Retry-After")) == ("false", None)
     (entry,) = [r for r in caplog.records if r.name.startswith("django_idempotency")]
     assert entry.levelno == logging.ERROR

@@ -24,10 +24,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connection, connections
 from django.db.backends.signals import connection_created
-from rest_framework.test import APIClient
 
-from tests.conftest import poll, post
-from tests.servers import Reply, gunicorn
+from tests.helpers import poll, post_as
+from tests.servers.http import Reply, gunicorn
 from tests.testapp import views
 from tests.testapp.models import Widget
 
@@ -40,12 +39,7 @@ BUSY_TYPES = {"idempotency_store_unavailable", "service_unavailable"}
 
 
 def _post(user: User, key: str, name: str, **extra: str) -> Any:
-    client = APIClient()
-    client.force_authenticate(user)
-    try:
-        return post(client, "/t/widgets", {"name": name}, key=key, **extra)
-    finally:
-        connections.close_all()
+    return post_as(user, "/t/widgets", {"name": name}, key=key, **extra)
 
 
 @pytest.fixture

@@ -23,8 +23,7 @@ from django.db.backends.sqlite3.base import SQLiteCursorWrapper
 from rest_framework.test import APIClient
 
 from django_idempotency.models import IdempotencyRecord
-from tests.conftest import make_record, post
-from tests.unit.test_concurrency import assert_one_run, race
+from tests.helpers import assert_one_run, make_record, post, post_as, race
 from tests.testapp.models import Widget
 
 
@@ -88,5 +87,5 @@ def test_a_released_claim_lets_the_retry_run(client_alice: APIClient) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_twenty_threads_one_key_run_the_view_once(alice: User) -> None:
-    assert_one_run(race(alice))
+    assert_one_run(race(20, lambda i: post_as(alice, "/t/widgets", {"name": "r"}, key="race")))
     assert list(IdempotencyRecord.objects.values_list("state", flat=True)) == ["completed"]

@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.db import connection
 
 from django_idempotency.models import IdempotencyRecord
-from tests.conftest import make_record
+from tests.helpers import make_record
 
 pytestmark = [
     pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's TOAST"),

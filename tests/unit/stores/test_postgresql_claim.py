@@ -24,7 +24,7 @@ from rest_framework.test import APIClient
 
 from django_idempotency.models import IdempotencyRecord
 from django_idempotency.stores import database
-from tests.conftest import post
+from tests.helpers import post
 from tests.testapp.models import Widget
 
 pytestmark = pytest.mark.django_db

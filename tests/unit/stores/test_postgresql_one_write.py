@@ -33,7 +33,7 @@ from django_idempotency.keys import scoped_key
 from django_idempotency.models import IdempotencyRecord
 from django_idempotency.stores import database
 from django_idempotency.stores.base import RequestRecord
-from tests.conftest import poll, post
+from tests.helpers import poll, post
 from tests.testapp import views
 from tests.testapp.models import Widget
 
@@ -386,7 +386,7 @@ def test_the_admin_shows_the_requests_running_right_now(alice: User) -> None:
 def test_the_running_notice_shows_once_after_an_action() -> None:
     from django.test import Client
 
-    from tests.conftest import make_record
+    from tests.helpers import make_record
 
     browser = Client()
     browser.force_login(User.objects.create_superuser("root", password="x"))

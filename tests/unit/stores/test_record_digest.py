@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 
 from django_idempotency.keys import scoped_key
 from django_idempotency.models import IdempotencyRecord
-from tests.conftest import post
+from tests.helpers import post
 from tests.testapp.models import Widget
 
 MIGRATION = import_module("django_idempotency.migrations.0007_record_digest")

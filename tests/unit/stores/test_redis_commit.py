@@ -18,8 +18,8 @@ pytest.importorskip("django_redis")
 from django.db import connection
 from rest_framework.test import APIClient
 
+from tests.helpers import StoreUnderTest, post
 from tests.testapp import redis_views
-from tests.conftest import StoreUnderTest, post
 from tests.testapp.models import Widget
 
 pytestmark = [

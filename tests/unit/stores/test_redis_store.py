@@ -6,15 +6,11 @@ test stops Redis, a ``redis-server`` of its own on a free port.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,24 +22,26 @@ import pytest
 pytest.importorskip("django_redis")
 
 from django.contrib.auth.models import User
-from django.core.checks import Error, Warning
-from django.db import connections
+from django.core.checks import Warning
 from django.test import override_settings
 from django_redis.cache import RedisCache
 from rest_framework.test import APIClient
 
 from django_idempotency.checks import check_settings
 from django_idempotency.stores.redis import CLUSTER_CLIENT
-from tests.conftest import CACHE_STORE, DATABASE_STORE, StoreUnderTest, poll, post, redis_client
-from tests.servers import free_port, gunicorn
+from tests.helpers import (
+    CACHE_STORE,
+    DATABASE_STORE,
+    StoreUnderTest,
+    check_ids,
+    envelope,
+    post,
+    post_as,
+    redis_client,
+)
+from tests.servers.http import gunicorn
 from tests.testapp import views
 from tests.testapp.models import Widget
-
-
-def envelope_type(response: Any) -> str:
-    body = response.content if hasattr(response, "content") else response.body
-    return str(json.loads(body)["error"]["type"])
-
 
 # System checks: no Redis needed.
 
@@ -59,10 +57,7 @@ CHECKED_CACHES = {
 def errors(**settings: Any) -> list[str]:
     settings.setdefault("CACHES", CHECKED_CACHES)
     settings.setdefault("IDEMPOTENCY_CACHE", "redis")
-    with override_settings(IDEMPOTENCY_STORE=CACHE_STORE, **settings):
-        found = check_settings()
-    assert all(isinstance(e, Error) for e in found)
-    return [e.id for e in found]
+    return check_ids(IDEMPOTENCY_STORE=CACHE_STORE, **settings)
 
 
 def test_check_refuses_a_missing_cache_alias() -> None:
@@ -261,27 +256,18 @@ def test_the_lease_is_renewed_while_a_long_view_runs(
     views.hold.clear()
     views.started.clear()
     with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(_post_closing, alice, {"name": "long"}, "long")
+        first = pool.submit(post_as, alice, "/t/widgets", {"name": "long"}, "long")
         assert views.started.wait(10)
         time.sleep(1.0)  # over three leases: without renewal the claim would be gone
         assert redis_client().pttl(_claim_key()) > 0
-        duplicate = pool.submit(_post_closing, alice, {"name": "long"}, "long").result(10)
+        duplicate = pool.submit(post_as, alice, "/t/widgets", {"name": "long"}, "long").result(10)
         assert duplicate.status_code == 409
-        assert envelope_type(duplicate) == "idempotency_key_in_use"
+        assert envelope(duplicate)["type"] == "idempotency_key_in_use"
         views.hold.set()
         assert first.result(10).status_code == 201
     assert Widget.objects.count() == 1
     replay = post(client_alice, "/t/widgets", {"name": "long"}, key="long")
     assert replay["Idempotent-Replayed"] == "true"
-
-
-def _post_closing(user: User, body: dict[str, str], key: str, **extra: str) -> Any:
-    client = APIClient()
-    client.force_authenticate(user)
-    try:
-        return post(client, "/t/widgets", body, key=key, **extra)
-    finally:
-        connections.close_all()
 
 
 @redis_only
@@ -297,7 +283,9 @@ def test_a_request_that_lost_its_lease_cannot_overwrite_the_new_owner(
     views.started.clear()
     views.gates["slow"] = gate = threading.Event()
     with ThreadPoolExecutor(2) as pool:
-        slow = pool.submit(_post_closing, alice, {"name": "slow"}, "lease", HTTP_X_TEST_GATE="slow")
+        slow = pool.submit(
+            post_as, alice, "/t/widgets", {"name": "slow"}, "lease", HTTP_X_TEST_GATE="slow"
+        )
         assert views.started.wait(10)
         # The slow request's lease lapses (as when its worker stalls past it).
         name = _claim_key()
@@ -305,7 +293,9 @@ def test_a_request_that_lost_its_lease_cannot_overwrite_the_new_owner(
         while redis_client().exists(name):
             time.sleep(0.005)
         # A retry takes the lapsed key over, runs and stores its response...
-        newer_response = pool.submit(_post_closing, alice, {"name": "slow"}, "lease").result(10)
+        newer_response = pool.submit(
+            post_as, alice, "/t/widgets", {"name": "slow"}, "lease"
+        ).result(10)
         assert "Idempotent-Replayed" not in newer_response
         # ...and then the slow request finishes.
         gate.set()
@@ -327,7 +317,7 @@ def test_a_claim_past_its_time_budget_is_answered_503_with_retry_after(
     settings.IDEMPOTENCY_REDIS_TIMEOUT_BUDGET = 1e-9  # spent before the first call
     refused = post(client_alice, "/t/widgets", {"name": "late"}, key="late")
     assert refused.status_code == 503
-    assert envelope_type(refused) == "idempotency_store_unavailable"
+    assert envelope(refused)["type"] == "idempotency_store_unavailable"
     assert refused["Retry-After"]
     assert "BudgetExceeded" in caplog.text
     assert Widget.objects.count() == 0, "the view did not run"
@@ -360,14 +350,14 @@ def test_taking_over_a_lapsed_claim_is_logged_with_how_long_past_its_lease(
     views.gates["stalled"] = gate = threading.Event()
     with ThreadPoolExecutor(1) as pool:
         stalled = pool.submit(
-            _post_closing, alice, {"name": "lapse"}, "lapse", HTTP_X_TEST_GATE="stalled"
+            post_as, alice, "/t/widgets", {"name": "lapse"}, "lapse", HTTP_X_TEST_GATE="stalled"
         )
         assert views.started.wait(10)
         # As when its worker died 2 s after the lease's last renewal would have lapsed.
         name = _claim_key()
         redis_client().pexpire(name, LAPSE_MEMORY_MS - 2000)
         with caplog.at_level(logging.WARNING, logger="django_idempotency.stores.redis"):
-            retry = _post_closing(alice, {"name": "lapse"}, "lapse")
+            retry = post_as(alice, "/t/widgets", {"name": "lapse"}, "lapse")
         gate.set()
         stalled.result(10)
     assert retry.status_code == 201
@@ -390,7 +380,7 @@ def test_a_lapsed_claim_that_nobody_took_over_still_stores_its_response(
     views.gates["slow"] = gate = threading.Event()
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(
-            _post_closing, alice, {"name": "slow"}, "lapsed", HTTP_X_TEST_GATE="slow"
+            post_as, alice, "/t/widgets", {"name": "slow"}, "lapsed", HTTP_X_TEST_GATE="slow"
         )
         assert views.started.wait(10)
         redis_client().delete(_claim_key())  # lapsed (or lost by a restarted Redis)
@@ -412,7 +402,9 @@ def test_renewal_takes_back_a_lapsed_claim_that_nobody_took_over(
     views.started.clear()
     views.gates["slow"] = gate = threading.Event()
     with ThreadPoolExecutor(2) as pool:
-        slow = pool.submit(_post_closing, alice, {"name": "slow"}, "back", HTTP_X_TEST_GATE="slow")
+        slow = pool.submit(
+            post_as, alice, "/t/widgets", {"name": "slow"}, "back", HTTP_X_TEST_GATE="slow"
+        )
         assert views.started.wait(10)
         name = _claim_key()
         redis_client().delete(name)
@@ -420,7 +412,7 @@ def test_renewal_takes_back_a_lapsed_claim_that_nobody_took_over(
         while not redis_client().exists(name):
             assert time.monotonic() < deadline, "the renewer did not take the claim back"
             time.sleep(0.01)
-        duplicate = pool.submit(_post_closing, alice, {"name": "slow"}, "back").result(10)
+        duplicate = pool.submit(post_as, alice, "/t/widgets", {"name": "slow"}, "back").result(10)
         assert duplicate.status_code == 409
         gate.set()
         assert slow.result(10).status_code == 201
@@ -509,7 +501,7 @@ def test_a_killed_worker_holds_the_key_until_its_lease_lapses_then_the_retry_run
             time.sleep(0.05)
         busy = server.request("/t/widgets", body, headers={"Idempotency-Key": "crash"})
         assert busy.status == 409
-        assert envelope_type(busy) == "idempotency_key_in_use"
+        assert envelope(busy)["type"] == "idempotency_key_in_use"
         (worker,) = server.worker_pids()
         os.kill(worker, signal.SIGKILL)
         with pytest.raises(OSError):
@@ -529,140 +521,6 @@ def test_a_killed_worker_holds_the_key_until_its_lease_lapses_then_the_retry_run
     assert Widget.objects.count() == 2, "the view ran again once the lease lapsed"
     (taken_over,) = [line for line in log.read_text().splitlines() if "lapsed" in line]
     assert "POST /t/widgets" in taken_over, "the take-over is logged"
-
-
-# Redis going away: a redis-server of our own that the test stops and starts.
-
-
-class OwnRedis:
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while (
-            subprocess.run(
-                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True
-            ).stdout.strip()
-            != b"PONG"
-        ):
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path, settings: Any) -> Iterator[OwnRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = OwnRedis(tmp_path)
-    server.start()
-    settings.CACHES = {
-        **settings.CACHES,
-        "redis": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": server.url,
-            "KEY_PREFIX": os.environ["REDIS_TEST_PREFIX"],
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
-        },
-    }
-    settings.IDEMPOTENCY_STORE = CACHE_STORE
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.mark.redis
-@pytest.mark.django_db(transaction=True)
-def test_redis_down_fails_closed_with_503_and_recovers(
-    own_redis: OwnRedis, client_alice: APIClient, settings: Any
-) -> None:
-    assert post(client_alice, "/t/widgets", {"name": "a"}, key="before").status_code == 201
-    own_redis.stop()
-    for key in ("new", "before"):
-        response = post(client_alice, "/t/widgets", {"name": "a"}, key=key)
-        assert response.status_code == 503
-        assert envelope_type(response) == "idempotency_store_unavailable"
-    assert Widget.objects.count() == 1, "the view did not run"
-    own_redis.start()
-    assert post(client_alice, "/t/widgets", {"name": "a"}, key="after").status_code == 201
-    replay = post(client_alice, "/t/widgets", {"name": "a"}, key="after")
-    assert replay["Idempotent-Replayed"] == "true"
-
-
-@pytest.mark.redis
-@pytest.mark.django_db(transaction=True)
-def test_redis_down_with_fail_open_runs_the_view_unguarded(
-    own_redis: OwnRedis, client_alice: APIClient, settings: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    settings.IDEMPOTENCY_FAIL_OPEN = True
-    own_redis.stop()
-    with caplog.at_level(logging.WARNING, logger="django_idempotency"):
-        first = post(client_alice, "/t/widgets", {"name": "a"}, key="open")
-        second = post(client_alice, "/t/widgets", {"name": "a"}, key="open")
-    assert first.status_code == second.status_code == 201
-    assert "Idempotent-Replayed" not in second
-    assert Widget.objects.count() == 2
-    assert "IDEMPOTENCY_FAIL_OPEN" in caplog.text
-
-
-@pytest.mark.redis
-@pytest.mark.django_db(transaction=True)
-def test_redis_stopped_while_the_view_runs_sends_the_view_response_and_stores_it_later(
-    own_redis: OwnRedis, client_alice: APIClient, alice: User, caplog: pytest.LogCaptureFixture
-) -> None:
-    views.hold.clear()
-    views.started.clear()
-    with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(_post_closing, alice, {"name": "mid"}, "mid")
-        assert views.started.wait(10)
-        own_redis.stop()
-        views.hold.set()
-        response = running.result(30)
-    assert response.status_code == 201, "the view ran: its response goes out, never a 500"
-    assert "Could not store the response" in caplog.text
-    assert "retrying in the background" in caplog.text
-    own_redis.start()
-    # The restarted Redis is empty (no persistence here). The completion is
-    # retried in the background until it is stored, so the retry of the
-    # request is a replay, not a second run.
-    stored = poll(
-        lambda: [n for n in redis_client().scan_iter(match=os.environ["REDIS_TEST_PREFIX"] + ":*")],
-        30,
-    )
-    assert stored, "the completion was never retried"
-    replay = post(client_alice, "/t/widgets", {"name": "mid"}, key="mid")
-    assert replay["Idempotent-Replayed"] == "true"
-    assert replay.content == response.content
-    assert Widget.objects.count() == 1, "the view ran once"
 
 
 @redis_only

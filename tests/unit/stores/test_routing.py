@@ -25,18 +25,12 @@ from django_idempotency.checks import check_database_routing, check_database_tab
 from django_idempotency.conf import store_database
 from django_idempotency.models import IdempotencyRecord
 from django_idempotency.routers import guarded, in_guarded_view
-from tests.conftest import make_record, post
+from tests.helpers import check_ids, make_record, post
 from tests.testapp.models import Widget
 
 TWO = ["default", "second"]
 ELSEWHERE = ["tests.routers.RecordsElsewhereRouter"]
 LIST = "/admin/django_idempotency/idempotencyrecord/"
-
-
-def ids(messages: list[checks.CheckMessage]) -> list[str]:
-    for message in messages:
-        assert message.hint, f"{message.id} has no hint"
-    return [message.id for message in messages]
 
 
 # The store's database follows the routers.
@@ -74,16 +68,16 @@ def test_idempotency_database_overrides_the_routers(settings: Any) -> None:
 
 @pytest.mark.usefixtures("database_store")
 def test_the_routing_checks_pass_by_default_and_with_a_router(settings: Any) -> None:
-    assert ids(check_database_routing()) == []
+    assert check_ids(check_database_routing()) == []
     settings.DATABASE_ROUTERS = ELSEWHERE
-    assert ids(check_database_routing()) == []
+    assert check_ids(check_database_routing()) == []
 
 
 @pytest.mark.usefixtures("database_store")
 def test_w030_the_setting_and_the_routers_disagree(settings: Any) -> None:
     settings.DATABASE_ROUTERS = ELSEWHERE
     settings.IDEMPOTENCY_DATABASE = "default"
-    assert ids(check_database_routing()) == [
+    assert check_ids(check_database_routing()) == [
         "django_idempotency.W030",
         "django_idempotency.W031",  # and the router keeps the table out of "default"
     ]
@@ -92,21 +86,21 @@ def test_w030_the_setting_and_the_routers_disagree(settings: Any) -> None:
 @pytest.mark.usefixtures("database_store")
 def test_w031_the_routers_never_migrate_the_records_there(settings: Any) -> None:
     settings.DATABASE_ROUTERS = ["tests.routers.RecordsNowhereRouter"]
-    assert ids(check_database_routing()) == ["django_idempotency.W031"]
+    assert check_ids(check_database_routing()) == ["django_idempotency.W031"]
 
 
 def test_the_routing_checks_leave_other_stores_alone(settings: Any) -> None:
     settings.IDEMPOTENCY_STORE = "tests.unit.test_checks.OtherStore"
     settings.DATABASE_ROUTERS = ["tests.routers.RecordsNowhereRouter"]
-    assert ids(check_database_routing()) == []
-    assert ids(check_database_table(databases=TWO)) == []
+    assert check_ids(check_database_routing()) == []
+    assert check_ids(check_database_table(databases=TWO)) == []
 
 
 @pytest.mark.usefixtures("database_store")
 @pytest.mark.django_db(databases=TWO)
 def test_w032_no_table_in_the_store_database(settings: Any) -> None:
     settings.DATABASE_ROUTERS = ELSEWHERE
-    assert ids(check_database_table(databases=TWO)) == []
+    assert check_ids(check_database_table(databases=TWO)) == []
     second = connections["second"]
     table = IdempotencyRecord._meta.db_table
     with second.cursor() as cursor:  # undone with the test's transaction
@@ -115,16 +109,16 @@ def test_w032_no_table_in_the_store_database(settings: Any) -> None:
             create = cursor.fetchone()[1]
         cursor.execute(f"DROP TABLE {table}")
     try:
-        assert ids(check_database_table(databases=TWO)) == ["django_idempotency.W032"]
+        assert check_ids(check_database_table(databases=TWO)) == ["django_idempotency.W032"]
         # Only when asked about that database: `manage.py check` alone does not ask.
-        assert ids(check_database_table(databases=["default"])) == []
-        assert ids(check_database_table(databases=None)) == []
+        assert check_ids(check_database_table(databases=["default"])) == []
+        assert check_ids(check_database_table(databases=None)) == []
         if second.vendor != "mysql":  # a DELETE after committed DDL would stay
             # Nor before the migration that creates the table has run there:
             # the check runs at the start of that very `migrate`.
             with second.cursor() as cursor:
                 cursor.execute("DELETE FROM django_migrations WHERE app = 'django_idempotency'")
-            assert ids(check_database_table(databases=TWO)) == []
+            assert check_ids(check_database_table(databases=TWO)) == []
     finally:
         if second.vendor == "mysql":
             with second.cursor() as cursor:
@@ -158,7 +152,7 @@ def test_w032_says_nothing_when_the_database_cannot_be_reached(
 
     settings.DATABASE_ROUTERS = ELSEWHERE
     monkeypatch.setattr(connections["second"].introspection, "table_names", unreachable)
-    assert ids(check_database_table(databases=TWO)) == []
+    assert check_ids(check_database_table(databases=TWO)) == []
 
 
 # The admin writes where the routers write, whatever it read from.
