@@ -2,10 +2,10 @@
 
 curl and requests pick a new random multipart boundary for every send, as
 browsers do; Django's test client always uses the same one, so it cannot show
-that an honest retry of an upload replays (issue 11, failure 1). With session
-authentication a CSRF check reads the body before the decorator (DRF's
-SessionAuthentication for DRF views, Django's CSRF protection for plain views),
-which used to make uploads fingerprint by file name only (failure 2). Every
+that an honest retry of an upload replays. With session authentication a CSRF
+check reads the body before the decorator (DRF's SessionAuthentication for DRF
+views, Django's CSRF protection for plain views); uploads must still be
+fingerprinted by their content, not their file names. Every
 scenario runs on a DRF view and on a plain Django view, with token and with
 session + CSRF authentication, under gunicorn.
 """

@@ -1,4 +1,4 @@
-"""The demo's OpenAPI schema and its behaviour agree: Schemathesis finds nothing (issue 17).
+"""The demo's OpenAPI schema and its behaviour agree: Schemathesis finds nothing.
 
 Schemathesis (its CLI, as a user runs it) fuzzes the demo served by gunicorn,
 with every check (``--checks all``): no 5xx, every status, header and body as

@@ -285,7 +285,7 @@ def test_no_missing_migrations() -> None:
     call_command("makemigrations", "django_idempotency", "--check", "--dry-run", verbosity=0)
 
 
-# USE_TZ = False: the database gives naive datetimes (a 500 on main).
+# USE_TZ = False: the database gives naive datetimes, which the admin must show.
 
 
 @pytest.mark.parametrize("kind", ["day", "month", "year"])

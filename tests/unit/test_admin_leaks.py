@@ -1,4 +1,4 @@
-"""The admin hands out no masked secret: the attack of issue 28, played by a
+"""The admin hands out no masked secret: an oracle attack, played by a
 staff user who may only view records.
 
 The detail page masks ``"secret": "..."`` in a stored body, but Django's

@@ -1,4 +1,4 @@
-"""The contract of DESIGN.md, over HTTP through DRF's test client.
+"""The contract (docs/howitworks.rst), through DRF's test client.
 
 Every test runs on each store (the ``store`` fixture): the database store, and
 the Redis store against the real Redis of ``REDIS_URL``.

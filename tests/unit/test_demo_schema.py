@@ -1,8 +1,8 @@
-"""The demo's OpenAPI schema says what the demo does, status by status, field by field (issue 17).
+"""The demo's OpenAPI schema says what the demo does, status by status, field by field.
 
 The schema is the one ``manage.py spectacular`` makes with the demo's own
 settings; the behaviour is checked through the API. tests/integration/test_schemathesis.py
-fuzzes the two against each other; these are the findings of issue 17, one by one.
+fuzzes the two against each other; these pin what it found, one by one.
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def test_blank_name_and_comment_are_still_allowed(client: APIClient) -> None:
     assert post(client, "/v1/api_keys", {"name": ""}).status_code == 201
 
 
-# JSON errors whatever DEBUG says, over real HTTP (issue 17).
+# JSON errors whatever DEBUG says, over real HTTP.
 
 
 def call(server: Server, secret: str, method: str, path: str, body: bytes | None = None,

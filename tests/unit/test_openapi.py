@@ -338,7 +338,7 @@ print("ok")
     assert result.stdout.strip().endswith("ok")
 
 
-# The key's schema states the server's rule (issue 17), checked against parse_key.
+# The key's schema states the server's rule, checked against parse_key.
 
 KEY_RE = re.compile(KEY_PATTERN)
 

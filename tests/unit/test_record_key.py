@@ -1,4 +1,4 @@
-"""``request.idempotency_key``: one value per record of a key (issue 11, failure 5).
+"""``request.idempotency_key``: one value per record of a key.
 
 The view passes it on as a payment provider's idempotency key. Every attempt of
 one request must give the provider the same value, also after an attempt that

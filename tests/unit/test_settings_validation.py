@@ -1,9 +1,9 @@
-"""Every setting and @idempotent option is validated where it is given (issue 12).
+"""Every setting and @idempotent option is validated where it is given.
 
-Each bad value here was accepted on main: it either failed every request (a
-500) or silently changed a guarantee. Now it is a system check error, an
-ImproperlyConfigured when the decorator is applied, or, where the checks never
-run (gunicorn), an ImproperlyConfigured at start-up that names the problem.
+Each bad value here would otherwise fail every request (a 500) or silently
+change a guarantee. It is a system check error, an ImproperlyConfigured when
+the decorator is applied, or, where the checks never run (gunicorn), an
+ImproperlyConfigured at start-up that names the problem.
 """
 
 from __future__ import annotations
@@ -70,8 +70,7 @@ def test_long_but_sane_ttls_pass(ttl: object) -> None:
 def test_a_ttl_that_overflowed_every_request_is_now_refused_with_its_reason(
     client_alice: APIClient,
 ) -> None:
-    # On main: IDEMPOTENCY_TTL = 10**12 passed the checks and every POST was a 500
-    # (OverflowError adding it to now()).
+    # IDEMPOTENCY_TTL = 10**12 overflows when added to now(): refused up front.
     refused = pytest.raises(ImproperlyConfigured, match=r"E004.*IDEMPOTENCY_TTL must be at most")
     with override_settings(IDEMPOTENCY_TTL=10**12), refused:
         post(client_alice, "/t/widgets", {"name": "w"}, key="k")
@@ -276,8 +275,8 @@ def test_silenced_errors_and_warnings_do_not_stop_requests(client_alice: APIClie
 
 @pytest.mark.slow
 def test_under_gunicorn_a_bad_setting_stops_the_server_at_start_up(tmp_path: Path) -> None:
-    """gunicorn runs no system checks. On main, a bad IDEMPOTENCY_SCOPE started
-    fine and every POST was a 500; now the app's ready() refuses to start."""
+    """gunicorn runs no system checks: with a bad IDEMPOTENCY_SCOPE the app's
+    ready() refuses to start, rather than every POST being a 500."""
     overrides = {"IDEMPOTENCY_SCOPE": "myapp.nowhere.scope", "IDEMPOTENCY_FAIL_OPEN": "no"}
     environ = {
         **os.environ,

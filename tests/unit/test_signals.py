@@ -1,7 +1,5 @@
-"""Signals and log lines for each outcome, and the recipes in docs/monitoring.rst.
-
-On main none of this existed: a store outage was a 503 that logged nothing.
-"""
+"""Signals and log lines for each outcome (a store outage too is logged, not
+only answered 503), and the recipes in docs/monitoring.rst."""
 
 from __future__ import annotations
 

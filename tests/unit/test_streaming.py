@@ -1,6 +1,5 @@
 """Streaming responses: the first answer keeps its cookies, and the original
-response is closed (its closers run), for FileResponse and async iterators
-(issue 11, failure 4)."""
+response is closed (its closers run), for FileResponse and async iterators."""
 
 from __future__ import annotations
 

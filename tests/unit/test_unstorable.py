@@ -1,9 +1,9 @@
 """What the store's database cannot keep about a request is the client's error, not an outage.
 
-PostgreSQL refuses a NUL byte in a text column. Before issue 17 a guarded POST
-to ``/v1/jobs/%00/cancel`` was a 503 "store unavailable, retry" there (404 on
-SQLite), for a request that can never succeed, and the cause was logged nowhere.
-Runs on both databases (scripts/test's two passes).
+PostgreSQL refuses a NUL byte in a text column: a guarded POST to
+``/v1/jobs/%00/cancel`` must be the same 4xx there as on SQLite, never a 503
+"store unavailable, retry" for a request that can never succeed.
+Runs on every database (scripts/test's passes).
 """
 
 from __future__ import annotations

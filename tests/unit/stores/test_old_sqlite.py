@@ -4,8 +4,8 @@ Debian 11 and Ubuntu 20.04 ship SQLite 3.34 and 3.31; Django 4.2 supports 3.21
 and later. No old SQLite is to be had here (no Debian package of one, and the
 only pysqlite3-binary on the package index bundles a current SQLite), so this
 simulates one: Django's feature flag says what an old SQLite would say, and
-any statement with RETURNING fails as it would there. On main every guarded
-request was then a 503.
+any statement with RETURNING fails as it would there. Guarded requests must
+still run once and replay, never answer 503.
 """
 
 from __future__ import annotations
