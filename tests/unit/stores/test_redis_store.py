@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,7 +37,6 @@ from tests.helpers import (
     post_as,
     redis_client,
 )
-from tests.servers.http import gunicorn
 from tests.testapp import views
 from tests.testapp.models import Widget
 
@@ -467,60 +464,6 @@ def test_with_atomic_requests_the_response_is_stored_only_once_committed(
         time.sleep(0.05)
     assert retry.status_code == 201
     assert "Idempotent-Replayed" not in retry, "never a replay of writes that rolled back"
-
-
-# Across processes, under gunicorn.
-
-
-@pytest.fixture
-def server_user(transactional_db: None) -> User:
-    return User.objects.create_user("alice", password="alice-pw")
-
-
-@pytest.mark.slow
-@redis_only
-def test_a_killed_worker_holds_the_key_until_its_lease_lapses_then_the_retry_runs(
-    server_user: User, store: StoreUnderTest, tmp_path: Path
-) -> None:
-    """The honest difference from the database store: the dead worker's writes stay."""
-    mark = tmp_path / "started"
-    body = b'{"name": "crash"}'
-    env = {"TEST_IDEMPOTENCY_STORE": CACHE_STORE, "TEST_IDEMPOTENCY_LEASE": "1"}
-    log = tmp_path / "gunicorn.log"
-    with log.open("w") as output, gunicorn(workers=1, env=env, output=output) as server:
-        pool = ThreadPoolExecutor(1)
-        doomed = pool.submit(
-            server.request,
-            "/t/widgets",
-            body,
-            headers={"Idempotency-Key": "crash", "X-Test-Delay": "30", "X-Test-Mark": str(mark)},
-        )
-        deadline = time.monotonic() + 20
-        while not mark.exists():
-            assert time.monotonic() < deadline, "the view never started"
-            time.sleep(0.05)
-        busy = server.request("/t/widgets", body, headers={"Idempotency-Key": "crash"})
-        assert busy.status == 409
-        assert envelope(busy)["type"] == "idempotency_key_in_use"
-        (worker,) = server.worker_pids()
-        os.kill(worker, signal.SIGKILL)
-        with pytest.raises(OSError):
-            doomed.result(timeout=30)
-        pool.shutdown()
-        assert Widget.objects.count() == 1, "the dead worker's write committed"
-        deadline = time.monotonic() + 30
-        while True:
-            retry = server.request("/t/widgets", body, headers={"Idempotency-Key": "crash"})
-            if retry.status not in (409, 502, 503) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert retry.status == 201, retry.body
-        assert "Idempotent-Replayed" not in retry.headers
-        replay = server.request("/t/widgets", body, headers={"Idempotency-Key": "crash"})
-        assert replay.headers["Idempotent-Replayed"] == "true"
-    assert Widget.objects.count() == 2, "the view ran again once the lease lapsed"
-    (taken_over,) = [line for line in log.read_text().splitlines() if "lapsed" in line]
-    assert "POST /t/widgets" in taken_over, "the take-over is logged"
 
 
 @redis_only
