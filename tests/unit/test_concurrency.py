@@ -36,15 +36,17 @@ def test_twenty_threads_one_key_run_the_view_once(
     assert [r.state for r in store.records()] == ["completed"]
 
 
-def test_twenty_threads_while_the_first_is_still_running(
+def test_ten_duplicates_while_the_first_is_still_running(
     alice: User, atomic_requests: bool, store: StoreUnderTest
 ) -> None:
+    # Ten, not twenty: on SQLite the duplicates take the one write lock in turn
+    # once the first is done, and more of them only add turns.
     views.hold.clear()
     views.started.clear()
-    with ThreadPoolExecutor(RACERS) as pool:
+    with ThreadPoolExecutor(2) as pool:
         first = pool.submit(same_key, alice, 1)
         assert views.started.wait(10)
-        others = pool.submit(same_key, alice, RACERS - 1)
+        others = pool.submit(same_key, alice, 10)
         # PostgreSQL, MariaDB/MySQL and Redis answer "in use" at once, without waiting for the
         # first; but with ATOMIC_REQUESTS on SQLite every request first waits for
         # the one write lock (BEGIN IMMEDIATE), whatever the store.
