@@ -36,7 +36,7 @@ from tests.helpers import CACHE_STORE, poll
 from tests.servers import run_checked
 from tests.servers.demo import demo_on
 from tests.servers.http import Reply, Server, gunicorn
-from tests.servers.postgres import Cluster, postgres_bin, postgres_cluster
+from tests.servers.postgres import Cluster, cluster_of_the_pass
 from tests.servers.redis import redis_server
 
 # Real servers started, killed and stopped: minutes, not the inner loop.
@@ -159,11 +159,7 @@ def test_a_missing_table_is_no_outage(alice: Any) -> None:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    if not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
-        pytest.skip("runs in the PostgreSQL pass of scripts/test")
-    if postgres_bin() is None:
-        pytest.skip("needs PostgreSQL's server binaries (initdb, pg_ctl)")
-    with postgres_cluster() as cluster:
+    with cluster_of_the_pass() as cluster:
         yield cluster
 
 

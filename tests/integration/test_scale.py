@@ -32,13 +32,7 @@ import pytest
 
 from tests.helpers import poll
 from tests.servers.http import Reply, Server, gunicorn
-from tests.servers.postgres import (
-    Cluster,
-    pgbouncer,
-    postgres_bin,
-    postgres_cluster,
-    streaming_replica,
-)
+from tests.servers.postgres import Cluster, cluster_of_the_pass, pgbouncer, streaming_replica
 
 pytestmark = pytest.mark.slow
 
@@ -55,11 +49,7 @@ SIGNATURES = [m.FUNCTION + ARGUMENTS for m in (_migration_0005, _migration_0003)
 
 @pytest.fixture(scope="module")
 def primary() -> Iterator[Cluster]:
-    if not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
-        pytest.skip("runs in the PostgreSQL pass of scripts/test")
-    if postgres_bin() is None:
-        pytest.skip("needs PostgreSQL's server binaries (initdb, pg_ctl)")
-    with postgres_cluster() as cluster:
+    with cluster_of_the_pass() as cluster:
         yield cluster
 
 

@@ -65,6 +65,22 @@ class Cluster:
 
 
 @contextmanager
+def cluster_of_the_pass() -> Iterator[Cluster]:
+    """A cluster of the test's own, in the PostgreSQL pass of the suite only:
+    elsewhere, or without PostgreSQL's server binaries, the test skips."""
+    import pytest
+
+    from tests.helpers import on_postgresql
+
+    if not on_postgresql():
+        pytest.skip("runs in the PostgreSQL pass of scripts/test")
+    if postgres_bin() is None:
+        pytest.skip("needs PostgreSQL's server binaries (initdb, pg_ctl)")
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@contextmanager
 def postgres_cluster() -> Iterator[Cluster]:
     """A new PostgreSQL cluster in a temporary directory, on a free port, removed afterwards."""
     bin_dir = postgres_bin()
