@@ -18,19 +18,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import psycopg
 import pytest
-from django.db import (
-    IntegrityError,
-    InterfaceError,
-    InternalError,
-    OperationalError,
-    connection,
-)
-from rest_framework.authentication import BasicAuthentication
-from rest_framework.test import APIClient
 
 from tests.helpers import CACHE_STORE, poll
 from tests.servers import run_checked
@@ -71,87 +61,6 @@ def assert_no_failures_but_outages(replies: list[Reply]) -> None:
             assert json.loads(reply.body)["error"]["type"] == "idempotency_key_in_use"
         if reply.status == 503:
             assert is_outage_reply(reply)
-
-
-# In-process: the middleware's answer.
-
-
-@pytest.mark.django_db
-@pytest.mark.parametrize("error", [OperationalError, InterfaceError])
-def test_a_database_error_before_the_decorator_is_a_503_envelope(
-    monkeypatch: pytest.MonkeyPatch, alice: Any, error: type[Exception]
-) -> None:
-    def down(*args: Any) -> Any:
-        raise error("connection to server at 127.0.0.1 failed: Connection refused")
-
-    monkeypatch.setattr(BasicAuthentication, "authenticate", down)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION="Basic YWxpY2U6YWxpY2UtcHc=")
-    response = client.post("/t/widgets", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="k")
-    assert response.status_code == 503
-    body = response.json()
-    assert body["error"]["type"] == "service_unavailable"
-    assert response["Request-Id"] == body["error"]["request_id"]
-    assert response["Retry-After"] == "1"
-
-
-class SessionTimeout(Exception):
-    sqlstate = "25P03"  # what psycopg says when PostgreSQL ends an idle transaction
-
-
-@pytest.mark.django_db
-def test_a_session_ended_by_the_server_is_a_503_envelope(
-    monkeypatch: pytest.MonkeyPatch, alice: Any
-) -> None:
-    def ended(*args: Any) -> Any:
-        raise InternalError("terminating connection due to idle-in-transaction timeout") from (
-            SessionTimeout()
-        )
-
-    monkeypatch.setattr(BasicAuthentication, "authenticate", ended)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION="Basic YWxpY2U6YWxpY2UtcHc=")
-    response = client.post("/t/widgets", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="k")
-    assert response.status_code == 503
-    assert response.json()["error"]["type"] == "service_unavailable"
-
-
-@pytest.mark.django_db
-@pytest.mark.parametrize("error", [IntegrityError, InternalError])
-def test_other_database_errors_stay_500s(
-    monkeypatch: pytest.MonkeyPatch, alice: Any, error: type[Exception]
-) -> None:
-    def bug(*args: Any) -> Any:
-        raise error("a bug, not an outage")
-
-    monkeypatch.setattr(BasicAuthentication, "authenticate", bug)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION="Basic YWxpY2U6YWxpY2UtcHc=")
-    with pytest.raises(error):
-        client.post("/t/widgets", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="k")
-
-
-# Transactional, and the table renamed back: MySQL and MariaDB commit DDL, so
-# a rename left to the test's rollback would outlive the test there.
-@pytest.mark.django_db(transaction=True)
-def test_a_missing_table_is_no_outage(alice: Any) -> None:
-    # SQLite says "no such table" with an OperationalError, the class of its
-    # outages too: still a 500, never "retry" (PostgreSQL: a ProgrammingError;
-    # MySQL and MariaDB: error 1146).
-    quote = connection.ops.quote_name
-    with connection.cursor() as cursor:
-        cursor.execute(f"ALTER TABLE {quote('auth_user')} RENAME TO {quote('auth_user_gone')}")
-    try:
-        # Answered by the package's handler500, which says "do not retry".
-        client = APIClient(raise_request_exception=False)
-        client.credentials(HTTP_AUTHORIZATION="Basic YWxpY2U6YWxpY2UtcHc=")
-        response = client.post("/t/widgets", {"name": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="k")
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f"ALTER TABLE {quote('auth_user_gone')} RENAME TO {quote('auth_user')}")
-    assert response.status_code == 500
-    assert response.json()["error"]["type"] == "api_error"
-    assert (response["X-Should-Retry"], response.get("Retry-After")) == ("false", None)
 
 
 # Across processes, with a PostgreSQL server that really goes down.
