@@ -12,9 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import urllib.error
-import urllib.request
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +20,6 @@ from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from testproject.api.models import Account, ApiKey
-from tests.helpers import envelope
-from tests.servers.demo import demo_database, demo_on
-from tests.servers.http import Reply, Server
 
 pytest.importorskip("drf_spectacular")
 
@@ -192,46 +186,6 @@ def test_list_limit(client: APIClient, query: str, status: int) -> None:
 
 def test_blank_name_and_comment_are_still_allowed(client: APIClient) -> None:
     assert post(client, "/v1/api_keys", {"name": ""}).status_code == 201
-
-
-# JSON errors whatever DEBUG says, over real HTTP.
-
-
-def call(server: Server, secret: str, method: str, path: str, body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> Reply:  # fmt: skip
-    request = urllib.request.Request(
-        server.base + path, data=body, method=method,
-        headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json",
-                 **(headers or {})},
-    )  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return Reply(response.status, dict(response.headers.items()), response.read())
-    except urllib.error.HTTPError as error:
-        return Reply(error.code, dict(error.headers.items()), error.read())
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("debug", ["0", "1"])
-def test_errors_are_json_whatever_debug_says(tmp_path: Path, debug: str) -> None:
-    with ExitStack() as stack:
-        app = demo_on(stack.enter_context(demo_database(tmp_path, f"debug{debug}")))
-        secret = app.api_key("debug", 100_000)
-        server = stack.enter_context(app.server(workers=1, env={"DJANGO_DEBUG": debug}))
-        envelope(call(server, secret, "GET", "/v1/no-such-thing"), 404, "not_found")
-        job = call(server, secret, "POST", "/v1/jobs", json.dumps({
-            "type": "data_collection", "description": "d", "files_needed": 1,
-            "accepted_formats": ["image/jpeg"], "price_per_file_cents": 1,
-        }).encode(), {"Idempotency-Key": "debug-1"})  # fmt: skip
-        assert job.status == 201, job.body
-        job_id = json.loads(job.body)["id"]
-        big = json.dumps({"description": "x" * 3_000_000}).encode()
-        envelope(call(server, secret, "PATCH", f"/v1/jobs/{job_id}", big), 413,
-                        "request_too_large")  # fmt: skip
-        envelope(
-            call(server, secret, "POST", "/v1/jobs/%00/cancel", b"", {"Idempotency-Key": "nul"}),
-            400, "request_path_invalid",
-        )  # fmt: skip
 
 
 def test_debug_is_off_unless_asked_for() -> None:
