@@ -26,7 +26,7 @@ django.setup()
 from django.test import RequestFactory  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from django_idempotency import decorators, signals  # noqa: E402
+from django_idempotency import signals  # noqa: E402
 from django_idempotency.stores import RequestRecord  # noqa: E402
 from django_idempotency.stores.database import DatabaseStore  # noqa: E402
 
@@ -46,17 +46,17 @@ def main() -> None:
     outcome = signals.claimed
     rows = {
         "empty function call (baseline)": per_call_ns("noop()", noop=lambda: None),
-        "_notify(claimed, ...), no receivers": per_call_ns(
+        "notify(claimed, ...), no receivers": per_call_ns(
             "notify(outcome, store, request, record)",
-            notify=decorators._notify,
+            notify=signals.notify,
             outcome=outcome,
             store=store,
             request=request,
             record=record,
         ),
-        "_notify(stored, ..., status=201), no receivers": per_call_ns(
+        "notify(stored, ..., status=201), no receivers": per_call_ns(
             "notify(signals.stored, store, request, record, status=201)",
-            notify=decorators._notify,
+            notify=signals.notify,
             store=store,
             request=request,
             record=record,

@@ -1,7 +1,7 @@
 """Idempotency-Key support for Django REST framework views."""
 
 from .decorators import idempotent
-from .exceptions import exception_handler
+from .errors import exception_handler
 
 __all__ = ["exception_handler", "idempotent"]
 __version__ = "0.1.0.dev0"

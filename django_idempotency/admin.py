@@ -15,10 +15,9 @@ shows (:data:`LOOKUP_FIELDS`): a filter on a stored body answers whether a guess
 of a masked value is right, and so gives it away one character at a time.
 
 On PostgreSQL a request that is still running has no row (the claim is an
-advisory transaction lock; see stores/database.py), so the changelist says how
-many such locks are held right now, and for how long the oldest has been, from
-``pg_locks`` and ``pg_stat_activity`` (:func:`held_claims`). Only the admin
-asks; the requests themselves pay nothing for it.
+advisory transaction lock), so the changelist says how many claims the store
+holds right now, and for how long the oldest has been (``Store.claims_held``).
+Only the admin asks; the requests themselves pay nothing for it.
 """
 
 from __future__ import annotations
@@ -49,6 +48,7 @@ from django.utils.translation import ngettext
 
 from .conf import conf, store_database
 from .models import IdempotencyRecord
+from .stores import get_store
 
 MASK = "********"
 #: Text bodies longer than this are cut in the detail page.
@@ -216,37 +216,6 @@ class DrillDownQuerySet(QuerySet):  # type: ignore[type-arg]
         return periods
 
 
-# The store's claims are advisory locks taken with one bigint (objsubid 1) in
-# the transaction of a backend connected to the store's database. Another
-# application's bigint advisory locks in the same database look the same: the
-# lock id is a hash of (scope, key), which must stay what older versions
-# computed so that they and this one exclude each other during a deploy.
-_HELD_CLAIMS_SQL = """
-SELECT activity.xact_start
-FROM pg_locks AS locks
-JOIN pg_stat_activity AS activity ON activity.pid = locks.pid
-WHERE locks.locktype = 'advisory' AND locks.objsubid = 1 AND locks.granted
-  AND locks.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND locks.pid <> pg_backend_pid()
-"""
-
-
-def held_claims(alias: str) -> tuple[int, datetime | None] | None:
-    """On PostgreSQL, (how many claims are held right now, when the oldest
-    one's transaction began) in database ``alias``; None elsewhere.
-
-    Counts every granted bigint advisory lock of other sessions in that
-    database: the store's claims, and any of another application's."""
-    connection = connections[alias]
-    if connection.vendor != "postgresql":
-        return None
-    with connection.cursor() as cursor:
-        cursor.execute(_HELD_CLAIMS_SQL)
-        starts = [start for (start,) in cursor.fetchall() if start is not None]
-    # One row per held lock: bounded by the server's connections.
-    return len(starts), min(starts, default=None)
-
-
 def _local(moment: datetime) -> datetime:
     # With USE_TZ = False the database gives naive local times, as Django's
     # own datetimes() does then; localtime() refuses them.
@@ -376,7 +345,7 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
         # Only on GET: an action's POST redirects to a GET that adds it again.
-        held = held_claims(store_database()) if request.method == "GET" else None
+        held = get_store().claims_held() if request.method == "GET" else None
         if held is not None:
             count, oldest = held
             if count:

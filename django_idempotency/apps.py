@@ -25,4 +25,4 @@ class IdempotencyConfig(AppConfig):
         if find_spec("drf_spectacular") is not None:
             # Registers the drf-spectacular extension that documents @idempotent
             # operations. drf-spectacular is optional: without it, nothing to do.
-            from . import openapi  # noqa: F401
+            from .contrib import openapi  # noqa: F401

@@ -2,9 +2,10 @@
 
 Each check reads the setting as configured (``conf.raw``), so that a bad value
 is reported at start-up with a hint instead of failing in the first request.
-Ids are stable. E010, E012, E013 and E041 to E044 are the Redis store's
-(``RedisStore.check``, ``RedisStore.check_deployment``); E011 is the database
-store's (``DatabaseStore.check``): a store brings its own checks (``Store.check``).
+Ids are stable. E010, E012, E013, E020 and E041 to E045 are the Redis store's
+(``RedisStore.check``, ``RedisStore.check_deployment``); E011, E021, E033,
+E034, E050 and W030 to W032 are the database store's: a store brings its own
+checks (``Store.check``).
 
 Django runs system checks only from ``manage.py`` (``runserver``, ``migrate``,
 ``check``). Under gunicorn or uvicorn nothing runs them, so the app's
@@ -43,14 +44,12 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> M
     return [
         *_check_store(),
         *_check_ttl(),
-        *_check_fail_open(),
         *_check_scope(),
         *_check_released_statuses(),
         *_check_header(),
         *_check_should_retry_headers(),
         *_check_retry_after(),
         *_check_admin_masked_fields(),
-        *_check_cache_store(),
     ]
 
 
@@ -145,20 +144,6 @@ def _check_ttl() -> Messages:
             4,
             f"IDEMPOTENCY_TTL {text}.",
             "A key is remembered for this long; 24 hours is the usual choice.",
-        )
-    ]
-
-
-def _check_fail_open() -> Messages:
-    value = conf.raw("IDEMPOTENCY_FAIL_OPEN")
-    if isinstance(value, bool):
-        return []
-    return [
-        _error(
-            20,
-            f"IDEMPOTENCY_FAIL_OPEN must be True or False, not {value!r}.",
-            "A string such as 'false' (read from an environment variable) is not a "
-            "boolean; convert it, e.g. os.environ.get('IDEMPOTENCY_FAIL_OPEN') == 'true'.",
         )
     ]
 
@@ -321,183 +306,15 @@ def _check_admin_masked_fields() -> Messages:
     return []
 
 
-def _check_cache_store() -> Messages:
-    """The deprecated dotted path of the Redis store. Its own checks are
-    ``RedisStore.check``, called through ``_check_store``."""
-    store_class, _ = _import_store()
-    if not isinstance(store_class, type):
-        return []
-    try:
-        from .stores.cache import NEW_PATH, OLD_PATH
-    except ImportError:  # redis is not installed: then the store's import failed (E001)
-        return []
-    if conf.raw("IDEMPOTENCY_STORE") != OLD_PATH:
-        return []
-    return [
-        _warning(
-            40,
-            f"IDEMPOTENCY_STORE {OLD_PATH!r} is deprecated.",
-            f"Use {NEW_PATH!r}: the same store under its new name.",
-        )
-    ]
-
-
-# The database store's alias and Django's routers (see conf.store_database).
-
-
-def _uses_database_store() -> bool:
-    from .stores.database import DatabaseStore
-
-    store_class, _ = _import_store()
-    return isinstance(store_class, type) and issubclass(store_class, DatabaseStore)
-
-
-@checks.register
-def check_database_routing(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> Messages:
-    """Where the routers and ``IDEMPOTENCY_DATABASE`` disagree, or where migrate
-    would never create the records' table. Asks the routers, not the database."""
-    from django.db import router
-
-    from .conf import store_database
-    from .models import IdempotencyRecord
-
-    if not _uses_database_store() or not _valid_alias(conf.raw("IDEMPOTENCY_DATABASE")):
-        return []
-    alias = store_database()
-    routed = router.db_for_write(IdempotencyRecord)
-    messages: Messages = []
-    if alias != routed:
-        messages.append(
-            _warning(
-                30,
-                f"IDEMPOTENCY_DATABASE is {alias!r}, but DATABASE_ROUTERS send the writes of "
-                f"django_idempotency's records to {routed!r}: the store writes to {alias!r}, "
-                "the admin and the ORM look for the records in the routers' database.",
-                "Leave IDEMPOTENCY_DATABASE unset to follow the routers, or route the "
-                f"django_idempotency app to {alias!r}.",
-            )
-        )
-    if alias in settings.DATABASES and not router.allow_migrate_model(alias, IdempotencyRecord):
-        messages.append(
-            _warning(
-                31,
-                f"The database store keeps its records in {alias!r}, but DATABASE_ROUTERS do "
-                "not allow django_idempotency's migrations there: `migrate` never creates "
-                "the table, and every guarded request would answer 500 "
-                "idempotency_misconfigured.",
-                f"Let your router's allow_migrate() return True for app 'django_idempotency' "
-                f"on {alias!r}, or point IDEMPOTENCY_DATABASE at the database that has it.",
-            )
-        )
-    return messages
-
-
-@checks.register(checks.Tags.database)
-def check_database_table(
-    app_configs: Sequence[Any] | None = None,
-    databases: Collection[str] | None = None,
-    **kwargs: Any,
-) -> Messages:
-    """The records' table exists in the store's database. A database check: it
-    runs only when asked for that database (``check --database``, ``migrate``),
-    and says nothing when the database cannot be reached.
-
-    Nor while the migration that creates the table has not run there: Django
-    runs this check at the start of the very ``migrate`` that creates it, and
-    elsewhere (``runserver``) says itself that migrations are unapplied."""
-    from django.db import DatabaseError, connections
-    from django.db.migrations.recorder import MigrationRecorder
-
-    from .conf import store_database
-    from .models import IdempotencyRecord
-
-    if not databases or not _uses_database_store():
-        return []
-    if not _valid_alias(conf.raw("IDEMPOTENCY_DATABASE")):
-        return []
-    alias = store_database()
-    if alias not in databases or alias not in settings.DATABASES:
-        return []
-    try:
-        tables = connections[alias].introspection.table_names()
-        if IdempotencyRecord._meta.db_table in tables:
-            return []
-        applied = MigrationRecorder(connections[alias]).applied_migrations()
-    except DatabaseError:
-        return []
-    if ("django_idempotency", "0001_initial") not in applied:
-        return []
-    return [
-        _warning(
-            32,
-            f"The database {alias!r} has no table {IdempotencyRecord._meta.db_table!r}, "
-            "although its migrations are recorded as applied: every guarded request would "
-            "answer 500 idempotency_misconfigured.",
-            f"Run `manage.py migrate django_idempotency zero --fake --database {alias}`, then "
-            f"`manage.py migrate django_idempotency --database {alias}`.",
-        )
-    ]
-
-
-# The oldest MariaDB and MySQL whose every statement the database store sends
-# is documented there: SELECT ... FOR UPDATE SKIP LOCKED (the purge) came in
-# MariaDB 10.6 and MySQL 8.0.1.
-MARIADB_MINIMUM = (10, 6)
-MYSQL_MINIMUM = (8, 0, 1)
-
-
-@checks.register(checks.Tags.database)
-def check_mysql_version(
-    app_configs: Sequence[Any] | None = None,
-    databases: Collection[str] | None = None,
-    **kwargs: Any,
-) -> Messages:
-    """On MariaDB or MySQL, a server older than the store supports. A database
-    check, like check_database_table: silent when the server cannot be reached."""
-    from django.db import DatabaseError, connections
-
-    from .conf import store_database
-
-    if not databases or not _uses_database_store():
-        return []
-    if not _valid_alias(conf.raw("IDEMPOTENCY_DATABASE")):
-        return []
-    alias = store_database()
-    if alias not in databases or alias not in settings.DATABASES:
-        return []
-    connection = connections[alias]
-    if connection.vendor != "mysql":
-        return []
-    try:
-        mariadb: bool = connection.mysql_is_mariadb  # type: ignore[attr-defined]
-        version: tuple[int, ...] = connection.mysql_version  # type: ignore[attr-defined]
-    except DatabaseError:
-        return []
-    name, minimum = ("MariaDB", MARIADB_MINIMUM) if mariadb else ("MySQL", MYSQL_MINIMUM)
-    if version >= minimum:
-        return []
-    found, needed = (".".join(map(str, v)) for v in (version, minimum))
-    return [
-        _error(
-            50,
-            f"The database {alias!r} is {name} {found}; the database store needs {name} "
-            f"{needed} or newer.",
-            f"Upgrade the server to {name} {needed} or newer, or keep the records in another "
-            "database (IDEMPOTENCY_DATABASE) or in Redis (IDEMPOTENCY_STORE).",
-        )
-    ]
-
-
-def _valid_alias(alias: Any) -> bool:
-    return alias is None or (isinstance(alias, str) and alias in settings.DATABASES)
-
-
 @checks.register(checks.Tags.caches, deploy=True)
 def check_redis_server(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> Messages:
     """``check --deploy``: the Redis store's checks that ask the server."""
+    from .stores.base import Store
+
     store_class, _ = _import_store()
-    check_deployment = getattr(store_class, "check_deployment", None)
-    return list(check_deployment()) if callable(check_deployment) else []
+    if not (isinstance(store_class, type) and issubclass(store_class, Store)):
+        return []
+    return list(store_class.check_deployment())
 
 
 # @idempotent where no POST can reach it (W050). The URLconf says which view

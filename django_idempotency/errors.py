@@ -1,16 +1,8 @@
-"""The one error envelope, and request ids.
+"""Every error the package answers, on one path, as DRF does with ``Throttled``.
 
-Every error this app answers with has the same shape::
-
-    {"error": {"type": "...", "message": "...", "request_id": "req_..."}}
-
-and the request id also goes out in the ``Request-Id`` response header, so
-support can find the request from either.
-
-Every error also says whether sending the same request again, with the same
-key, can succeed: ``X-Should-Retry: true`` or ``false`` (the header that
-Stainless-generated SDKs read; ``IDEMPOTENCY_SHOULD_RETRY_HEADERS`` adds others,
-such as Stripe's ``Stripe-Should-Retry``), and ``Retry-After`` when it can.
+Code raises :class:`IdempotencyError` with an :class:`ErrorType`; :func:`respond`
+answers it (through the view's ``EXCEPTION_HANDLER`` in DRF); :func:`stamp` adds
+the ``Request-Id`` header and the retry hints. docs/errors.rst is the catalogue.
 """
 
 from __future__ import annotations
@@ -23,7 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.response import Response
 
 from .conf import conf
 
@@ -35,20 +30,14 @@ _TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.
 
 
 def new_ulid() -> str:
-    """A ULID: 48 bits of milliseconds then 80 random bits, in Crockford base32.
-
-    Encoded by base64.b32encode, 40 bits a step, not 5: 160 bits are exactly
-    32 base32 digits with no padding, so the last 26 of the 20-byte big-endian
-    value are the ULID's 130 bits (its first digit carries the top 3)."""
+    """A ULID: 48 bits of milliseconds then 80 random bits, in Crockford base32."""
+    # 160 bits are 32 base32 digits with no padding: the last 26 are the ULID.
     value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
     return base64.b32encode(value.to_bytes(20, "big"))[6:].translate(_TO_CROCKFORD).decode()
 
 
 def get_request_id(request: Any) -> str:
-    """The request's id (``req_`` plus a ULID), made on first use and then kept.
-
-    Accepts a Django ``HttpRequest`` or a DRF ``Request``; both give the same id.
-    """
+    """The request's id, ``req_`` and a ULID, the same for its DRF ``Request``."""
     http_request = getattr(request, "_request", request)
     request_id: str | None = getattr(http_request, _REQUEST_ID_ATTR, None)
     if request_id is None:
@@ -59,11 +48,7 @@ def get_request_id(request: Any) -> str:
 
 @dataclass(frozen=True)
 class ErrorType:
-    """One kind of error: its HTTP status, its ``type`` and its message.
-
-    ``retryable`` says whether the same request, with the same key, can succeed
-    if sent again later (the answer goes out in the retry-hint headers).
-    """
+    """One kind of error. ``retryable``: the same request, same key, can succeed later."""
 
     status: int
     type: str
@@ -99,9 +84,7 @@ REQUEST_TOO_LARGE = ErrorType(
     413, "request_too_large", "The request body is larger than this server accepts"
 )
 CONFLICT = ErrorType(
-    409,
-    "idempotency_conflict",
-    "A different request was already made with this idempotency key",
+    409, "idempotency_conflict", "A different request was already made with this idempotency key"
 )
 IN_USE = ErrorType(
     409,
@@ -115,59 +98,124 @@ STORE_UNAVAILABLE = ErrorType(
     "The idempotency store is unavailable; the request was not processed",
     retryable=True,
 )
-# A configuration error of the server (the app not installed, its table not
-# migrated, a store behind the wrong client): sending the request
-# again changes nothing until someone fixes the server, so it says "do not
-# retry", and a 500 rather than a 503 (which announces a temporary state).
+# The server's configuration, not a temporary state: a 500 that says "do not retry".
 MISCONFIGURED = ErrorType(
     500,
     "idempotency_misconfigured",
     "Idempotency-Key support is misconfigured on this server; the request was not processed",
 )
 
-
-# How each backend says "no such table": PostgreSQL's SQLSTATE undefined_table,
-# MySQL's and MariaDB's ER_NO_SUCH_TABLE, SQLite's words (it has no codes).
-_PG_UNDEFINED_TABLE = "42P01"
-_MYSQL_NO_SUCH_TABLE = 1146
-
-
-def table_missing(exception: BaseException | None) -> bool:
-    """Whether a database error says a table does not exist: a database that
-    ``migrate`` has not reached, a configuration error rather than an outage."""
-    if not isinstance(exception, DatabaseError):
-        return False
-    cause = exception.__cause__
-    if (getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)) == _PG_UNDEFINED_TABLE:
-        return True
-    if exception.args and exception.args[0] == _MYSQL_NO_SUCH_TABLE:
-        return True
-    return isinstance(exception, OperationalError) and str(exception).startswith("no such table")
+#: The errors of ``@idempotent``'s API contract, as the OpenAPI schema lists
+#: them. Not MISCONFIGURED: a broken server is no part of an API, as a crash is not.
+API_ERRORS = (
+    KEY_MISSING,
+    KEY_INVALID,
+    SCOPE_UNAVAILABLE,
+    BODY_INVALID,
+    BODY_MALFORMED,
+    PATH_INVALID,
+    REQUEST_TOO_LARGE,
+    CONFLICT,
+    IN_USE,
+    STORE_UNAVAILABLE,
+)
 
 
-# PostgreSQL ends a session whose transaction outlived its timeout
-# (idle_in_transaction_session_timeout: 25P03; transaction_timeout, PostgreSQL 17:
-# 25P04), and drivers report that as an InternalError.
-_SESSION_TIMEOUTS = frozenset({"25P03", "25P04"})
+def store_failure(exc: BaseException) -> ErrorType:
+    """The answer to a store's failure: an outage says "retry", a StoreMisconfigured
+    "do not"; a view's database outage (no ``retryable``) is always worth a retry."""
+    return STORE_UNAVAILABLE if getattr(exc, "retryable", True) else MISCONFIGURED
 
 
-def is_database_outage(exception: BaseException) -> bool:
-    """Whether ``exception`` is a database outage, worth a retry: an
-    ``OperationalError`` or ``InterfaceError`` (connection refused or lost,
-    server shutting down, a lock or serialisation failure), or the
-    ``InternalError`` of a PostgreSQL session ended for holding its transaction
-    too long. Other database errors (``IntegrityError``, ``ProgrammingError``)
-    are bugs, and so is a missing table (:func:`table_missing`): a database
-    that ``migrate`` has not reached is no outage to retry."""
-    if table_missing(exception):
-        return False
-    if isinstance(exception, (OperationalError, InterfaceError)):
-        return True
-    if not isinstance(exception, DatabaseError):
-        return False
-    cause = exception.__cause__
-    code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
-    return code in _SESSION_TIMEOUTS
+class IdempotencyError(APIException):
+    """One of the package's errors, raised so that DRF renders it; ``error`` says which."""
+
+    def __init__(self, error: ErrorType) -> None:
+        super().__init__(error.message, error.type)
+        self.error = error
+        self.status_code = error.status
+        self.default_code = error.type
+        # As DRF's Throttled: DRF's handler sends ``wait`` as Retry-After.
+        self.wait: int | None = conf.IDEMPOTENCY_RETRY_AFTER if error.retryable else None
+
+    @property
+    def retryable(self) -> bool:
+        return self.error.retryable
+
+
+def is_drf_request(value: Any) -> bool:
+    return hasattr(value, "_request") and isinstance(value._request, HttpRequest)
+
+
+def drf_view(request: Any) -> Any:
+    """The DRF view handling ``request``, or None outside DRF."""
+    if not is_drf_request(request):
+        return None
+    return (getattr(request, "parser_context", None) or {}).get("view")
+
+
+def respond(request: Any, exc: BaseException) -> HttpResponseBase | None:
+    """The answer to ``exc``, raised in a guarded request; None if Django must handle it.
+
+    In a DRF view, the view's ``handle_exception()`` and so the project's
+    ``EXCEPTION_HANDLER``; for the package's errors, :func:`exception_handler`
+    where that is DRF's default, whose ``{"detail"}`` cannot tell a conflict
+    from a key in use. Elsewhere the package's errors get the envelope.
+    """
+    view = drf_view(request)
+    retryable = exc.retryable if isinstance(exc, IdempotencyError) else None
+    if view is not None and isinstance(exc, Exception):
+        response: HttpResponseBase = _handled(view, exc)
+    elif isinstance(exc, IdempotencyError):
+        response = error_response(request, exc.error)
+    else:
+        return None
+    return stamp(response, request, retryable)
+
+
+def _handled(view: Any, exc: Exception) -> HttpResponseBase:
+    from rest_framework.views import exception_handler as drf_exception_handler
+
+    if not isinstance(exc, IdempotencyError) or (
+        view.get_exception_handler() is not drf_exception_handler
+    ):
+        return view.handle_exception(exc)  # type: ignore[no-any-return]
+    # Shadowed on this instance for this one call: the view's own
+    # handle_exception() (an override that logs, say) still runs.
+    view.get_exception_handler = lambda: exception_handler
+    try:
+        return view.handle_exception(exc)  # type: ignore[no-any-return]
+    finally:
+        del view.get_exception_handler
+
+
+def stamp(
+    response: HttpResponseBase, request: Any, retryable: bool | None = None
+) -> HttpResponseBase:
+    """Add the ``Request-Id`` header, and the retry hints when ``retryable`` is
+    known; a ``Retry-After`` already there (DRF's ``wait``) stays."""
+    if REQUEST_ID_HEADER not in response:
+        response[REQUEST_ID_HEADER] = get_request_id(request)
+    if retryable is not None:
+        for name, value in retry_headers(retryable).items():
+            if name != "Retry-After" or name not in response:
+                response[name] = value
+    return response
+
+
+def retry_headers(retryable: bool) -> dict[str, str]:
+    """Each of ``IDEMPOTENCY_SHOULD_RETRY_HEADERS`` set to ``true`` or ``false``,
+    and ``Retry-After`` when a retry can succeed."""
+    value = "true" if retryable else "false"
+    headers = {name: value for name in conf.IDEMPOTENCY_SHOULD_RETRY_HEADERS}
+    if retryable:
+        headers["Retry-After"] = str(conf.IDEMPOTENCY_RETRY_AFTER)
+    return headers
+
+
+def should_retry(status: int) -> bool:
+    """For an error that does not say: a timeout, a rate limit, a server error."""
+    return status in (408, 429) or status >= 500
 
 
 def envelope(request: Any, type: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -177,61 +225,118 @@ def envelope(request: Any, type: str, message: str, **extra: Any) -> dict[str, A
     }
 
 
-def should_retry(status: int) -> bool:
-    """Whether an error of this status is worth sending again unchanged, for an
-    error that does not say so itself: a timeout, a rate limit, a server error."""
-    return status in (408, 429) or status >= 500
-
-
-def retry_headers(retryable: bool) -> dict[str, str]:
-    """The retry hints: each of ``IDEMPOTENCY_SHOULD_RETRY_HEADERS`` set to
-    ``true`` or ``false``, and ``Retry-After`` (``IDEMPOTENCY_RETRY_AFTER``
-    seconds) when a retry can succeed."""
-    value = "true" if retryable else "false"
-    headers = {name: value for name in conf.IDEMPOTENCY_SHOULD_RETRY_HEADERS}
-    if retryable:
-        headers["Retry-After"] = str(conf.IDEMPOTENCY_RETRY_AFTER)
-    return headers
-
-
-def error_response(
-    request: Any, error: ErrorType, *, headers: dict[str, str] | None = None
-) -> HttpResponse:
-    """Render ``error`` in the envelope, with the request id in body and header,
-    and the retry hints."""
-    request_id = get_request_id(request)
+def error_response(request: Any, error: ErrorType) -> HttpResponse:
+    """``error`` in the envelope, with the request id and the retry hints."""
     body = envelope(request, error.type, error.message)
     response = HttpResponse(
         json.dumps(body, separators=(",", ":")).encode(),
         status=error.status,
         content_type="application/json",
     )
-    response[REQUEST_ID_HEADER] = request_id
-    for name, value in {**retry_headers(error.retryable), **(headers or {})}.items():
-        response[name] = value
+    stamp(response, request, error.retryable)
     return response
 
 
-__all__ = [
-    "BODY_INVALID",
-    "BODY_MALFORMED",
-    "CONFLICT",
-    "IN_USE",
-    "KEY_INVALID",
-    "KEY_MISSING",
-    "MISCONFIGURED",
-    "PATH_INVALID",
-    "REQUEST_ID_HEADER",
-    "REQUEST_TOO_LARGE",
-    "SCOPE_UNAVAILABLE",
-    "STORE_UNAVAILABLE",
-    "ErrorType",
-    "envelope",
-    "error_response",
-    "get_request_id",
-    "is_database_outage",
-    "new_ulid",
-    "retry_headers",
-    "should_retry",
-    "table_missing",
-]
+# DRF's own codes ("invalid", "not_authenticated"...) are DRF's words, not an
+# API's: the envelope's "type" is then a word for the status.
+_DRF_CODES = frozenset(
+    cls.default_code
+    for cls in vars(drf_exceptions).values()
+    if isinstance(cls, type) and issubclass(cls, APIException)
+)
+_TYPES_BY_STATUS = {
+    400: "invalid_request",
+    401: "authentication_required",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's ``EXCEPTION_HANDLER``, with every API error in the package's envelope.
+
+    DRF's own handling first (status, ``WWW-Authenticate``, ``Retry-After``,
+    the rollback of ``ATOMIC_REQUESTS``); anything else is left to Django.
+    """
+    # Imported here: rest_framework.views imports the project's authentication
+    # classes, and so its models, and this module is imported as apps load.
+    from rest_framework.views import exception_handler as drf_exception_handler
+
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    request = context["request"]
+    extra: dict[str, Any] = {}
+    if isinstance(exc, ValidationError):
+        message, fields = _validation_summary(response.data)
+        if fields:
+            extra["fields"] = fields
+    else:
+        detail = response.data.get("detail") if isinstance(response.data, dict) else None
+        message = str(detail or exc)
+    response.data = envelope(request, error_type(exc, response.status_code), message, **extra)
+    retryable = getattr(exc, "retryable", None)
+    stamp(response, request, should_retry(response.status_code) if retryable is None else retryable)
+    return response
+
+
+def error_type(exc: Exception, status: int) -> str:
+    """The envelope's ``type``: the exception's own code, else a word for the status."""
+    code = getattr(exc, "default_code", None)
+    if isinstance(code, str) and code not in _DRF_CODES:
+        return code
+    return _TYPES_BY_STATUS.get(status, "api_error")
+
+
+def _validation_summary(data: Any) -> tuple[str, dict[str, Any] | None]:
+    """A one-line message naming the first problem, and DRF's per-field messages."""
+    if isinstance(data, dict) and data:
+        name, messages = next(iter(data.items()))
+        first = _first_message(messages)
+        return (first if name == "non_field_errors" else f"{name}: {first}"), data
+    return _first_message(data) or "The request is invalid", None
+
+
+def _first_message(messages: Any) -> str:
+    while isinstance(messages, (list, dict)) and messages:
+        messages = next(iter(messages.values())) if isinstance(messages, dict) else messages[0]
+    return str(messages) if messages else ""
+
+
+# SQLSTATE undefined_table; MySQL's and MariaDB's ER_NO_SUCH_TABLE; SQLite has only words.
+_PG_UNDEFINED_TABLE = "42P01"
+_MYSQL_NO_SUCH_TABLE = 1146
+# PostgreSQL ends a session whose transaction outlived idle_in_transaction_session_timeout
+# (25P03) or transaction_timeout (25P04); drivers raise InternalError.
+_SESSION_TIMEOUTS = frozenset({"25P03", "25P04"})
+
+
+def table_missing(exception: BaseException | None) -> bool:
+    """Whether a database error says a table does not exist: ``migrate`` has
+    not run there, a configuration error rather than an outage."""
+    if not isinstance(exception, DatabaseError):
+        return False
+    if _sqlstate(exception) == _PG_UNDEFINED_TABLE:
+        return True
+    if exception.args and exception.args[0] == _MYSQL_NO_SUCH_TABLE:
+        return True
+    return isinstance(exception, OperationalError) and str(exception).startswith("no such table")
+
+
+def is_database_outage(exception: BaseException) -> bool:
+    """Whether ``exception`` is a database outage, worth a retry (docs/errors.rst)."""
+    if table_missing(exception):
+        return False
+    if isinstance(exception, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exception, DatabaseError) and _sqlstate(exception) in _SESSION_TIMEOUTS
+
+
+def _sqlstate(exception: BaseException) -> str | None:
+    cause = exception.__cause__
+    return getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)

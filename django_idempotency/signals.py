@@ -1,35 +1,22 @@
-"""Signals for what happens to each guarded request: hooks for metrics and audit.
+"""A signal per outcome of a guarded request, and the log line of each.
 
-Connect a receiver to count or record outcomes without subclassing anything::
-
-    from django.dispatch import receiver
-    from django_idempotency import signals
-
-    @receiver(signals.replayed)
-    def count_replay(sender, *, request, scope, key, method, path, **kwargs): ...
-
-Every signal is sent with ``sender``, the store's class, and these keyword
-arguments:
-
-``request``
-    The request as the view receives it (a DRF ``Request`` or an ``HttpRequest``).
-``scope``, ``key``
-    The caller's scope as stored (for example ``user:42``) and the key it sent.
-``method``, ``path``
-    The request's method and path.
-
-and, as each signal says, ``status`` (an HTTP status code) and ``exception``.
-
-Receivers run in the request, after the outcome is decided; they cannot
-change it. An exception raised by a receiver is logged (at ERROR, on the
-``django_idempotency.decorators`` logger) and does not reach the client: a
-broken metrics hook must not break the guarantee. With no receivers
-connected, a signal costs one check of an empty list.
+Every signal is sent with ``sender`` (the store's class) and ``request``,
+``scope``, ``key``, ``method``, ``path``, plus ``status`` or ``exception`` as
+each says; docs/monitoring.rst has the details and examples.
 """
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from django.dispatch import Signal
+
+from . import errors
+from .stores.base import RequestRecord, Store
+
+# The request path's logger, as docs/monitoring.rst names it.
+logger = logging.getLogger("django_idempotency.decorators")
 
 
 class Outcome(Signal):
@@ -61,3 +48,59 @@ released = Outcome("released")
 store_unavailable = Outcome("store_unavailable")
 
 ALL = (claimed, replayed, conflict, in_use, stored, released, store_unavailable)
+
+
+def notify(
+    outcome: Outcome, store: Store, request: Any, record: RequestRecord, **info: Any
+) -> None:
+    """Send ``outcome`` and log it: a store failure at ERROR, the rest at DEBUG.
+
+    A receiver's exception is logged, never raised: a broken metrics hook must
+    not break the guarantee.
+    """
+    if outcome.receivers:  # as Signal.send starts: next to free with nobody listening
+        results = outcome.send_robust(
+            type(store),
+            request=request,
+            scope=record.scope,
+            key=record.key,
+            method=record.method,
+            path=record.path,
+            **info,
+        )
+        for receiver, result in results:
+            if isinstance(result, Exception):
+                logger.error(
+                    "A receiver of django_idempotency.signals.%s failed: %r",
+                    outcome.name,
+                    receiver,
+                    exc_info=result,
+                )
+    if outcome is store_unavailable:
+        exc = info["exception"]
+        answer = errors.store_failure(exc)
+        logger.error(
+            "The idempotency store %s %s (%s); answered %s to %s %s, key %r, scope %r.",
+            type(store).__name__,
+            "failed" if answer.retryable else "is misconfigured, fix it",
+            exc,
+            answer.status,
+            record.method,
+            record.path,
+            record.key,
+            record.scope,
+            exc_info=exc,
+        )
+    elif logger.isEnabledFor(logging.DEBUG):
+        details = "".join(
+            f", {name} {value!r}" for name, value in info.items() if value is not None
+        )
+        logger.debug(
+            "Idempotency-Key %s: %s %s, key %r, scope %r%s",
+            outcome.name,
+            record.method,
+            record.path,
+            record.key,
+            record.scope,
+            details,
+        )

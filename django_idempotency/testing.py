@@ -22,9 +22,9 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from .conf import conf
-from .decorators import _UNSTORED_HEADERS, REPLAYED_HEADER
 from .errors import REQUEST_ID_HEADER
 from .keys import header_meta_name
+from .responses import REPLAYED_HEADER, UNSTORED_HEADERS
 
 __all__ = ["IdempotentAPIClient", "IdempotentClient", "assert_replayed"]
 
@@ -38,7 +38,7 @@ FRESH: Any = object()
 
 # What a replay differs in by design: its own request id and the replay marker,
 # and the headers that are never stored.
-_NOT_COMPARED = _UNSTORED_HEADERS | {REQUEST_ID_HEADER.lower(), REPLAYED_HEADER.lower()}
+_NOT_COMPARED = UNSTORED_HEADERS | {REQUEST_ID_HEADER.lower(), REPLAYED_HEADER.lower()}
 
 
 class IdempotencyKeyMixin(_ClientBase):

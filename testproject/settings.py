@@ -53,7 +53,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django_idempotency.middleware.DatabaseUnavailableMiddleware",
+    "django_idempotency.contrib.middleware.DatabaseUnavailableMiddleware",
     "testproject.api.middleware.JsonErrorsMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]

@@ -19,6 +19,6 @@ if find_spec("drf_spectacular") is not None:
 
 # Unrouted URLs, malformed requests and crashes answer in the API's error
 # envelope too (when DEBUG is off).
-handler400 = "django_idempotency.handlers.handler400"
-handler404 = "django_idempotency.handlers.handler404"
-handler500 = "django_idempotency.handlers.handler500"
+handler400 = "django_idempotency.contrib.handlers.handler400"
+handler404 = "django_idempotency.contrib.handlers.handler404"
+handler500 = "django_idempotency.contrib.handlers.handler500"

@@ -229,7 +229,7 @@ class StoreUnderTest:
                 )
                 for r in IdempotencyRecord.objects.exclude(state="released")
             ]
-        from django_idempotency.stores.redis import decode
+        from django_idempotency.stores.redis.records import decode
 
         client = redis_client()
         found = []

@@ -41,7 +41,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django_idempotency.middleware.DatabaseUnavailableMiddleware",
+    "django_idempotency.contrib.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "tests.urls"
@@ -101,7 +101,7 @@ else:
 if os.environ.get("TEST_STANDBY_URL"):
     DATABASES["standby"] = dj_database_url.parse(os.environ["TEST_STANDBY_URL"], conn_max_age=0)
     DATABASE_ROUTERS = [
-        "django_idempotency.routers.GuardedReadsRouter",
+        "django_idempotency.stores.database.routers.GuardedReadsRouter",
         "tests.routers.PrimaryStandbyRouter",
     ]
 else:

@@ -6,6 +6,6 @@ urlpatterns = [
 ]
 
 # As the demo's root URLconf does (Django reads these from the root only).
-handler400 = "django_idempotency.handlers.handler400"
-handler404 = "django_idempotency.handlers.handler404"
-handler500 = "django_idempotency.handlers.handler500"
+handler400 = "django_idempotency.contrib.handlers.handler400"
+handler404 = "django_idempotency.contrib.handlers.handler404"
+handler500 = "django_idempotency.contrib.handlers.handler500"

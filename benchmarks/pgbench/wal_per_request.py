@@ -47,7 +47,7 @@ def explain(conn: psycopg.Connection[Any], sql: str, params: list[Any]) -> tuple
 def one(conn: psycopg.Connection[Any], design: str) -> tuple[int, int]:
     key = "wal-" + uuid.uuid4().hex
     lock = int.from_bytes(uuid.uuid4().bytes[:8], "big", signed=True)
-    function = "django_idempotency_claim_v1" if design == "v1" else "django_idempotency_claim_v2"
+    function = "django_idempotency_claim_v1" if design == "v1" else "django_idempotency_claim"
     claim = explain(
         conn,
         f"SELECT * FROM {function}('user:1', %s, %s, 'POST', '/ours/', 'in_flight', now(), "

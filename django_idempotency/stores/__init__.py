@@ -1,4 +1,4 @@
-"""Where idempotency records live: the Store interface and its implementations."""
+"""Where records live: ``get_store()`` and the Store interface's names."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ..conf import conf
 from .base import (
     Claim,
     Conflict,
+    Decision,
     InUse,
     Replay,
     RequestRecord,
@@ -27,14 +28,13 @@ from .base import (
 @lru_cache(maxsize=8)
 def _build(path: str) -> Store:
     if not apps.is_installed("django_idempotency"):
-        # Without the app: no table, no checks, no admin, and the database
-        # store's model cannot even be imported. Not cached: raised each time.
+        # No table, no checks, and the database store's model cannot be
+        # imported. Not cached: raised each time.
         raise StoreMisconfigured(
             'django_idempotency is not in INSTALLED_APPS: add "django_idempotency" '
             "to INSTALLED_APPS and run `manage.py migrate`"
         )
-    store_class = import_string(path)
-    store: Store = store_class()
+    store: Store = import_string(path)()
     return store
 
 
@@ -45,15 +45,15 @@ def _forget_stores(*, setting: str, **kwargs: Any) -> None:
 
 
 def get_store() -> Store:
-    """The store named by ``IDEMPOTENCY_STORE`` (one shared instance per class path).
-
-    Raises :class:`StoreMisconfigured` if the app is not installed."""
+    """The store named by ``IDEMPOTENCY_STORE``, one instance per class path;
+    :class:`StoreMisconfigured` if the app is not installed."""
     return _build(conf.IDEMPOTENCY_STORE)
 
 
 __all__ = [
     "Claim",
     "Conflict",
+    "Decision",
     "InUse",
     "Replay",
     "RequestRecord",

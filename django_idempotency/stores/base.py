@@ -1,23 +1,4 @@
-"""The Store interface and the records it passes.
-
-A request goes through a store in three steps::
-
-    outcome = store.begin(record)      # Claim, Replay, Conflict or InUse
-    ...run the view only on a Claim...
-    store.finish(claim, response)      # keep the definitive outcome
-    store.release(claim)               # or forget the claim: a retry runs again
-
-``begin`` must be atomic in the store: of any number of concurrent requests
-with one (scope, key), exactly one gets a :class:`Claim`. Each claim ends in
-exactly one ``finish`` or ``release``, or, when its view was stopped halfway
-and the store cannot undo its writes, ``abandon`` (it lapses by itself).
-
-A store also owns what is particular to it, as Django's session backends own
-``clear_expired``: :meth:`Store.check` gives its system checks (the app's
-checks call it for the configured class), and :meth:`Store.purge_expired`
-deletes expired records (``manage.py purge_idempotency_keys`` calls it). A
-third-party store brings its own; nothing else has to learn about it.
-"""
+"""The Store interface and the records it passes (docs/stores.rst, "Writing a store")."""
 
 from __future__ import annotations
 
@@ -31,23 +12,17 @@ from django.core.checks import CheckMessage
 
 
 class StoreError(Exception):
-    """The store could not be reached or failed; the view must not run.
-
-    An outage, which passes: the client gets ``503
-    idempotency_store_unavailable`` with ``X-Should-Retry: true`` and
-    ``Retry-After``.
-    """
+    """The store failed, an outage that passes: the view must not run, and the
+    client gets ``503 idempotency_store_unavailable``, to retry."""
 
     #: Whether the same request can succeed later with nobody changing the server.
     retryable: bool = True
 
 
 class StoreMisconfigured(StoreError):
-    """The store cannot work as configured (its table is missing, its client
-    cannot follow a Redis Cluster...): no retry can succeed until someone fixes
-    the server, so the client gets ``500 idempotency_misconfigured`` with
-    ``X-Should-Retry: false``. The message says what to fix; it is logged at
-    ERROR, never sent to the client."""
+    """The store cannot work as configured: the client gets ``500
+    idempotency_misconfigured``, not to retry; the message, logged at ERROR,
+    says what to fix."""
 
     retryable = False
 
@@ -78,11 +53,9 @@ class StoredResponse:
 class Claim:
     """This request owns the key; the store keeps what it needs in ``state``.
 
-    ``first_claimed_at`` is when the first attempt of this request claimed the
-    key, if an earlier attempt was released (a store that remembers released
-    attempts sets it); ``request.idempotency_key`` is derived from it.
-    ``may_have_acted`` is False when the view refused the request (a released
-    4xx): a store need not remember such an attempt.
+    ``first_claimed_at``: when the first, released, attempt claimed the key
+    (``request.idempotency_key`` derives from it). ``may_have_acted`` is False
+    for a released 4xx: a store need not remember such an attempt.
     """
 
     record: RequestRecord
@@ -97,8 +70,7 @@ class Claim:
 
     @property
     def anchor_expires_at(self) -> datetime:
-        """When this logical request's TTL ends, counted from its first attempt:
-        a store forgets a released attempt then."""
+        """When this logical request's TTL ends: a store forgets a released attempt then."""
         return self.anchor + (self.record.expires_at - self.record.created_at)
 
 
@@ -119,7 +91,8 @@ class InUse:
     """A request with this key is still running."""
 
 
-Outcome = Claim | Replay | Conflict | InUse
+#: What ``Store.begin`` decides for a request.
+Decision = Claim | Replay | Conflict | InUse
 
 
 class Store(abc.ABC):
@@ -129,20 +102,25 @@ class Store(abc.ABC):
     #: whose backend expires them by itself says False.
     needs_purge: bool = True
 
-    #: Whether releasing a claim undoes the view's database writes (the
-    #: database store's claim and the view share one transaction). Where it
-    #: does not, a claim whose view was stopped halfway is never released:
-    #: ``abandon()`` leaves it to lapse.
+    #: Whether releasing a claim undoes the view's database writes (they share
+    #: one transaction). Where not, a view stopped halfway is ``abandon()``\ed.
     rolls_back_view_writes: bool = False
 
     @classmethod
     def check(cls) -> list[CheckMessage]:
-        """System check messages about this store's own settings and backend.
-
-        Called for the class that ``IDEMPOTENCY_STORE`` names, by ``manage.py
-        check`` and on the first request; the default has nothing to say.
-        """
+        """System check messages about this store's settings and backend, for the
+        class that ``IDEMPOTENCY_STORE`` names."""
         return []
+
+    @classmethod
+    def check_deployment(cls) -> list[CheckMessage]:
+        """Checks that ask the store's backend itself, for ``manage.py check --deploy``."""
+        return []
+
+    def claims_held(self) -> tuple[int, datetime | None] | None:
+        """(How many claims are held right now, when the oldest began), for the
+        admin, where the store can tell without a record; None: it cannot."""
+        return None
 
     def purge_expired(
         self,
@@ -153,16 +131,10 @@ class Store(abc.ABC):
         dry_run: bool = False,
         on_batch: Callable[[int], None] | None = None,
     ) -> int:
-        """Delete the records that expired by ``now`` (default: now); the number deleted.
-
-        ``created_before`` also requires a record to be created before then (to
-        keep expired records longer); a record that has not expired never goes.
-        Rows go ``batch_size`` at a time, and ``on_batch`` is told each batch's
-        count. ``dry_run`` deletes nothing and returns how many would go.
-
-        A store whose backend expires records by itself (``needs_purge =
-        False``) has nothing to do; any other store must implement this.
-        """
+        """Delete the records expired by ``now`` (and, if given, created before
+        ``created_before``), ``batch_size`` at a time, telling ``on_batch`` each
+        count; the number deleted, or that would be with ``dry_run``. A store
+        with ``needs_purge = True`` must implement it."""
         if not self.needs_purge:
             return 0
         raise NotImplementedError(
@@ -170,16 +142,15 @@ class Store(abc.ABC):
         )
 
     @abc.abstractmethod
-    def begin(self, record: RequestRecord) -> Outcome:
-        """Claim the key for ``record``, or say why the view must not run."""
+    def begin(self, record: RequestRecord) -> Decision:
+        """Claim the key for ``record``, atomically, or say why the view must not run."""
 
     @abc.abstractmethod
     def finish(self, claim: Claim, response: StoredResponse) -> None:
         """Keep ``response`` as the outcome of the claimed request.
 
-        Raise :class:`StoreError` only if the view's effects were undone too (the
-        client is then told that nothing was processed); a store that cannot undo
-        them must log the failure and return, so the view's response goes out.
+        Raise :class:`StoreError` only if the view's effects were undone too
+        (the client is told nothing was processed); else log and return.
         """
 
     @abc.abstractmethod
@@ -190,24 +161,16 @@ class Store(abc.ABC):
         """
 
     def abandon(self, claim: Claim) -> None:  # noqa: B027 (doing nothing is a fair default)
-        """Stop keeping a claim whose view was stopped before its end (an
-        ``async def`` view cancelled as the server shuts down) and whose
-        effects may stand, so a retry must not run it again at once: the claim
-        stays "in use" until it lapses by itself. Called only when
-        :attr:`rolls_back_view_writes` is False (else the claim is released,
-        and the view's writes with it), in the event loop: it must not block.
-
-        The default does nothing: the claim lasts as the store lets an
-        unfinished claim last. A store that renews a lease stops renewing it.
-        """
+        """Leave a claim whose view was stopped halfway, its writes standing, to
+        lapse by itself ("in use" until then). Called in the event loop, only
+        when :attr:`rolls_back_view_writes` is False: it must not block."""
 
 
-def outcome_of(record: RequestRecord, fingerprint: str, response: StoredResponse | None) -> Outcome:
-    """What an existing, unexpired record means for the request ``record``.
-
-    ``fingerprint`` is the stored request's; ``response`` is None while that
-    request is still running. Every store answers duplicates through this.
-    """
+def outcome_of(
+    record: RequestRecord, fingerprint: str, response: StoredResponse | None
+) -> Decision:
+    """What an unexpired record (its request's ``fingerprint``, its ``response``,
+    None while running) means for ``record``: every store answers duplicates so."""
     if fingerprint != record.fingerprint:
         return Conflict()
     if response is None:

@@ -4,7 +4,7 @@ The demo runs without drf-spectacular (the package's "minimal" test session),
 so the decorators fall back to doing nothing when it is not installed.
 
 Every error is in the one envelope, ``IdempotencyError``: the component that
-``django_idempotency.openapi`` registers for the errors of ``@idempotent``.
+``django_idempotency.contrib.openapi`` registers for the errors of ``@idempotent``.
 Documenting the demo's own errors with that same component (rather than a
 look-alike) keeps each status one schema: a ``oneOf`` of two identical shapes
 would match both, which no validator accepts.

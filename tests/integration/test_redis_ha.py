@@ -38,7 +38,6 @@ from rest_framework.test import APIClient
 
 from django_idempotency.checks import check_redis_server
 from django_idempotency.keys import scoped_key
-from django_idempotency.stores.redis_cluster import RedisClusterClient
 from tests.helpers import CACHE_STORE, envelope, poll
 from tests.servers.http import Server, gunicorn
 from tests.servers.redis import (
@@ -54,7 +53,7 @@ from tests.testapp.models import Widget
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
 PREFIX = os.environ.get("REDIS_TEST_PREFIX", "idem-test")
-CLUSTER_CLIENT = f"{RedisClusterClient.__module__}.{RedisClusterClient.__name__}"
+CLUSTER_CLIENT = "django_idempotency.stores.redis.RedisClusterClient"
 
 
 @pytest.fixture(autouse=True)
@@ -188,7 +187,7 @@ def test_wait_goes_in_one_pipeline_with_the_write_it_covers_on_every_path(
     connection, and then covers nothing: every write that is WAITed for (the
     claim, the take-over of a released attempt, the completion) is sent in
     the same packet as its ``WAIT``."""
-    from django_idempotency.stores.redis import _CLAIM, _FINISH, _TAKE_OVER
+    from django_idempotency.stores.redis.scripts import CLAIM, FINISH, REPLACE
 
     with replicated(tmp_path, replicas=1) as deployment:
         use_redis(settings, f"redis://127.0.0.1:{deployment.primary.port}/0")
@@ -217,13 +216,13 @@ def test_wait_goes_in_one_pipeline_with_the_write_it_covers_on_every_path(
         assert fresh.status_code == 201
 
     def released_first(packet: bytes) -> bool:
-        # _RELEASE is the same script as _TAKE_OVER, with the values swapped.
+        # A release is the same script as a take-over, with the values swapped.
         return packet.find(b'"state":"released"') < packet.find(b'"state":"in_flight"')
 
     writes = {
-        "claim": [p for _, p in sent if _CLAIM.sha.encode() in p],
-        "take-over": [p for _, p in sent if _TAKE_OVER.sha.encode() in p and released_first(p)],
-        "completion": [p for _, p in sent if _FINISH.sha.encode() in p],
+        "claim": [p for _, p in sent if CLAIM.sha.encode() in p],
+        "take-over": [p for _, p in sent if REPLACE.sha.encode() in p and released_first(p)],
+        "completion": [p for _, p in sent if FINISH.sha.encode() in p],
     }
     for name, packets in writes.items():
         assert packets, f"no {name} was sent"

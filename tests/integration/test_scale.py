@@ -25,7 +25,6 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from importlib import import_module
 
 import psycopg
 import pytest
@@ -39,12 +38,6 @@ pytestmark = pytest.mark.slow
 KEYS = 40
 COPIES = 3  # concurrent sends of each key
 CLIENTS = 16
-_migration_0003 = import_module("django_idempotency.migrations.0003_postgresql_claim_function")
-_migration_0005 = import_module("django_idempotency.migrations.0005_postgresql_claim_without_write")
-# The functions as the last migration that defines them (0007) left them.
-_functions = import_module("django_idempotency.migrations.0007_record_digest")
-ARGUMENTS = "(varchar, varchar, varchar, varchar, text, varchar, timestamptz, timestamptz, bigint)"
-SIGNATURES = [m.FUNCTION + ARGUMENTS for m in (_migration_0005, _migration_0003)]
 
 
 @pytest.fixture(scope="module")
@@ -138,17 +131,7 @@ def test_exactly_once_behind_pgbouncer(primary: Cluster, mode: str) -> None:
         pgbouncer(primary, pool_mode=mode, pool_size=4) as bouncer,
         gunicorn(workers=2, database=bouncer.url(name)) as server,
     ):
-        assert_exactly_once(race(server, "with-function"), url, "with-function")
-
-        # Without the claim functions every request falls back to the CTE by
-        # itself, whichever worker and thread it runs in: none answers 503.
-        for signature in SIGNATURES:
-            sql(url, f"DROP FUNCTION {signature}")
-        try:
-            assert_exactly_once(race(server, "without"), url, "without")
-        finally:
-            sql(url, _functions.CREATE_V1)
-            sql(url, _functions.CREATE_V2)
+        assert_exactly_once(race(server, "bounced"), url, "bounced")
     pools = bouncer.log()
     assert "FATAL" not in pools, pools[-2000:]
 
@@ -226,24 +209,27 @@ def test_a_lagging_replica_guarded_views_read_the_primary_and_run_once(
         assert_exactly_once(race(server, "lagging"), primary_url, "lagging")
 
 
+def _create_records(server: Server, primary_url: str, prefix: str, count: int) -> list[int]:
+    """``count`` guarded requests with keys ``prefix-0``...; their records' ids, by key."""
+    for n in range(count):
+        reply = server.request(
+            "/t/widgets",
+            json.dumps({"name": f"{prefix}-{n}"}).encode(),
+            headers={"Idempotency-Key": f"{prefix}-{n}"},
+        )
+        assert reply.status == 201
+    rows = sql(
+        primary_url,
+        "SELECT id FROM django_idempotency_idempotencyrecord"
+        f" WHERE key LIKE '{prefix}-%' ORDER BY key",
+    )
+    return [pk for (pk,) in rows]
+
+
 def test_admin_bulk_actions_write_to_the_primary(replica: tuple[str, str]) -> None:
     primary_url, standby_url = replica
     with replica_server(replica) as server:
-        for n in range(3):
-            reply = server.request(
-                "/t/widgets",
-                json.dumps({"name": f"admin-{n}"}).encode(),
-                headers={"Idempotency-Key": f"admin-{n}"},
-            )
-            assert reply.status == 201
-        pks = [
-            pk
-            for (pk,) in sql(
-                primary_url,
-                "SELECT id FROM django_idempotency_idempotencyrecord"
-                " WHERE key LIKE 'admin-%' ORDER BY key",
-            )
-        ]
+        pks = _create_records(server, primary_url, "admin", 3)
         assert poll(_caught_up(primary_url, standby_url), 60)  # the changelist reads the replica
         admin = AdminSession(server.base)
         changelist = "/admin/django_idempotency/idempotencyrecord/"
@@ -274,21 +260,7 @@ def test_admin_deletes_records_that_the_lagging_replica_has_not_seen(
 ) -> None:
     primary_url, _ = replica
     with replica_server(replica) as server:
-        for n in range(2):
-            reply = server.request(
-                "/t/widgets",
-                json.dumps({"name": f"unseen-{n}"}).encode(),
-                headers={"Idempotency-Key": f"unseen-{n}"},
-            )
-            assert reply.status == 201
-        pks = [
-            pk
-            for (pk,) in sql(
-                primary_url,
-                "SELECT id FROM django_idempotency_idempotencyrecord"
-                " WHERE key LIKE 'unseen-%' ORDER BY key",
-            )
-        ]
+        pks = _create_records(server, primary_url, "unseen", 2)
         admin = AdminSession(server.base)
         changelist = "/admin/django_idempotency/idempotencyrecord/"
         page = admin.post(

@@ -16,8 +16,9 @@ from django.core.management import call_command
 from django.db import connection, connections
 from django.test import override_settings
 
-from django_idempotency.checks import check_mysql_version, check_settings
+from django_idempotency.checks import check_settings
 from django_idempotency.stores.base import Store
+from django_idempotency.stores.database.checks import check_database
 from tests.helpers import ROOT, check_ids
 from tests.servers import run_checked
 
@@ -294,19 +295,19 @@ def test_the_migrate_that_creates_the_table_prints_no_w032(tmp_path: Path) -> No
 def test_e050_a_mariadb_or_mysql_older_than_the_store_supports(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert check_mysql_version(databases=["default"]) == []
+    assert check_database(databases=["default"]) == []
     older = (10, 5, 27) if connection.mysql_is_mariadb else (8, 0, 0)
     monkeypatch.setitem(connections["default"].__dict__, "mysql_version", older)
-    (error,) = check_mysql_version(databases=["default"])
+    (error,) = check_database(databases=["default"])
     assert error.id == "django_idempotency.E050"
     assert "MariaDB 10.5.27" in error.msg or "MySQL 8.0.0" in error.msg
     assert error.hint
     # Asked only for the database it checks.
-    assert check_mysql_version(databases=None) == []
+    assert check_database(databases=None) == []
 
 
 @pytest.mark.django_db
 def test_e050_says_nothing_elsewhere() -> None:
     if connection.vendor == "mysql":
         pytest.skip("other databases only")
-    assert check_mysql_version(databases=["default"]) == []
+    assert check_database(databases=["default"]) == []

@@ -1,6 +1,6 @@
 """Edges of the decorator that a real view can reach: a path that cannot be
 stored, a response that fails to render, a streaming response whose closer
-fails; and the public helpers of keys.py and signals.py."""
+fails; and the public helpers of fingerprint.py and signals.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,12 @@ from django.template.response import TemplateResponse
 from django.test import RequestFactory
 
 from django_idempotency import idempotent, signals
-from django_idempotency.keys import InvalidBody, canonical_json, fingerprint
+from django_idempotency.fingerprint import (
+    InvalidBody,
+    canonical_body,
+    canonical_json,
+    fingerprint_content,
+)
 from django_idempotency.models import IdempotencyRecord
 
 pytestmark = pytest.mark.django_db
@@ -83,6 +88,10 @@ def test_a_streaming_closer_that_fails_is_logged_and_the_answer_is_kept(
     again = view(_request(alice))
     assert again["Idempotent-Replayed"] == "true"
     assert again.content == b"ab"
+
+
+def fingerprint(method: str, path: str, query: str, content_type: str, body: bytes) -> str:
+    return fingerprint_content(method, path, query, canonical_body(content_type, body))
 
 
 def test_fingerprint_of_a_raw_body_ignores_json_key_order_and_space() -> None:

@@ -15,7 +15,7 @@ from django.test import RequestFactory, override_settings
 from rest_framework.test import APIClient
 
 from django_idempotency import idempotent
-from django_idempotency.keys import canonical_body, canonical_json
+from django_idempotency.fingerprint import canonical_body, canonical_json
 from django_idempotency.models import IdempotencyRecord
 from tests.testapp.models import Widget
 

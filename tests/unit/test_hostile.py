@@ -18,7 +18,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
-from django_idempotency.keys import MAX_JSON_DEPTH, MAX_KEY_LENGTH
+from django_idempotency.fingerprint import MAX_JSON_DEPTH
+from django_idempotency.keys import MAX_KEY_LENGTH
 from django_idempotency.models import IdempotencyRecord
 from tests.helpers import StoreUnderTest, delete_test_keys, envelope
 from tests.testapp.models import Widget

@@ -30,8 +30,8 @@ from drf_spectacular.validation import validate_schema
 from hypothesis import given
 from hypothesis import strategies as st
 
+from django_idempotency.contrib.openapi import KEY_PATTERN, key_schema
 from django_idempotency.keys import InvalidKey, parse_key
-from django_idempotency.openapi import KEY_PATTERN, key_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 ERROR_REF = {"$ref": "#/components/schemas/IdempotencyError"}
@@ -324,7 +324,7 @@ from django.core.management import call_command
 import django_idempotency
 from tests.testapp import views
 call_command("check")
-assert "django_idempotency.openapi" not in sys.modules
+assert "django_idempotency.contrib.openapi" not in sys.modules
 print("ok")
 """
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT)}
@@ -437,7 +437,7 @@ def test_replayed_and_request_id_headers_on_every_status_they_can_have(
 def test_api_view_functions_are_found_through_drf() -> None:
     """DRF has no public link from @api_view's class to the function: the
     extension reads the handler's closure by content. Fails if DRF changes that."""
-    from django_idempotency.openapi import idempotent_options
+    from django_idempotency.contrib.openapi import idempotent_options
 
     @api_view(["POST"])
     @idempotent(required=False)
@@ -450,7 +450,7 @@ def test_api_view_functions_are_found_through_drf() -> None:
 def test_drf_spectacular_registry_still_lists_view_extensions() -> None:
     """The one private drf-spectacular API the extension reads (to stack on
     another view extension): fails on a release that renames it."""
-    from django_idempotency.openapi import other_view_extensions
+    from django_idempotency.contrib.openapi import other_view_extensions
 
     assert other_view_extensions(ReplacedView) == [ReplacedViewExtension]
     assert other_view_extensions(ThingViewSet) == []
@@ -492,7 +492,7 @@ def _cyclic() -> Any:
 
 
 def test_unguarded_handlers_are_not_documented() -> None:
-    from django_idempotency.openapi import idempotent_options
+    from django_idempotency.contrib.openapi import idempotent_options
 
     @api_view(["POST"])
     def drf_function(request: Any) -> Response:  # pragma: no cover - never called
@@ -510,7 +510,7 @@ def test_unguarded_handlers_are_not_documented() -> None:
 
 
 def test_a_cyclic_wraps_chain_is_not_followed_forever() -> None:
-    from django_idempotency.openapi import idempotent_options
+    from django_idempotency.contrib.openapi import idempotent_options
 
     assert idempotent_options(_cyclic()) is None
 

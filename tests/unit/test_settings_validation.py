@@ -24,32 +24,9 @@ from rest_framework.test import APIClient
 
 from django_idempotency import idempotent
 from django_idempotency.checks import check_settings
-from django_idempotency.conf import conf
 from django_idempotency.stores.base import Store
 from tests.helpers import ROOT, check_ids, post
 from tests.servers import free_port
-
-# IDEMPOTENCY_FAIL_OPEN: a boolean, not anything truthy.
-
-
-@pytest.mark.parametrize("value", ["false", "False", "true", "0", "", 1, 0, None])
-def test_e020_fail_open_must_be_a_real_boolean(value: object) -> None:
-    assert check_ids(IDEMPOTENCY_FAIL_OPEN=value) == ["django_idempotency.E020"]
-
-
-@pytest.mark.parametrize("value", ["false", "true", 1, "yes"])
-def test_a_fail_open_that_is_not_true_fails_closed(value: object) -> None:
-    # Were the check silenced, the store still never opens on a string.
-    with override_settings(IDEMPOTENCY_FAIL_OPEN=value):
-        assert conf.IDEMPOTENCY_FAIL_OPEN is False
-
-
-@pytest.mark.parametrize("value", [True, False])
-def test_fail_open_booleans_pass(value: bool) -> None:
-    assert check_ids(IDEMPOTENCY_FAIL_OPEN=value) == []
-    with override_settings(IDEMPOTENCY_FAIL_OPEN=value):
-        assert conf.IDEMPOTENCY_FAIL_OPEN is value
-
 
 # IDEMPOTENCY_TTL: positive, and not so long that an expiry overflows.
 
@@ -252,13 +229,13 @@ def test_good_decorator_options_pass(options: dict[str, Any]) -> None:
 
 @pytest.mark.django_db
 def test_first_request_with_a_bad_setting_names_every_problem(client_alice: APIClient) -> None:
-    bad = {"IDEMPOTENCY_SCOPE": "myapp.nowhere.scope", "IDEMPOTENCY_FAIL_OPEN": "false"}
+    bad = {"IDEMPOTENCY_SCOPE": "myapp.nowhere.scope", "IDEMPOTENCY_RETRY_AFTER": -1}
     with override_settings(**bad):
         for _ in range(2):  # the second request fails the same way, without re-running
             with pytest.raises(ImproperlyConfigured) as raised:
                 post(client_alice, "/t/widgets", {"name": "w"}, key="k")
             assert "django_idempotency.E005" in str(raised.value)
-            assert "django_idempotency.E020" in str(raised.value)
+            assert "django_idempotency.E009" in str(raised.value)
     # Restored settings: requests work again.
     assert post(client_alice, "/t/widgets", {"name": "w"}, key="k").status_code == 201
 
@@ -266,8 +243,8 @@ def test_first_request_with_a_bad_setting_names_every_problem(client_alice: APIC
 @pytest.mark.django_db
 def test_silenced_errors_and_warnings_do_not_stop_requests(client_alice: APIClient) -> None:
     with override_settings(
-        IDEMPOTENCY_FAIL_OPEN="false",
-        SILENCED_SYSTEM_CHECKS=["django_idempotency.E020"],
+        IDEMPOTENCY_RETRY_AFTER=-1,
+        SILENCED_SYSTEM_CHECKS=["django_idempotency.E009"],
         IDEMPOTENCY_RELEASED_STATUSES={201},  # W001
     ):
         assert post(client_alice, "/t/widgets", {"name": "w"}, key="k").status_code == 201
@@ -277,7 +254,7 @@ def test_silenced_errors_and_warnings_do_not_stop_requests(client_alice: APIClie
 def test_under_gunicorn_a_bad_setting_stops_the_server_at_start_up(tmp_path: Path) -> None:
     """gunicorn runs no system checks: with a bad IDEMPOTENCY_SCOPE the app's
     ready() refuses to start, rather than every POST being a 500."""
-    overrides = {"IDEMPOTENCY_SCOPE": "myapp.nowhere.scope", "IDEMPOTENCY_FAIL_OPEN": "no"}
+    overrides = {"IDEMPOTENCY_SCOPE": "myapp.nowhere.scope", "IDEMPOTENCY_RETRY_AFTER": -1}
     environ = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings_overrides",
@@ -294,4 +271,4 @@ def test_under_gunicorn_a_bad_setting_stops_the_server_at_start_up(tmp_path: Pat
     assert "Worker failed to boot" in text, text
     assert "django-idempotency's settings are invalid" in text, text
     assert "(django_idempotency.E005) IDEMPOTENCY_SCOPE 'myapp.nowhere.scope'" in text, text
-    assert "(django_idempotency.E020) IDEMPOTENCY_FAIL_OPEN" in text, text
+    assert "(django_idempotency.E009) IDEMPOTENCY_RETRY_AFTER" in text, text

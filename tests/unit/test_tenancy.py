@@ -19,7 +19,7 @@ from rest_framework.test import APIClient
 
 from django_idempotency.keys import scoped_key
 from django_idempotency.stores.base import RequestRecord
-from django_idempotency.stores.database import _lock_id
+from django_idempotency.stores.database.locks import lock_id as _lock_id
 from tests.helpers import StoreUnderTest, poll, post
 from tests.testapp import views
 from tests.testapp.models import Widget

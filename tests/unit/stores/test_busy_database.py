@@ -100,17 +100,26 @@ def test_a_new_key_beside_a_slow_view_is_never_told_in_use(
     assert sorted(Widget.objects.values_list("name", flat=True)) == ["other", "slow"]
 
 
+def _send_while_held(
+    pool: ThreadPoolExecutor, alice: User, key: str, name: str, *, elsewhere: int
+) -> Future[Any]:
+    """Send while the slow view runs: on SQLite the request waits for the write
+    lock (the suite's busy timeout: 20 s); elsewhere it answers ``elsewhere`` at once."""
+    answer = pool.submit(_post, alice, key, name)
+    if SQLITE:
+        time.sleep(0.5)
+        assert not answer.done()
+    else:
+        assert answer.result(timeout=10).status_code == elsewhere
+    return answer
+
+
 def test_a_new_key_waits_for_the_lock_within_the_busy_timeout(
     alice: User, slow_view: tuple[Future[Any], threading.Event]
 ) -> None:
     first, gate = slow_view
     with ThreadPoolExecutor(1) as pool:
-        other = pool.submit(_post, alice, "never-used", "other")
-        if SQLITE:
-            time.sleep(0.5)
-            assert not other.done()  # waiting for the write lock (the suite's timeout: 20 s)
-        else:
-            assert other.result(timeout=10).status_code == 201  # while the first still runs
+        other = _send_while_held(pool, alice, "never-used", "other", elsewhere=201)
         gate.set()
         assert other.result(timeout=10).status_code == 201
     assert first.result(timeout=10).status_code == 201
@@ -142,12 +151,7 @@ def test_a_duplicate_waits_within_the_busy_timeout_then_replays(
 ) -> None:
     first, gate = slow_view
     with ThreadPoolExecutor(1) as pool:
-        duplicate = pool.submit(_post, alice, "slow", "slow")
-        if SQLITE:
-            time.sleep(0.5)
-            assert not duplicate.done()  # waiting for the write lock
-        else:
-            assert duplicate.result(timeout=10).status_code == 409  # while the first runs
+        duplicate = _send_while_held(pool, alice, "slow", "slow", elsewhere=409)
         gate.set()
         stored = first.result(timeout=10)
         answer = duplicate.result(timeout=10)

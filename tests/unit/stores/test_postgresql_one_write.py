@@ -1,11 +1,9 @@
-"""One durable write per first request on PostgreSQL (migration 0005's claim).
+"""One durable write per first request on PostgreSQL (migration 0002's claim function).
 
 Under READ COMMITTED the claim takes the advisory lock and writes nothing; the
-finished record is inserted once by ``finish``. These tests prove the
-guarantees that the in-flight row used to give still hold: a duplicate is "in
-use" at once, a killed worker leaves nothing, a record committed between a
-claimant's lookup and its lock is seen, REPEATABLE READ keeps writing first, and
-old (v1) and new (v2) claimants exclude each other during a rolling deploy.
+finished record is inserted once by ``finish``. These tests prove that the
+key is still guarded without a row: a duplicate is "in use" at once, a killed worker leaves nothing, a record committed between a
+claimant's lookup and its lock is seen, and REPEATABLE READ keeps writing first.
 
 The races are made deterministic with a hook: a claimant session whose
 search_path puts a schema before pg_catalog calls that schema's
@@ -31,8 +29,8 @@ from rest_framework.test import APIClient
 
 from django_idempotency.keys import scoped_key
 from django_idempotency.models import IdempotencyRecord
-from django_idempotency.stores import database
 from django_idempotency.stores.base import RequestRecord
+from django_idempotency.stores.database import locks, sql
 from tests.helpers import poll, post
 from tests.testapp import views
 from tests.testapp.models import Widget
@@ -86,7 +84,7 @@ def claim(conn: psycopg.Connection[Any], r: RequestRecord, function: str) -> tup
             "in_flight",
             r.created_at,
             r.expires_at,
-            database._lock_id(r),
+            locks.lock_id(r),
         ],
     ).fetchone()
     assert row is not None
@@ -99,10 +97,9 @@ def finish(conn: psycopg.Connection[Any], r: RequestRecord, pk: int | None) -> N
         params = [r.scope, r.key, scoped_key(r.scope, r.key), r.fingerprint, r.method, r.path]
         params += ["completed", 201]
         params += ["[]", b"{}", r.created_at, r.expires_at]
-        conn.execute(database.DatabaseStore._FINISH_INSERT_SQL.format(table=TABLE), params)
+        conn.execute(sql.insert(connection), params)
     else:
-        sql = database.DatabaseStore._FINISH_SQL.format(table=TABLE)
-        conn.execute(sql, ["completed", 201, "[]", b"{}", pk])
+        conn.execute(sql.FINISH.format(table=TABLE), ["completed", 201, "[]", b"{}", pk])
     conn.commit()
 
 
@@ -195,7 +192,7 @@ def test_an_expired_record_is_taken_over_with_one_write(client_alice: APIClient)
     IdempotencyRecord.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     r = IdempotencyRecord.objects.get()
     with raw() as conn:
-        outcome = claim(conn, record(r.key, scope=r.scope), database.CLAIM_FUNCTION)
+        outcome = claim(conn, record(r.key, scope=r.scope), sql.CLAIM_FUNCTION)
         assert outcome == ("expired", None)
         conn.rollback()
     created = post(client_alice, "/t/widgets", {"name": "new"})
@@ -240,17 +237,17 @@ def test_while_the_view_runs_there_is_no_row_and_a_duplicate_is_in_use_at_once(
 def test_a_killed_claimant_leaves_no_row_and_frees_the_key() -> None:
     r = record()
     victim = raw()
-    assert claim(victim, r, database.CLAIM_FUNCTION) == ("claimed", None)
+    assert claim(victim, r, sql.CLAIM_FUNCTION) == ("claimed", None)
     (pid,) = victim.execute("SELECT pg_backend_pid()").fetchone()  # type: ignore[misc]
     with raw() as other:
-        assert claim(other, r, database.CLAIM_FUNCTION)[0] == "locked"
+        assert claim(other, r, sql.CLAIM_FUNCTION)[0] == "locked"
         other.rollback()
         other.execute("SELECT pg_terminate_backend(%s)", [pid])
         other.commit()
 
         def claimed() -> bool:
             # The server ends the victim's transaction (and its lock) shortly.
-            outcome = claim(other, r, database.CLAIM_FUNCTION)[0]
+            outcome = claim(other, r, sql.CLAIM_FUNCTION)[0]
             other.rollback()
             return outcome == "claimed"
 
@@ -262,7 +259,7 @@ def test_a_killed_claimant_leaves_no_row_and_frees_the_key() -> None:
 def test_a_record_committed_between_the_lookup_and_the_lock_is_seen(
     gate: psycopg.Connection[Any],
 ) -> None:
-    answer = race_in_window(gate, database.CLAIM_FUNCTION, database.CLAIM_FUNCTION)
+    answer = race_in_window(gate, sql.CLAIM_FUNCTION, sql.CLAIM_FUNCTION)
     assert answer == ("existing", None)
     assert rows() == 1
 
@@ -270,7 +267,7 @@ def test_a_record_committed_between_the_lookup_and_the_lock_is_seen(
 def test_under_repeatable_read_the_claim_writes_first() -> None:
     with raw() as conn:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        outcome, pk = claim(conn, record(), database.CLAIM_FUNCTION)
+        outcome, pk = claim(conn, record(), sql.CLAIM_FUNCTION)
         assert outcome == "claimed"
         assert pk is not None  # the in-flight row, as version 1 writes it
         conn.rollback()
@@ -283,35 +280,12 @@ def test_under_repeatable_read_a_record_committed_after_the_snapshot_is_never_ru
     # insert meets the committed row instead (a serialization failure, or the
     # record), and the second claimant never gets to run the view.
     answer = race_in_window(
-        gate, database.CLAIM_FUNCTION, database.CLAIM_FUNCTION, isolation="REPEATABLE READ"
+        gate, sql.CLAIM_FUNCTION, sql.CLAIM_FUNCTION, isolation="REPEATABLE READ"
     )
     if isinstance(answer, BaseException):
         assert getattr(answer, "sqlstate", None) == "40001", answer
     else:
         assert answer[0] != "claimed", answer
-    assert rows() == 1
-
-
-@pytest.mark.parametrize(
-    ("first", "second"),
-    [
-        (database.CLAIM_FUNCTION_V1, database.CLAIM_FUNCTION),
-        (database.CLAIM_FUNCTION, database.CLAIM_FUNCTION_V1),
-    ],
-    ids=["v1-then-v2", "v2-then-v1"],
-)
-def test_old_and_new_claimants_exclude_each_other(
-    first: str, second: str, gate: psycopg.Connection[Any]
-) -> None:
-    r = record("deploy")
-    with raw() as a, raw() as b:
-        assert claim(a, r, first)[0] == "claimed"
-        assert claim(b, r, second) == ("locked", None)
-        a.rollback()
-        b.rollback()
-    # And in the window between the second's lookup and its lock.
-    answer = race_in_window(gate, first, second)
-    assert answer == ("existing", None), answer
     assert rows() == 1
 
 

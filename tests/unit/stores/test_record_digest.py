@@ -1,25 +1,21 @@
 """Records are found by a digest of (scope, key), byte for byte, on every
 database: a collation that ignores case or trailing spaces (MySQL's and
-MariaDB's defaults) can never merge two callers or two keys. Migration 0007
-gives existing rows their digest."""
+MariaDB's defaults) can never merge two callers or two keys."""
 
 from __future__ import annotations
 
 from datetime import timedelta
-from importlib import import_module
 
 import pytest
 from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from django_idempotency.keys import scoped_key
 from django_idempotency.models import IdempotencyRecord
+from django_idempotency.stores.database import sql
 from tests.helpers import post
 from tests.testapp.models import Widget
-
-MIGRATION = import_module("django_idempotency.migrations.0007_record_digest")
 
 
 @pytest.mark.django_db
@@ -69,46 +65,8 @@ def test_a_record_written_through_the_orm_gets_its_digest() -> None:
 @pytest.mark.django_db
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the SQL digest is PostgreSQL's")
 @pytest.mark.parametrize(("scope", "key"), [("user:1", "k"), ("tenant:Zoë", "Case-X ")])
-def test_the_claim_functions_compute_the_digest_as_the_store_does(scope: str, key: str) -> None:
-    sql = MIGRATION.DIGEST.replace("p_scope", "%s").replace("p_key", "%s")
+def test_the_claim_function_computes_the_digest_as_the_store_does(scope: str, key: str) -> None:
+    digest = sql.DIGEST.replace("p_scope", "%s").replace("p_key", "%s")
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {sql}", [scope, key])
+        cursor.execute(f"SELECT {digest}", [scope, key])
         assert cursor.fetchone()[0] == scoped_key(scope, key)
-
-
-@pytest.mark.django_db(transaction=True)
-def test_migration_0007_gives_existing_records_their_digest_and_they_replay(
-    client_alice: APIClient, alice
-) -> None:  # type: ignore[no-untyped-def]
-    app = "django_idempotency"
-    executor = MigrationExecutor(connection)
-    executor.migrate([(app, "0006_postgresql_body_lz4")])
-    try:
-        old = executor.loader.project_state((app, "0006_postgresql_body_lz4")).apps
-        records = old.get_model(app, "IdempotencyRecord")
-        now = timezone.now()
-        for key in ("kept", "other"):
-            records.objects.create(
-                scope=f"user:{alice.pk}",
-                key=key,
-                fingerprint="0" * 64,
-                method="POST",
-                path="/t/widgets",
-                state="completed",
-                response_status=201,
-                response_headers='[["Content-Type", "application/json"]]',
-                response_body=b'{"id": 7}',
-                created_at=now,
-                expires_at=now + timedelta(hours=1),
-            )
-    finally:
-        executor = MigrationExecutor(connection)
-        executor.loader.build_graph()
-        executor.migrate(executor.loader.graph.leaf_nodes(app))
-    assert sorted(IdempotencyRecord.objects.values_list("key", "digest")) == sorted(
-        (key, scoped_key(f"user:{alice.pk}", key)) for key in ("kept", "other")
-    )
-    # Found by the digest: another request under the key is a conflict.
-    again = post(client_alice, "/t/widgets", {"name": "x"}, key="kept")
-    assert again.status_code == 409
-    assert again.json()["error"]["type"] == "idempotency_conflict"

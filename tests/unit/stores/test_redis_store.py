@@ -20,13 +20,13 @@ import pytest
 pytest.importorskip("django_redis")
 
 from django.contrib.auth.models import User
-from django.core.checks import Warning
 from django.test import override_settings
 from django_redis.cache import RedisCache
 from rest_framework.test import APIClient
 
 from django_idempotency.checks import check_settings
-from django_idempotency.stores.redis import CLUSTER_CLIENT
+from django_idempotency.conf import conf
+from django_idempotency.stores.redis.checks import CLUSTER_CLIENT
 from tests.helpers import (
     CACHE_STORE,
     DATABASE_STORE,
@@ -205,25 +205,21 @@ def test_cluster_redirections_are_logged_as_a_configuration_error(
     assert record.exc_info is not None, "with its cause"
 
 
-OLD_PATH = "django_idempotency.stores.cache.CacheStore"
+@pytest.mark.parametrize("value", ["false", "False", "true", "0", "", 1, 0, None])
+def test_e020_fail_open_must_be_a_real_boolean(value: object) -> None:
+    assert errors(IDEMPOTENCY_FAIL_OPEN=value) == ["django_idempotency.E020"]
 
 
-def test_the_old_dotted_path_still_works_and_warns() -> None:
-    from django_idempotency.stores import _build
-    from django_idempotency.stores.redis import RedisStore
-
-    _build.cache_clear()
-    with pytest.warns(DeprecationWarning, match="stores.redis.RedisStore"):
-        store = _build(OLD_PATH)
-    _build.cache_clear()
-    assert isinstance(store, RedisStore)
+@pytest.mark.parametrize("value", [True, False])
+def test_fail_open_booleans_pass(value: bool) -> None:
+    assert errors(IDEMPOTENCY_FAIL_OPEN=value) == []
 
 
-def test_check_warns_about_the_old_dotted_path() -> None:
-    with override_settings(IDEMPOTENCY_STORE=OLD_PATH, CACHES=CHECKED_CACHES):
-        found = check_settings()
-    assert [(type(m), m.id) for m in found] == [(Warning, "django_idempotency.W040")]
-    assert "django_idempotency.stores.redis.RedisStore" in found[0].hint
+@pytest.mark.parametrize("value", ["false", "true", 1, "yes"])
+def test_a_fail_open_that_is_not_true_fails_closed(value: object) -> None:
+    # Were the check silenced, the store still never opens on a string.
+    with override_settings(IDEMPOTENCY_FAIL_OPEN=value):
+        assert conf.IDEMPOTENCY_FAIL_OPEN is False
 
 
 def test_check_ignores_the_cache_for_the_database_store() -> None:
@@ -267,6 +263,17 @@ def test_the_lease_is_renewed_while_a_long_view_runs(
     assert replay["Idempotent-Replayed"] == "true"
 
 
+def _gated(
+    pool: ThreadPoolExecutor, user: User, name: str, key: str
+) -> tuple[Any, threading.Event]:
+    """A request whose view runs until its gate is set: its future, once the view started."""
+    views.started.clear()
+    views.gates[key] = gate = threading.Event()
+    running = pool.submit(post_as, user, "/t/widgets", {"name": name}, key, HTTP_X_TEST_GATE=key)
+    assert views.started.wait(10)
+    return running, gate
+
+
 @redis_only
 @pytest.mark.django_db(transaction=True)
 def test_a_request_that_lost_its_lease_cannot_overwrite_the_new_owner(
@@ -277,13 +284,8 @@ def test_a_request_that_lost_its_lease_cannot_overwrite_the_new_owner(
     settings: Any,
 ) -> None:
     settings.IDEMPOTENCY_LEASE = 600  # no renewal comes between the lapse and the retry
-    views.started.clear()
-    views.gates["slow"] = gate = threading.Event()
     with ThreadPoolExecutor(2) as pool:
-        slow = pool.submit(
-            post_as, alice, "/t/widgets", {"name": "slow"}, "lease", HTTP_X_TEST_GATE="slow"
-        )
-        assert views.started.wait(10)
+        slow, gate = _gated(pool, alice, "slow", "lease")
         # The slow request's lease lapses (as when its worker stalls past it).
         name = _claim_key()
         redis_client().pexpire(name, 1)
@@ -325,7 +327,7 @@ def test_a_claim_past_its_time_budget_is_answered_503_with_retry_after(
 def test_the_budget_ends_redis_pys_retries_instead_of_sleeping_past_it() -> None:
     from redis.backoff import ConstantBackoff
 
-    from django_idempotency.stores.redis import BudgetBackoff, BudgetExceeded, within
+    from django_idempotency.stores.redis.scripts import BudgetBackoff, BudgetExceeded, within
 
     backoff = BudgetBackoff(ConstantBackoff(0.5))
     assert backoff.compute(1) == 0.5, "without a deadline, the backoff it wraps"
@@ -340,16 +342,11 @@ def test_the_budget_ends_redis_pys_retries_instead_of_sleeping_past_it() -> None
 def test_taking_over_a_lapsed_claim_is_logged_with_how_long_past_its_lease(
     alice: User, store: StoreUnderTest, caplog: pytest.LogCaptureFixture, settings: Any
 ) -> None:
-    from django_idempotency.stores.redis import LAPSE_MEMORY_MS
+    from django_idempotency.stores.redis.scripts import LAPSE_MEMORY_MS
 
     settings.IDEMPOTENCY_LEASE = 600
-    views.started.clear()
-    views.gates["stalled"] = gate = threading.Event()
     with ThreadPoolExecutor(1) as pool:
-        stalled = pool.submit(
-            post_as, alice, "/t/widgets", {"name": "lapse"}, "lapse", HTTP_X_TEST_GATE="stalled"
-        )
-        assert views.started.wait(10)
+        stalled, gate = _gated(pool, alice, "lapse", "lapse")
         # As when its worker died 2 s after the lease's last renewal would have lapsed.
         name = _claim_key()
         redis_client().pexpire(name, LAPSE_MEMORY_MS - 2000)
@@ -373,13 +370,8 @@ def test_a_lapsed_claim_that_nobody_took_over_still_stores_its_response(
     client_alice: APIClient, alice: User, store: StoreUnderTest, settings: Any
 ) -> None:
     settings.IDEMPOTENCY_LEASE = 600
-    views.started.clear()
-    views.gates["slow"] = gate = threading.Event()
     with ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(
-            post_as, alice, "/t/widgets", {"name": "slow"}, "lapsed", HTTP_X_TEST_GATE="slow"
-        )
-        assert views.started.wait(10)
+        slow, gate = _gated(pool, alice, "slow", "lapsed")
         redis_client().delete(_claim_key())  # lapsed (or lost by a restarted Redis)
         gate.set()
         first = slow.result(10)
@@ -396,13 +388,8 @@ def test_renewal_takes_back_a_lapsed_claim_that_nobody_took_over(
     client_alice: APIClient, alice: User, store: StoreUnderTest, settings: Any
 ) -> None:
     settings.IDEMPOTENCY_LEASE = 0.3
-    views.started.clear()
-    views.gates["slow"] = gate = threading.Event()
     with ThreadPoolExecutor(2) as pool:
-        slow = pool.submit(
-            post_as, alice, "/t/widgets", {"name": "slow"}, "back", HTTP_X_TEST_GATE="slow"
-        )
-        assert views.started.wait(10)
+        slow, gate = _gated(pool, alice, "slow", "back")
         name = _claim_key()
         redis_client().delete(name)
         deadline = time.monotonic() + 10
@@ -487,10 +474,8 @@ def test_in_a_testcase_with_atomic_requests_capture_on_commit_stores_the_respons
 def test_the_scripts_survive_a_connection_that_the_server_closed(
     client_alice: APIClient, store: StoreUnderTest
 ) -> None:
-    """The store sends its scripts on a connection of the client's pool itself
-    (stores/redis.py, _execute): one that Redis closed while it sat in the pool
-    is replaced, as redis-py's execute_command would, and the claim, the
-    completion and the replay go through."""
+    """A pooled connection that Redis closed while it sat in the pool is
+    replaced, and the claim, the completion and the replay go through."""
     import redis
 
     from django_idempotency.stores.redis import RedisStore

@@ -21,10 +21,12 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from django_idempotency.checks import check_database_routing, check_database_table
+from django_idempotency.checks import check_settings
 from django_idempotency.conf import store_database
 from django_idempotency.models import IdempotencyRecord
-from django_idempotency.routers import guarded, in_guarded_view
+from django_idempotency.stores.database import DatabaseStore
+from django_idempotency.stores.database.checks import check_database
+from django_idempotency.stores.database.routers import guarded, in_guarded_view
 from tests.helpers import check_ids, make_record, post
 from tests.testapp.models import Widget
 
@@ -68,16 +70,16 @@ def test_idempotency_database_overrides_the_routers(settings: Any) -> None:
 
 @pytest.mark.usefixtures("database_store")
 def test_the_routing_checks_pass_by_default_and_with_a_router(settings: Any) -> None:
-    assert check_ids(check_database_routing()) == []
+    assert check_ids(DatabaseStore.check()) == []
     settings.DATABASE_ROUTERS = ELSEWHERE
-    assert check_ids(check_database_routing()) == []
+    assert check_ids(DatabaseStore.check()) == []
 
 
 @pytest.mark.usefixtures("database_store")
 def test_w030_the_setting_and_the_routers_disagree(settings: Any) -> None:
     settings.DATABASE_ROUTERS = ELSEWHERE
     settings.IDEMPOTENCY_DATABASE = "default"
-    assert check_ids(check_database_routing()) == [
+    assert check_ids(DatabaseStore.check()) == [
         "django_idempotency.W030",
         "django_idempotency.W031",  # and the router keeps the table out of "default"
     ]
@@ -86,21 +88,21 @@ def test_w030_the_setting_and_the_routers_disagree(settings: Any) -> None:
 @pytest.mark.usefixtures("database_store")
 def test_w031_the_routers_never_migrate_the_records_there(settings: Any) -> None:
     settings.DATABASE_ROUTERS = ["tests.routers.RecordsNowhereRouter"]
-    assert check_ids(check_database_routing()) == ["django_idempotency.W031"]
+    assert check_ids(DatabaseStore.check()) == ["django_idempotency.W031"]
 
 
 def test_the_routing_checks_leave_other_stores_alone(settings: Any) -> None:
     settings.IDEMPOTENCY_STORE = "tests.unit.test_checks.OtherStore"
     settings.DATABASE_ROUTERS = ["tests.routers.RecordsNowhereRouter"]
-    assert check_ids(check_database_routing()) == []
-    assert check_ids(check_database_table(databases=TWO)) == []
+    assert not [i for i in check_ids(check_settings()) if i.startswith("django_idempotency.W03")]
+    assert check_ids(check_database(databases=TWO)) == []
 
 
 @pytest.mark.usefixtures("database_store")
 @pytest.mark.django_db(databases=TWO)
 def test_w032_no_table_in_the_store_database(settings: Any) -> None:
     settings.DATABASE_ROUTERS = ELSEWHERE
-    assert check_ids(check_database_table(databases=TWO)) == []
+    assert check_ids(check_database(databases=TWO)) == []
     second = connections["second"]
     table = IdempotencyRecord._meta.db_table
     with second.cursor() as cursor:  # undone with the test's transaction
@@ -109,16 +111,16 @@ def test_w032_no_table_in_the_store_database(settings: Any) -> None:
             create = cursor.fetchone()[1]
         cursor.execute(f"DROP TABLE {table}")
     try:
-        assert check_ids(check_database_table(databases=TWO)) == ["django_idempotency.W032"]
+        assert check_ids(check_database(databases=TWO)) == ["django_idempotency.W032"]
         # Only when asked about that database: `manage.py check` alone does not ask.
-        assert check_ids(check_database_table(databases=["default"])) == []
-        assert check_ids(check_database_table(databases=None)) == []
+        assert check_ids(check_database(databases=["default"])) == []
+        assert check_ids(check_database(databases=None)) == []
         if second.vendor != "mysql":  # a DELETE after committed DDL would stay
             # Nor before the migration that creates the table has run there:
             # the check runs at the start of that very `migrate`.
             with second.cursor() as cursor:
                 cursor.execute("DELETE FROM django_migrations WHERE app = 'django_idempotency'")
-            assert check_ids(check_database_table(databases=TWO)) == []
+            assert check_ids(check_database(databases=TWO)) == []
     finally:
         if second.vendor == "mysql":
             with second.cursor() as cursor:
@@ -152,7 +154,7 @@ def test_w032_says_nothing_when_the_database_cannot_be_reached(
 
     settings.DATABASE_ROUTERS = ELSEWHERE
     monkeypatch.setattr(connections["second"].introspection, "table_names", unreachable)
-    assert check_ids(check_database_table(databases=TWO)) == []
+    assert check_ids(check_database(databases=TWO)) == []
 
 
 # The admin writes where the routers write, whatever it read from.
@@ -254,7 +256,7 @@ def test_admin_deletes_what_the_primary_has_whatever_the_replica_lags(
 def lagging_replica(settings: Any) -> None:
     """Reads go to "second", which never sees the primary's writes."""
     settings.DATABASE_ROUTERS = [
-        "django_idempotency.routers.GuardedReadsRouter",
+        "django_idempotency.stores.database.routers.GuardedReadsRouter",
         "tests.routers.LaggingReplicaRouter",
     ]
 

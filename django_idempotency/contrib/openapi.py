@@ -1,21 +1,5 @@
-"""OpenAPI documentation of ``@idempotent`` operations, for drf-spectacular.
-
-Nothing to configure: when drf-spectacular is installed, the app config imports
-this module, which registers a drf-spectacular view extension. For every
-``POST`` handler decorated with ``@idempotent`` the schema then shows
-
-* the ``Idempotency-Key`` request header (required unless ``required=False``),
-* the ``Idempotent-Replayed`` and ``Request-Id`` response headers,
-* the 400, 403, 409, 413 and 503 errors the decorator answers, all in one
-  ``IdempotencyError`` component (the error envelope), with an example per type.
-
-Why a view extension: it is the one drf-spectacular hook that a reusable app
-can switch on by itself. ``DEFAULT_SCHEMA_CLASS`` and the postprocessing hooks
-are the user's settings; a view extension only has to be imported. It does not
-replace the view's schema: it stacks :class:`IdempotentSchemaMixin` on whatever
-schema class the handler already has (``@extend_schema``, a custom AutoSchema),
-and defers to any other view extension that matches the same view.
-"""
+"""drf-spectacular documentation of ``@idempotent`` operations: a view extension,
+imported by the app config when drf-spectacular is installed (docs/openapi.rst)."""
 
 from __future__ import annotations
 
@@ -28,70 +12,55 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.plumbing import ResolvedComponent, get_class
 from rest_framework.viewsets import ViewSetMixin
 
-from . import errors
-from .conf import conf
-from .decorators import GUARDED_METHODS, REPLAYED_HEADER
-from .keys import MAX_KEY_LENGTH
+from .. import errors
+from ..conf import conf
+from ..decorators import GUARDED_METHODS
+from ..keys import MAX_KEY_LENGTH
+from ..responses import REPLAYED_HEADER, kept
 
 ERROR_COMPONENT = "IdempotencyError"
 
 
 def idempotent_options(handler: Any) -> tuple[bool, timedelta | None] | None:
-    """``(required, ttl)`` of an ``@idempotent`` handler, or ``None`` if it is not one.
+    """``(required, ttl)`` of an ``@idempotent`` handler, or ``None``, through
+    ``functools.wraps`` chains and ``@api_view``'s generated class."""
+    marked = _marked(handler, closures=True)
+    if marked is None:
+        return None
+    return bool(getattr(marked, "_idempotent_required", True)), getattr(
+        marked, "_idempotent_ttl", None
+    )
 
-    Follows ``functools.wraps`` chains (other decorators above ours) and the
-    function that ``@api_view`` wraps in its generated class.
-    """
+
+def _marked(function: Any, closures: bool) -> Any:
     for _ in range(20):  # a decorator chain longer than this is not a real one
-        if handler is None:
+        if function is None:
             return None
-        handler = getattr(handler, "__func__", handler)
-        if getattr(handler, "_idempotent", False):
-            return bool(getattr(handler, "_idempotent_required", True)), getattr(
-                handler, "_idempotent_ttl", None
-            )
-        handler = getattr(handler, "__wrapped__", None) or _api_view_function(handler)
+        function = getattr(function, "__func__", function)
+        if getattr(function, "_idempotent", False):
+            return function
+        function = getattr(function, "__wrapped__", None) or (
+            _api_view_function(function) if closures else None
+        )
     return None
 
 
 def _api_view_function(handler: Any) -> Any:
-    """The ``@idempotent`` function that an ``@api_view`` handler calls, if any.
-
-    DRF offers no public way from the generated ``WrappedAPIView`` to the
-    function it wraps: each method is a closure, ``handler(self, *a, **kw):
-    return func(*a, **kw)``. The closure's cells are read by what they hold
-    (a function we marked), never by the variable's name. If DRF ever stops
-    closing over the function, ``tests/test_openapi.py::
-    test_api_view_functions_are_found_through_drf`` fails, in every matrix
-    session.
-    """
+    # No public link from @api_view's class to the function: its methods close
+    # over it. Cells are read by what they hold (our mark), not by name.
     for cell in getattr(handler, "__closure__", None) or ():
         try:
             content = cell.cell_contents
         except ValueError:  # an empty cell
             continue
-        if callable(content) and _marked(content):
+        if callable(content) and _marked(content, closures=False) is not None:
             return content
     return None
 
 
-def _marked(function: Any) -> bool:
-    for _ in range(20):
-        if function is None:
-            return False
-        if getattr(getattr(function, "__func__", function), "_idempotent", False):
-            return True
-        function = getattr(function, "__wrapped__", None)
-    return False
-
-
 class IdempotentSchemaMixin:
-    """Adds the idempotency header, response headers and errors to guarded operations.
-
-    Mix it into a drf-spectacular ``AutoSchema``. The view extension below does
-    this on its own; use the mixin directly only for a view that another
-    extension replaces in a way that drops ours.
-    """
+    """Adds the idempotency header, response headers and errors to guarded
+    operations, mixed into a drf-spectacular ``AutoSchema``."""
 
     view: Any
     registry: Any
@@ -120,12 +89,8 @@ def _handler(view: Any, method: str) -> Any:
 def document_operation(
     operation: dict[str, Any], registry: Any, *, required: bool, ttl: timedelta | None
 ) -> None:
-    """Add what ``@idempotent`` does to one operation object, in place.
-
-    Leaves alone what the operation already documents: a header parameter of
-    the same name, and the view's own responses (an error of ours with the same
-    status is offered beside it with ``oneOf``).
-    """
+    """Add what ``@idempotent`` does to one operation, in place; what the view
+    documents itself stays (an error of the same status goes beside it, ``oneOf``)."""
     header = conf.IDEMPOTENCY_HEADER
     parameters = operation.setdefault("parameters", [])
     if not any(
@@ -145,8 +110,7 @@ def document_operation(
     for status, types in _errors_by_status(required).items():
         _add_error_response(responses, status, types, component.ref)
 
-    # After our errors are in: a status of ours that the view can answer too
-    # (a 409 of its own, say) is stored and replayed when the view answers it.
+    # After our errors: a status of ours that the view answers too is replayable.
     request_id = _request_id_header(required)
     for code, response in responses.items():
         headers = response.setdefault("headers", {})
@@ -166,9 +130,8 @@ def _key_parameter(header: str, required: bool, ttl: timedelta | None) -> dict[s
     )
     if not required:
         description += " Optional: without it the request is not protected against retries."
-    # No example: one example key shared by every operation makes whoever uses
-    # the examples (Swagger UI's "Try it out", generated tests) reuse one key
-    # across operations, which is a 409 from the second one on.
+    # No example: one key shared by every operation's examples is a 409 from
+    # the second operation on.
     return {
         "in": "header",
         "name": header,
@@ -178,14 +141,9 @@ def _key_parameter(header: str, required: bool, ttl: timedelta | None) -> dict[s
     }
 
 
-# What keys.parse_key accepts, as a pattern that schema-driven generators
-# honour (ECMA-262 and Python alike): a bare key of printable ASCII with no
-# comma (a comma means several header values), not starting with a quote or
-# ending in a space; or an RFC 8941 quoted string, in which commas are fine.
-# Stricter than the server at the edges (surrounding white space, which HTTP
-# strips anyway, and quoted keys whose quotes and escapes take the header past
-# 255 characters), never looser; tests/test_openapi.py checks it with
-# hypothesis against parse_key.
+# What keys.parse_key accepts (a bare key without comma, or an RFC 8941 quoted
+# string), in a pattern ECMA-262 and Python read alike; stricter at the edges,
+# never looser (tests/test_openapi.py checks it against parse_key).
 _BARE_KEY = r"[\x21\x23-\x2B\x2D-\x7E](?:[\x20-\x2B\x2D-\x7E]*[\x21-\x2B\x2D-\x7E])?"
 _QUOTED_KEY = r'"(?:[\x20\x21\x23-\x5B\x5D-\x7E]|\\[\x22\x5C])+"'
 KEY_PATTERN = f"^(?:{_BARE_KEY}|{_QUOTED_KEY})$"
@@ -240,26 +198,13 @@ _SHOULD_RETRY_HEADER_OBJECT = {
 
 
 def _replayable(code: str) -> bool:
-    # Stored, and so possibly replayed: statuses below 500 that are not released.
-    if not code.isdigit():
-        return True  # "default" or "2XX": may cover a stored status
-    status = int(code)
-    return status < 500 and status not in conf.IDEMPOTENCY_RELEASED_STATUSES
-
-
-def _error_types() -> list[errors.ErrorType]:
-    # Not MISCONFIGURED: a server's configuration error is no part of an API's
-    # contract, as a crash's 500 is not.
-    return [
-        value
-        for value in vars(errors).values()
-        if isinstance(value, errors.ErrorType) and value is not errors.MISCONFIGURED
-    ]
+    # "default" or "2XX" may cover a stored status.
+    return not code.isdigit() or kept(int(code))
 
 
 def _errors_by_status(required: bool) -> dict[int, list[errors.ErrorType]]:
     by_status: dict[int, list[errors.ErrorType]] = {}
-    for error in _error_types():
+    for error in errors.API_ERRORS:
         if error is errors.KEY_MISSING and not required:
             continue
         by_status.setdefault(error.status, []).append(error)
@@ -277,7 +222,7 @@ def _envelope_schema() -> dict[str, Any]:
                     "type": {
                         "type": "string",
                         "description": "Stable, for programs. The idempotency errors are: "
-                        + ", ".join(f"`{e.type}`" for e in _error_types())
+                        + ", ".join(f"`{e.type}`" for e in errors.API_ERRORS)
                         + ".",
                         "example": errors.CONFLICT.type,
                     },
@@ -335,7 +280,6 @@ def _add_error_response(
         media["schema"] = ref
     elif schema != ref and ref not in schema.get("oneOf", []):
         media["schema"] = {"oneOf": [schema, ref]}
-    # (A view that documents its errors with our envelope keeps the one schema.)
     if f"Or {description}" in existing.get("description", ""):
         return  # documented already (the mixin ran twice)
     if "example" not in media:
@@ -357,15 +301,9 @@ def _duration(ttl: timedelta) -> str:
 
 
 class IdempotentViewExtension(OpenApiViewExtension):  # type: ignore[no-untyped-call]
-    """Documents every view with an ``@idempotent`` POST handler, with no code in the view.
-
-    Matches every DRF view; for one with a guarded handler it returns a subclass
-    whose handler carries a schema class with :class:`IdempotentSchemaMixin`
-    stacked on the handler's own (drf-spectacular's ``create_view`` picks a
-    handler's ``kwargs["schema"]`` the way ``@extend_schema`` leaves it).
-    drf-spectacular applies one view extension per view, so this one runs first
-    and builds on the replacement of any other extension that matches.
-    """
+    """Documents every view with an ``@idempotent`` POST handler: a subclass
+    whose handlers carry :class:`IdempotentSchemaMixin` on their own schema
+    class, built on any other extension's replacement of the view."""
 
     target_class = "rest_framework.views.APIView"
     match_subclasses = True
@@ -400,16 +338,8 @@ class IdempotentViewExtension(OpenApiViewExtension):  # type: ignore[no-untyped-
 
 
 def other_view_extensions(view_class: type) -> list[type]:
-    """The view extensions other than ours that match ``view_class``, best first.
-
-    drf-spectacular applies one view extension per view and has no public way
-    to list the others (``get_match`` returns the best, which is this one), so
-    this reads its registry, ``_registry`` and ``_matches``. Should a release
-    rename them, the schema loses only the stacking on another extension (not
-    the documentation of guarded views), and ``tests/test_openapi.py::
-    test_drf_spectacular_registry_still_lists_view_extensions`` fails in every
-    session of the version matrix.
-    """
+    """The view extensions other than ours that match ``view_class``, best first,
+    from drf-spectacular's private registry (no public way to list them)."""
     registry = getattr(OpenApiViewExtension, "_registry", None)
     if registry is None:
         return []

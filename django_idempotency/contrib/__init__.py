@@ -1,0 +1,1 @@
+"""Optional integrations: the OpenAPI extension, Django's error views, the outage middleware."""
