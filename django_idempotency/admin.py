@@ -1,23 +1,7 @@
 """Read-only inspection of stored idempotency records in the Django admin.
 
-Nobody adds or edits a record by hand. Staff with the delete permission may
-delete records, or expire them with an action, to let a key be used again.
-
-Built for tables of millions of rows: newest first by primary key, no full
-count on the unfiltered list (PostgreSQL's estimate instead), search by exact
-key (indexed) or by path prefix, filters that never ask the database for the
-distinct values of a column, and list columns that are all in the row.
-
-Stored bodies are shown escaped, JSON pretty-printed, with the values of
-sensitive fields (``IDEMPOTENCY_ADMIN_MASKED_FIELDS``) masked, as are sensitive
-response headers. The list's query string may filter only on what the list
-shows (:data:`LOOKUP_FIELDS`): a filter on a stored body answers whether a guess
-of a masked value is right, and so gives it away one character at a time.
-
-On PostgreSQL a request that is still running has no row (the claim is an
-advisory transaction lock), so the changelist says how many claims the store
-holds right now, and for how long the oldest has been (``Store.claims_held``).
-Only the admin asks; the requests themselves pay nothing for it.
+Built for tables of millions of rows, with secrets masked and the list's
+filters limited to what it shows (docs/operating.rst, "The admin").
 """
 
 from __future__ import annotations
@@ -58,12 +42,9 @@ ESTIMATE_ABOVE = 100_000
 
 Records = QuerySet[IdempotencyRecord]
 
-#: The fields that the list's query string may filter on (``?scope=user:7``,
-#: the state filter, the date drill-down): all shown in the list, and the digest
-#: of scope and key (what the store looks records up by, derived from two shown
-#: fields and from no content, so a filter on it tells nothing). Anything else,
-#: the stored body and headers, the fingerprint and any field added later, is
-#: refused with a 400 (Django's ``DisallowedModelAdminLookup``).
+#: The fields that the list's query string may filter on: what the list shows,
+#: and the digest of two shown fields. A filter on stored content would confirm
+#: a guess of a masked value, so anything else answers 400.
 LOOKUP_FIELDS = frozenset(
     {
         "pk",
@@ -88,13 +69,9 @@ def _normalise(name: str) -> str:
 
 
 def is_masked(name: str, masked: Iterable[str] | None = None) -> bool:
-    """Whether a field or header called ``name`` holds a secret.
-
-    It does when, lower-cased with ``-`` and camelCase turned into ``_``, it is
-    one of ``IDEMPOTENCY_ADMIN_MASKED_FIELDS`` or ends with ``_`` and one:
-    with the default ``"key"``, ``api_key``, ``apiKey`` and ``X-Api-Key`` are
-    masked; ``keyboard`` and ``key_id`` are not.
-    """
+    """Whether a field or header called ``name`` holds a secret: normalised
+    (``X-Api-Key``, ``apiKey`` -> ``api_key``), it is a masked name or ends with
+    ``_`` and one (``key`` masks ``api_key``, not ``keyboard`` or ``key_id``)."""
     normalised = _normalise(name)
     for field in conf.IDEMPOTENCY_ADMIN_MASKED_FIELDS if masked is None else masked:
         field = _normalise(field)
@@ -112,58 +89,12 @@ def mask(value: Any) -> Any:
     return value
 
 
-def _content_type(record: IdempotencyRecord) -> str:
-    for name, value in record.headers:
-        if name.lower() == "content-type":
-            return value
-    return ""
-
-
-def render_body(record: IdempotencyRecord) -> SafeString:
-    """The stored body as safe HTML: pretty masked JSON, escaped text, or its size."""
-    body = bytes(record.response_body) if record.response_body is not None else b""
-    if not body:
-        return format_html("<em>{}</em>", _("empty"))
-    content_type = _content_type(record)
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return format_html(
-            "<em>{}</em>",
-            _("%(size)d bytes of %(type)s")
-            % {"size": len(body), "type": content_type or "application/octet-stream"},
-        )
-    try:
-        data = json.loads(text)
-    except ValueError:
-        pass
-    else:
-        return format_html("<pre>{}</pre>", json.dumps(mask(data), indent=2, ensure_ascii=False))
-    if not all(char.isprintable() or char in "\t\r\n" for char in text):
-        return format_html(
-            "<em>{}</em>",
-            _("%(size)d bytes of %(type)s")
-            % {"size": len(body), "type": content_type or "application/octet-stream"},
-        )
-    if len(body) > MAX_SHOWN_BYTES:
-        shown = body[:MAX_SHOWN_BYTES].decode("utf-8", "ignore")
-        return format_html(
-            "<pre>{}</pre><em>{}</em>",
-            shown,
-            _("(first %(shown)d of %(size)d bytes)")
-            % {"shown": MAX_SHOWN_BYTES, "size": len(body)},
-        )
-    return format_html("<pre>{}</pre>", text)
-
-
-def render_headers(record: IdempotencyRecord) -> SafeString:
-    """The stored response headers as a table, sensitive values masked."""
-    rows = [(name, MASK if is_masked(name) else value) for name, value in record.headers]
-    if not rows:
-        return format_html("<em>{}</em>", _("none"))
+def _size(record: IdempotencyRecord, body: bytes) -> SafeString:
+    """What a body that is not text is: its size and content type."""
+    types = [value for name, value in record.headers if name.lower() == "content-type"]
+    kind = types[0] if types and types[0] else "application/octet-stream"
     return format_html(
-        "<table><tbody>{}</tbody></table>",
-        format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows),
+        "<em>{}</em>", _("%(size)d bytes of %(type)s") % {"size": len(body), "type": kind}
     )
 
 
@@ -191,14 +122,9 @@ class EstimatedCountPaginator(Paginator):  # type: ignore[type-arg]
 
 
 class DrillDownQuerySet(QuerySet):  # type: ignore[type-arg]
-    """Answers the date drill-down from the first and last creation time.
-
-    Django asks ``datetimes("created_at", kind)`` for the links of the date
-    drill-down, which is a DISTINCT over every row in range: a full scan of a
-    big table. Two index lookups (min and max) and the periods between them give
-    the same links when no period in the range is empty, which records that
-    live for a day and are purged daily make the rule.
-    """
+    """Answers the date drill-down with every period from the first record to the
+    last (two index lookups), not Django's DISTINCT over every row in range:
+    records that live a day and are purged daily leave no period empty."""
 
     def datetimes(self, field_name: str, kind: str, *args: Any, **kwargs: Any) -> Any:
         if field_name != "created_at" or kind not in ("year", "month", "day"):
@@ -224,13 +150,9 @@ def _local(moment: datetime) -> datetime:
 
 def _truncate(moment: datetime, kind: str) -> datetime:
     moment = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    if kind in ("month", "year"):
-        moment = moment.replace(day=1)
-    if kind == "year":
-        moment = moment.replace(month=1)
-    if not settings.USE_TZ:
-        return moment
-    return timezone.make_aware(moment.replace(tzinfo=None))
+    if kind != "day":
+        moment = moment.replace(day=1, month=1 if kind == "year" else moment.month)
+    return timezone.make_aware(moment.replace(tzinfo=None)) if settings.USE_TZ else moment
 
 
 class StatusClassFilter(admin.SimpleListFilter):
@@ -265,24 +187,15 @@ class ExpiredFilter(admin.SimpleListFilter):
 
 def _in_words(moment: datetime, text: Any) -> SafeString:
     """A time as short words, the exact time on hover: narrow list columns."""
-    local = timezone.localtime(moment) if settings.USE_TZ else moment
-    exact = date_format(local, "DATETIME_FORMAT")
+    exact = date_format(_local(moment), "DATETIME_FORMAT")
     return format_html('<span title="{}">{}</span>', exact, text)
 
 
 @admin.register(IdempotencyRecord)
 class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    # What fits at 1280 px beside the navigation sidebar: times as short text,
-    # expiry as words rather than a boolean icon (a red cross on every live
-    # record read as an error).
-    list_display = (
-        "key",
-        "scope_link",
-        "request_line",
-        "outcome",
-        "created",
-        "expiry",
-    )
+    # What fits beside the navigation sidebar: times as short text, expiry as
+    # words (a boolean icon would show a red cross on every live record).
+    list_display = ("key", "scope_link", "request_line", "outcome", "created", "expiry")
     list_filter = ("state", StatusClassFilter, ExpiredFilter)
     # Only indexed columns: sorting millions of rows by anything else is a full sort.
     sortable_by = ("created", "expiry")
@@ -325,14 +238,9 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     # Django 4.2 calls this without ``request``, 5.0 and later with it.
     def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
-        """Whether the list may filter by ``lookup`` from its query string: on a
-        field of :data:`LOOKUP_FIELDS` with any lookup or transform, or by a
-        list filter's own parameter (``status_class``, ``expired``).
-
-        Django's own check, which this replaces, only restricts lookups across
-        relations (this model has none) and would let ``response_body__regex``
-        test a guess of a masked secret.
-        """
+        """Only :data:`LOOKUP_FIELDS` and the list filters' own parameters: Django's
+        check restricts relations only, and would let ``response_body__regex``
+        test a guess of a masked secret."""
         if lookup.split(LOOKUP_SEP, 1)[0] in LOOKUP_FIELDS:
             return True
         list_filter = self.get_list_filter(request) if request is not None else self.list_filter
@@ -366,18 +274,14 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         queryset: Records = super().get_queryset(request).defer("response_body")
         if self._acts_on_rows(request):
             queryset = queryset.using(store_database())
-        # The same query with a faster date drill-down; the model's own
-        # manager keeps Django's datetimes().
         return DrillDownQuerySet(
             model=queryset.model, query=queryset.query.chain(), using=queryset.db
         )
 
     def _acts_on_rows(self, request: HttpRequest) -> bool:
-        """Whether the request deletes or changes the rows it reads (an action,
-        the delete page): those are read where they are written. Under a
-        primary/replica router the list is read on a replica, which may not
-        have a new row yet: an action would silently skip it, a delete say it
-        does not exist."""
+        """Whether the request changes the rows it reads (an action, the delete
+        page): those are read where they are written, not on a replica that may
+        not have a new row yet."""
         match = request.resolver_match
         opts = self.model._meta
         return request.method == "POST" or (
@@ -387,11 +291,9 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def get_search_results(
         self, request: HttpRequest, queryset: Records, search_term: str
     ) -> tuple[Records, bool]:
-        # Not Django's default (case-insensitive "contains" on each field): an
-        # exact key uses the key index, and a path prefix can stop early in
-        # the newest-first scan, so a search stays fast on millions of rows.
-        # Nor does it look inside stored content: a match there would confirm
-        # a guess of a masked value.
+        # An exact key (indexed) or a path prefix (stops early in the newest-first
+        # scan), never "contains", nor stored content (it would confirm a guess
+        # of a masked value).
         term = search_term.strip()
         if not term:
             return queryset, False
@@ -416,8 +318,8 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.display(description=_("scope"))
     def scope_link(self, obj: IdempotencyRecord) -> str:
-        """The scope; ``user:<pk>`` links to that user's admin page when the
-        user model has one (no query per row: the link is built from the pk)."""
+        """The scope; ``user:<pk>`` links to that user's admin page (built from the
+        pk: no query per row)."""
         user_model = get_user_model()
         match = re.fullmatch(r"user:(\d+)", obj.scope)
         if match is None or not self.admin_site.is_registered(user_model):
@@ -429,9 +331,7 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 args=[match.group(1)],
             )
         except NoReverseMatch:
-            # Registered, but this site's URLs are not mounted, or its user
-            # admin has no change page: the scope is still worth showing.
-            return obj.scope
+            return obj.scope  # this site's URLs are not mounted, or no change page
         return format_html('<a href="{}">{}</a>', url, obj.scope)
 
     @admin.display(description=_("created"), ordering="created_at")
@@ -449,17 +349,48 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             text = _("in %(time)s") % {"time": timeuntil(obj.expires_at, depth=1)}
         return _in_words(obj.expires_at, text)
 
-    @admin.display(description=_("headers"))
-    def headers(self, obj: IdempotencyRecord) -> SafeString:
-        return render_headers(obj)
-
     @admin.display(description=_("body"))
     def body(self, obj: IdempotencyRecord) -> SafeString:
-        return render_body(obj)
+        """The stored body as safe HTML: pretty masked JSON, escaped text, or its size."""
+        body = bytes(obj.response_body) if obj.response_body is not None else b""
+        if not body:
+            return format_html("<em>{}</em>", _("empty"))
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return _size(obj, body)
+        try:
+            data = json.loads(text)
+        except ValueError:
+            pass
+        else:
+            return format_html(
+                "<pre>{}</pre>", json.dumps(mask(data), indent=2, ensure_ascii=False)
+            )
+        if not all(char.isprintable() or char in "\t\r\n" for char in text):
+            return _size(obj, body)
+        if len(body) > MAX_SHOWN_BYTES:
+            shown = body[:MAX_SHOWN_BYTES].decode("utf-8", "ignore")
+            return format_html(
+                "<pre>{}</pre><em>{}</em>",
+                shown,
+                _("(first %(shown)d of %(size)d bytes)")
+                % {"shown": MAX_SHOWN_BYTES, "size": len(body)},
+            )
+        return format_html("<pre>{}</pre>", text)
 
-    # Writes go to the store's database (the routers' write alias), not to the
-    # database the list was read from: under a primary/replica router the
-    # changelist's queryset is pinned to the replica, which refuses writes.
+    @admin.display(description=_("headers"))
+    def headers(self, obj: IdempotencyRecord) -> SafeString:
+        """The stored response headers as a table, sensitive values masked."""
+        rows = [(name, MASK if is_masked(name) else value) for name, value in obj.headers]
+        if not rows:
+            return format_html("<em>{}</em>", _("none"))
+        return format_html(
+            "<table><tbody>{}</tbody></table>",
+            format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows),
+        )
+
+    # Writes go to the store's database, not to the replica the list was read from.
 
     def delete_queryset(self, request: HttpRequest, queryset: Records) -> None:
         queryset.using(store_database()).delete()

@@ -1,18 +1,9 @@
-"""System checks for the IDEMPOTENCY_* settings (see docs/reference.rst, "System checks").
+"""System checks for the ``IDEMPOTENCY_*`` settings (docs/settings.rst, "System checks").
 
-Each check reads the setting as configured (``conf.raw``), so that a bad value
-is reported at start-up with a hint instead of failing in the first request.
-Ids are stable. E010, E012, E013, E020 and E041 to E045 are the Redis store's
-(``RedisStore.check``, ``RedisStore.check_deployment``); E011, E021, E033,
-E034, E050 and W030 to W032 are the database store's: a store brings its own
-checks (``Store.check``).
-
-Django runs system checks only from ``manage.py`` (``runserver``, ``migrate``,
-``check``). Under gunicorn or uvicorn nothing runs them, so the app's
-``ready()`` calls :func:`ensure_checked`: a bad setting stops the process at
-start-up with a clear ``ImproperlyConfigured`` naming each problem, not a 500
-deep inside a request or, worse, a silent change of guarantee. The decorator
-calls it again on the first request after a setting changed (tests).
+Each reads the setting as configured (``conf.raw``), so that a bad value is
+reported at start-up with a hint, not in the first request; the configured
+store adds its own (``Store.check``). Nothing runs system checks under gunicorn
+or uvicorn, so ``AppConfig.ready()`` calls :func:`ensure_checked`.
 """
 
 from __future__ import annotations
@@ -20,7 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -31,11 +22,13 @@ from django.utils.module_loading import import_string
 from .conf import conf, ttl_problem
 
 Messages = list[checks.CheckMessage]
+Found = Iterator[checks.CheckMessage]
 
 logger = logging.getLogger(__name__)
 
 # RFC 9110 section 5.1: a field name is a token.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN_TEXT = "letters, digits and !#$%&'*+-.^_`|~"
 
 
 @checks.register
@@ -56,19 +49,14 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> M
 def ensure_checked() -> None:
     """Run this app's checks once per process (again after a setting changes).
 
-    Raises ImproperlyConfigured listing every error that is not silenced by
-    ``SILENCED_SYSTEM_CHECKS`` (logged once, at ERROR, since under gunicorn
-    with ``DEBUG = False`` Django's own logging shows nothing); warnings do not
-    stop requests.
+    Raises ImproperlyConfigured listing every error not silenced by
+    ``SILENCED_SYSTEM_CHECKS``, and logs it once at ERROR (gunicorn with
+    ``DEBUG = False`` shows nothing else). Warnings do not stop requests.
     """
     if conf.checked is True:
         return
     if conf.checked is False:
-        errors = [
-            message
-            for message in check_settings()
-            if message.is_serious() and not message.is_silenced()
-        ]
+        errors = [m for m in check_settings() if m.is_serious() and not m.is_silenced()]
         if not errors:
             conf.checked = True
             return
@@ -96,214 +84,155 @@ def _import_store() -> tuple[Any, Exception | None]:
         return None, exc
 
 
-def _check_store() -> Messages:
+def _check_store() -> Found:
     from .stores.base import Store
 
     path = conf.raw("IDEMPOTENCY_STORE")
     store_class, exc = _import_store()
     if exc is not None:
-        return [
-            _error(
-                1,
-                f"IDEMPOTENCY_STORE {path!r} cannot be imported: {exc}",
-                "Use 'django_idempotency.stores.database.DatabaseStore' or the dotted path "
-                "of a Store subclass.",
-            )
-        ]
-    if not (isinstance(store_class, type) and issubclass(store_class, Store)):
-        return [
-            _error(
-                2,
-                f"IDEMPOTENCY_STORE {path!r} is not a Store subclass.",
-                "Subclass django_idempotency.stores.base.Store.",
-            )
-        ]
-    if inspect.isabstract(store_class):
-        missing = ", ".join(sorted(getattr(store_class, "__abstractmethods__", ())))
-        return [
-            _error(
-                2,
-                f"IDEMPOTENCY_STORE {path!r} is abstract: it does not implement {missing}.",
-                "Name a concrete Store subclass, one that implements begin, finish and release.",
-            )
-        ]
-    # The store's own checks: its settings, its backend.
-    return list(store_class.check())
-
-
-def _check_ttl() -> Messages:
-    ttl = conf.raw("IDEMPOTENCY_TTL")
-    problem = ttl_problem(ttl)
-    if problem is None:
-        return []
-    kind, text = problem
-    if kind == "type":
-        return [_error(3, f"IDEMPOTENCY_TTL {text}.", "For example: timedelta(hours=24).")]
-    return [
-        _error(
-            4,
-            f"IDEMPOTENCY_TTL {text}.",
-            "A key is remembered for this long; 24 hours is the usual choice.",
+        yield _error(
+            1,
+            f"IDEMPOTENCY_STORE {path!r} cannot be imported: {exc}",
+            "Use 'django_idempotency.stores.database.DatabaseStore' or the dotted path "
+            "of a Store subclass.",
         )
-    ]
+    elif not (isinstance(store_class, type) and issubclass(store_class, Store)):
+        yield _error(
+            2,
+            f"IDEMPOTENCY_STORE {path!r} is not a Store subclass.",
+            "Subclass django_idempotency.stores.base.Store.",
+        )
+    elif inspect.isabstract(store_class):
+        missing = ", ".join(sorted(getattr(store_class, "__abstractmethods__", ())))
+        yield _error(
+            2,
+            f"IDEMPOTENCY_STORE {path!r} is abstract: it does not implement {missing}.",
+            "Name a concrete Store subclass, one that implements begin, finish and release.",
+        )
+    else:
+        yield from store_class.check()
 
 
-def _check_scope() -> Messages:
+def _check_ttl() -> Found:
+    if problem := ttl_problem(conf.raw("IDEMPOTENCY_TTL")):
+        kind, text = problem
+        hint = "A key is remembered for this long; 24 hours is the usual choice."
+        if kind == "type":
+            hint = "For example: timedelta(hours=24)."
+        yield _error(3 if kind == "type" else 4, f"IDEMPOTENCY_TTL {text}.", hint)
+
+
+def _check_scope() -> Found:
     scope = conf.raw("IDEMPOTENCY_SCOPE")
-    if isinstance(scope, str):
-        try:
-            scope = import_string(scope)
-        except ImportError as exc:
-            return [
-                _error(
-                    5,
-                    f"IDEMPOTENCY_SCOPE {conf.raw('IDEMPOTENCY_SCOPE')!r} cannot be imported: "
-                    f"{exc}",
-                    "Give the dotted path of a function that takes the request and returns "
-                    "a string, or None to refuse the request.",
-                )
-            ]
     hint = (
         "Give a function that takes the request and returns a string, or None to refuse "
         "the request."
     )
+    if isinstance(scope, str):
+        try:
+            scope = import_string(scope)
+        except ImportError as exc:
+            yield _error(5, f"IDEMPOTENCY_SCOPE {scope!r} cannot be imported: {exc}", hint)
+            return
     if not callable(scope):
-        return [
-            _error(
-                6,
-                f"IDEMPOTENCY_SCOPE must be a callable or the dotted path of one, not {scope!r}.",
-                hint,
-            )
-        ]
+        yield _error(
+            6,
+            f"IDEMPOTENCY_SCOPE must be a callable or the dotted path of one, not {scope!r}.",
+            hint,
+        )
+        return
     try:
         inspect.signature(scope).bind(None)
     except TypeError:
-        return [
-            _error(
-                6,
-                f"IDEMPOTENCY_SCOPE {scope!r} cannot be called with the request as its one "
-                "argument.",
-                hint,
-            )
-        ]
+        msg = f"IDEMPOTENCY_SCOPE {scope!r} cannot be called with the request as its one argument."
+        yield _error(6, msg, hint)
     except ValueError:  # no signature to inspect (some built-ins): trust it
         pass
-    return []
 
 
-def _check_released_statuses() -> Messages:
+def _check_released_statuses() -> Found:
     statuses = conf.raw("IDEMPOTENCY_RELEASED_STATUSES")
     hint = "For example: IDEMPOTENCY_RELEASED_STATUSES = {400, 401, 403, 422, 429}."
     if isinstance(statuses, str | bytes) or not isinstance(statuses, Collection):
-        return [
-            _error(
-                7,
-                f"IDEMPOTENCY_RELEASED_STATUSES must be a collection of HTTP status codes, "
-                f"not {statuses!r}.",
-                hint,
-            )
-        ]
+        what = f"a collection of HTTP status codes, not {statuses!r}"
+        yield _error(7, f"IDEMPOTENCY_RELEASED_STATUSES must be {what}.", hint)
+        return
     bad = [
-        status
-        for status in statuses
-        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599
+        s for s in statuses if isinstance(s, bool) or not isinstance(s, int) or not 100 <= s <= 599
     ]
     if bad:
-        return [
-            _error(
-                7,
-                f"IDEMPOTENCY_RELEASED_STATUSES has values that are not HTTP status codes "
-                f"(integers from 100 to 599): {bad!r}.",
-                hint,
-            )
-        ]
-    successes = sorted(status for status in statuses if 200 <= status <= 299)
-    if successes:
-        return [
-            _warning(
-                1,
-                f"IDEMPOTENCY_RELEASED_STATUSES includes successful statuses {successes}: "
-                "a retry of a request that succeeded runs the operation again.",
-                "Release only statuses that the client is expected to fix and retry, "
-                "such as 400, 401, 403, 422 and 429.",
-            )
-        ]
-    return []
+        yield _error(
+            7,
+            "IDEMPOTENCY_RELEASED_STATUSES has values that are not HTTP status codes "
+            f"(integers from 100 to 599): {bad!r}.",
+            hint,
+        )
+    elif successes := sorted(status for status in statuses if 200 <= status <= 299):
+        yield _warning(
+            1,
+            f"IDEMPOTENCY_RELEASED_STATUSES includes successful statuses {successes}: "
+            "a retry of a request that succeeded runs the operation again.",
+            "Release only statuses that the client is expected to fix and retry, "
+            "such as 400, 401, 403, 422 and 429.",
+        )
 
 
-def _check_header() -> Messages:
+def _check_header() -> Found:
     header = conf.raw("IDEMPOTENCY_HEADER")
     if not isinstance(header, str) or not _TOKEN.fullmatch(header):
-        return [
-            _error(
-                8,
-                f"IDEMPOTENCY_HEADER must be an HTTP header name (a token of letters, digits "
-                f"and !#$%&'*+-.^_`|~), not {header!r}.",
-                "Leave it unset for 'Idempotency-Key', the name the IETF draft specifies.",
-            )
-        ]
-    if "_" in header:
-        return [
-            _warning(
-                2,
-                f"IDEMPOTENCY_HEADER {header!r} has an underscore: Django's runserver, nginx "
-                "and other servers drop such headers, and WSGI cannot tell '_' from '-'.",
-                "Use '-' instead of '_'.",
-            )
-        ]
-    return []
+        yield _error(
+            8,
+            f"IDEMPOTENCY_HEADER must be an HTTP header name (a token of {_TOKEN_TEXT}), "
+            f"not {header!r}.",
+            "Leave it unset for 'Idempotency-Key', the name the IETF draft specifies.",
+        )
+    elif "_" in header:
+        yield _warning(
+            2,
+            f"IDEMPOTENCY_HEADER {header!r} has an underscore: Django's runserver, nginx "
+            "and other servers drop such headers, and WSGI cannot tell '_' from '-'.",
+            "Use '-' instead of '_'.",
+        )
 
 
-def _check_should_retry_headers() -> Messages:
+def _check_should_retry_headers() -> Found:
     names = conf.raw("IDEMPOTENCY_SHOULD_RETRY_HEADERS")
     if not isinstance(names, list | tuple) or not all(
         isinstance(name, str) and _TOKEN.fullmatch(name) for name in names
     ):
-        return [
-            _error(
-                15,
-                "IDEMPOTENCY_SHOULD_RETRY_HEADERS must be a list or tuple of HTTP header "
-                f"names (tokens of letters, digits and !#$%&'*+-.^_`|~), not {names!r}.",
-                'For example ("X-Should-Retry", "Stripe-Should-Retry"); a single string '
-                "would be read as its letters. Use () to send no retry hint.",
-            )
-        ]
-    return []
+        yield _error(
+            15,
+            "IDEMPOTENCY_SHOULD_RETRY_HEADERS must be a list or tuple of HTTP header "
+            f"names (tokens of {_TOKEN_TEXT}), not {names!r}.",
+            'For example ("X-Should-Retry", "Stripe-Should-Retry"); a single string '
+            "would be read as its letters. Use () to send no retry hint.",
+        )
 
 
-def _check_retry_after() -> Messages:
-    retry_after = conf.raw("IDEMPOTENCY_RETRY_AFTER")
-    if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
-        return [
-            _error(
-                9,
-                f"IDEMPOTENCY_RETRY_AFTER must be a whole number of seconds, 0 or more, "
-                f"not {retry_after!r}.",
-                "It is sent as the Retry-After header of 409 idempotency_key_in_use; "
-                "the default is 1.",
-            )
-        ]
-    return []
+def _check_retry_after() -> Found:
+    value = conf.raw("IDEMPOTENCY_RETRY_AFTER")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        yield _error(
+            9,
+            f"IDEMPOTENCY_RETRY_AFTER must be a whole number of seconds, 0 or more, not {value!r}.",
+            "It is sent as the Retry-After header of 409 idempotency_key_in_use; the default is 1.",
+        )
 
 
-def _check_admin_masked_fields() -> Messages:
+def _check_admin_masked_fields() -> Found:
     fields = conf.raw("IDEMPOTENCY_ADMIN_MASKED_FIELDS")
     if (
         isinstance(fields, str | bytes)
         or not isinstance(fields, Collection)
         or not all(isinstance(field, str) and field for field in fields)
     ):
-        return [
-            _error(
-                14,
-                "IDEMPOTENCY_ADMIN_MASKED_FIELDS must be a collection of field names, "
-                f"not {fields!r}.",
-                'For example ("secret", "token", "password", "key"); a single string '
-                "would be read as its letters. Extend "
-                "django_idempotency.conf.DEFAULT_ADMIN_MASKED_FIELDS to keep the defaults.",
-            )
-        ]
-    return []
+        yield _error(
+            14,
+            f"IDEMPOTENCY_ADMIN_MASKED_FIELDS must be a collection of field names, not {fields!r}.",
+            'For example ("secret", "token", "password", "key"); a single string would be '
+            "read as its letters. Extend django_idempotency.conf.DEFAULT_ADMIN_MASKED_FIELDS "
+            "to keep the defaults.",
+        )
 
 
 @checks.register(checks.Tags.caches, deploy=True)
@@ -317,22 +246,17 @@ def check_redis_server(app_configs: Sequence[Any] | None = None, **kwargs: Any) 
     return list(store_class.check_deployment())
 
 
-# @idempotent where no POST can reach it (W050). The URLconf says which view
-# classes are served and, for viewsets, which HTTP method each route maps to
-# which method, as Django's own URL checks read it.
-
-# Handlers that DRF's views, generic views and viewsets call for methods
-# other than POST; a decorated method of another name may be a helper that a
-# POST handler calls, so it is left alone unless a route names it.
+# Handlers that DRF's views and viewsets call for methods other than POST. A
+# decorated method of another name may be a helper that a POST handler calls,
+# so it is left alone unless a route names it.
 _OTHER_METHODS = frozenset({"get", "put", "patch", "delete", "head", "options", "trace"})
 _NOT_POST_HANDLERS = _OTHER_METHODS | {"list", "retrieve", "update", "partial_update", "destroy"}
 
 
 @checks.register(checks.Tags.urls)
 def check_guarded_views(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> Messages:
-    """W050: ``@idempotent`` on a handler that never receives a POST, so it
-    guards nothing (a GET-only view, ``list`` or ``update`` of a viewset, an
-    ``@action`` without "post" in its methods)."""
+    """W050: ``@idempotent`` on a handler that no POST reaches, read from the
+    URLconf as Django's own URL checks read it."""
     from django.urls import get_resolver
 
     if not getattr(settings, "ROOT_URLCONF", None):
@@ -354,9 +278,9 @@ def check_guarded_views(app_configs: Sequence[Any] | None = None, **kwargs: Any)
     for view_class, names in routed.items():
         for name, handler in _guarded_handlers(view_class):
             methods = names.get(name, set())
-            if "POST" in methods:
-                continue
-            if methods or name in _NOT_POST_HANDLERS or hasattr(handler, "mapping"):
+            if "POST" not in methods and (
+                methods or name in _NOT_POST_HANDLERS or hasattr(handler, "mapping")
+            ):
                 messages.append(_never_post(view_class, name, handler, methods))
     for view_class in classes:
         post = inspect.getattr_static(view_class, "post", None)
@@ -375,13 +299,11 @@ def _callbacks(patterns: Sequence[Any]) -> Any:
             yield pattern.callback
 
 
-def _guarded_handlers(view_class: type) -> list[tuple[str, Any]]:
-    found = []
+def _guarded_handlers(view_class: type) -> Iterator[tuple[str, Any]]:
     for name in dir(view_class):
         handler = inspect.getattr_static(view_class, name, None)
         if callable(handler) and getattr(_decorated(handler), "_idempotent", False):
-            found.append((name, handler))
-    return found
+            yield name, handler
 
 
 def _decorated(handler: Any) -> Any:

@@ -1,29 +1,8 @@
-"""HTTP clients that make POSTs safe to retry, for ``requests`` and ``httpx``.
-
-This module does not import Django, and imports ``requests`` and ``httpx`` only
-if they are installed: use it from any Python program that calls an API guarded
-by ``@idempotent`` (or any API that follows the same conventions, as Stripe's and
-Stainless-generated APIs do)::
-
-    from django_idempotency.client import IdempotentSession
-
-    with IdempotentSession() as session:
-        job = session.post(url, json={...}, headers={"Authorization": ...})
-
-Each POST gets an ``Idempotency-Key`` (a UUID4) unless the caller sent one, and
-keeps it across its retries. A request is retried, with capped exponential
-backoff and jitter, when its connection is lost or times out, or its answer is
-408, 429, any 5xx, or the "still running" ``409 idempotency_key_in_use``; the
-``X-Should-Retry`` header, when the server sends it, decides instead. A
-``Retry-After`` (or ``Retry-After-Ms``) answer sets the wait. A conflict, or any
-other 4xx, is returned at once: sending it again cannot change the answer.
+"""HTTP clients that give each POST an idempotency key and retry it safely
+(docs/clients.rst). No Django here: ``requests`` and ``httpx`` are optional.
 
 ``IdempotentSession`` is a ``requests.Session``; ``IdempotentClient`` and
-``AsyncIdempotentClient`` are an ``httpx.Client`` and ``httpx.AsyncClient``. All
-take ``retry=RetryPolicy(...)`` and otherwise work as their base classes do.
-A body must be one that can be sent twice: bytes, text, form data or JSON (httpx
-streams are read into memory first; a ``requests`` body from a generator or an
-open file is sent once, never retried).
+``AsyncIdempotentClient`` are an ``httpx.Client`` and ``httpx.AsyncClient``.
 """
 
 from __future__ import annotations
@@ -132,26 +111,40 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
 
 
-def _log_retry(method: str, url: Any, key: str, why: object, wait: float) -> None:
-    logger.info("Retrying %s %s (Idempotency-Key %s) in %.2fs: %s", method, url, key, wait, why)
+def _next_wait(
+    policy: RetryPolicy, retries: int, request: Any, key: str, answer: Any
+) -> float | None:
+    """Seconds to wait before sending ``request`` again, or None to give up.
 
+    ``answer`` is the response (its body read if the policy needs it) or the
+    exception of a lost connection; the same rules serve all three clients.
+    """
+    if retries >= policy.max_retries:
+        return None
+    headers = None
+    if not isinstance(answer, BaseException):
+        status, headers = answer.status_code, answer.headers
+        body = answer.content if policy.needs_body(status, headers) else None
+        if not policy.should_retry(status, headers, body):
+            return None
+    wait = policy.delay(retries, headers)
+    why = answer if headers is None else answer.status_code
+    logger.info(
+        "Retrying %s %s (Idempotency-Key %s) in %.2fs: %s",
+        request.method,
+        request.url,
+        key,
+        wait,
+        why,
+    )
+    return wait
 
-# -- requests ---------------------------------------------------------------------
 
 try:
     import requests
 except ImportError:  # pragma: no cover - optional
-    _HAVE_REQUESTS = False
+    pass
 else:
-    _HAVE_REQUESTS = True
-
-if _HAVE_REQUESTS:
-    # The connection failed, was lost before the answer, or timed out.
-    _REQUESTS_LOST = (
-        requests.ConnectionError,
-        requests.Timeout,
-        requests.exceptions.ChunkedEncodingError,
-    )
 
     class IdempotentSession(requests.Session):
         """A ``requests.Session`` whose POSTs carry an idempotency key and are retried."""
@@ -162,8 +155,7 @@ if _HAVE_REQUESTS:
 
         def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
             policy = self.retry
-            method = (request.method or "").upper()
-            if method not in policy.methods:
+            if (request.method or "").upper() not in policy.methods:
                 return super().send(request, **kwargs)
             key = request.headers.setdefault(policy.header, new_key())
             # A generator or an open file cannot be sent a second time.
@@ -172,48 +164,30 @@ if _HAVE_REQUESTS:
             while True:
                 try:
                     response = super().send(request, **kwargs)
-                except _REQUESTS_LOST as exc:
-                    if not replayable or retries >= policy.max_retries:
+                except (
+                    requests.ConnectionError,
+                    requests.Timeout,
+                    requests.exceptions.ChunkedEncodingError,
+                ) as exc:
+                    wait = _next_wait(policy, retries, request, key, exc) if replayable else None
+                    if wait is None:
                         raise
-                    wait = policy.delay(retries)
-                    _log_retry(method, request.url, key, exc, wait)
                 else:
-                    status, headers = response.status_code, response.headers
-                    body = response.content if policy.needs_body(status, headers) else None
-                    if (
-                        not replayable
-                        or retries >= policy.max_retries
-                        or not policy.should_retry(status, headers, body)
-                    ):
+                    wait = (
+                        _next_wait(policy, retries, request, key, response) if replayable else None
+                    )
+                    if wait is None:
                         return response
-                    wait = policy.delay(retries, headers)
-                    _log_retry(method, request.url, key, status, wait)
                     response.close()
                 time.sleep(wait)
                 retries += 1
 
 
-# -- httpx ------------------------------------------------------------------------
-
 try:
     import httpx
 except ImportError:  # pragma: no cover - optional
-    _HAVE_HTTPX = False
+    pass
 else:
-    _HAVE_HTTPX = True
-
-if _HAVE_HTTPX:
-
-    def _prepare(policy: RetryPolicy, request: httpx.Request) -> str:
-        return request.headers.setdefault(policy.header, new_key())
-
-    def _retry_status(policy: RetryPolicy, response: httpx.Response, retries: int) -> bool:
-        """Whether to retry an answer (whose body was read if the policy needs it)."""
-        if retries >= policy.max_retries:
-            return False
-        status, headers = response.status_code, response.headers
-        body = response.content if policy.needs_body(status, headers) else None
-        return policy.should_retry(status, headers, body)
 
     class IdempotentClient(httpx.Client):
         """An ``httpx.Client`` whose POSTs carry an idempotency key and are retried."""
@@ -226,24 +200,20 @@ if _HAVE_HTTPX:
             policy = self.retry
             if request.method.upper() not in policy.methods:
                 return super().send(request, **kwargs)
-            key = _prepare(policy, request)
+            key = request.headers.setdefault(policy.header, new_key())
             request.read()  # a body in memory can be sent again
             retries = 0
             while True:
                 try:
                     response = super().send(request, **kwargs)
                 except httpx.TransportError as exc:
-                    if retries >= policy.max_retries:
+                    if (wait := _next_wait(policy, retries, request, key, exc)) is None:
                         raise
-                    wait = policy.delay(retries)
-                    _log_retry(request.method, request.url, key, exc, wait)
                 else:
                     if policy.needs_body(response.status_code, response.headers):
                         response.read()
-                    if not _retry_status(policy, response, retries):
+                    if (wait := _next_wait(policy, retries, request, key, response)) is None:
                         return response
-                    wait = policy.delay(retries, response.headers)
-                    _log_retry(request.method, request.url, key, response.status_code, wait)
                     response.close()
                 time.sleep(wait)
                 retries += 1
@@ -259,34 +229,20 @@ if _HAVE_HTTPX:
             policy = self.retry
             if request.method.upper() not in policy.methods:
                 return await super().send(request, **kwargs)
-            key = _prepare(policy, request)
+            key = request.headers.setdefault(policy.header, new_key())
             await request.aread()
             retries = 0
             while True:
                 try:
                     response = await super().send(request, **kwargs)
                 except httpx.TransportError as exc:
-                    if retries >= policy.max_retries:
+                    if (wait := _next_wait(policy, retries, request, key, exc)) is None:
                         raise
-                    wait = policy.delay(retries)
-                    _log_retry(request.method, request.url, key, exc, wait)
                 else:
                     if policy.needs_body(response.status_code, response.headers):
                         await response.aread()
-                    if not _retry_status(policy, response, retries):
+                    if (wait := _next_wait(policy, retries, request, key, response)) is None:
                         return response
-                    wait = policy.delay(retries, response.headers)
-                    _log_retry(request.method, request.url, key, response.status_code, wait)
                     await response.aclose()
                 await asyncio.sleep(wait)
                 retries += 1
-
-
-__all__ = [
-    "IDEMPOTENCY_HEADER",
-    "AsyncIdempotentClient",
-    "IdempotentClient",
-    "IdempotentSession",
-    "RetryPolicy",
-    "new_key",
-]

@@ -21,9 +21,9 @@ from .errors import IdempotencyError, is_drf_request
 from .fingerprint import request_fingerprint
 from .keys import InvalidKey, parse_key, record_key, stored_scope
 from .responses import drained, kept, materialised, replay, stored_response
-from .stores.database.routers import guarded
 from .signals import logger, notify
 from .stores import Claim, Conflict, InUse, Replay, RequestRecord, Store, StoreError, get_store
+from .stores.database.routers import guarded
 
 ViewFunc = TypeVar("ViewFunc", bound=Callable[..., Any])
 T = TypeVar("T")

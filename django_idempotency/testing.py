@@ -1,21 +1,8 @@
-"""Test helpers for projects that use ``@idempotent``.
-
-::
-
-    from django_idempotency.testing import IdempotentAPIClient, assert_replayed
-
-    def test_create_job_is_retry_safe(user):
-        client = IdempotentAPIClient()
-        client.force_authenticate(user)
-        response = client.post("/jobs", {"name": "x"}, format="json")  # a fresh key
-        assert response.status_code == 201
-        client.retry()           # same key, body and headers: asserts an identical replay
-"""
+"""Test clients that send an ``Idempotency-Key`` with every POST (docs/testing.rst)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from django.test import Client
@@ -23,10 +10,9 @@ from rest_framework.test import APIClient
 
 from .conf import conf
 from .errors import REQUEST_ID_HEADER
-from .keys import header_meta_name
 from .responses import REPLAYED_HEADER, UNSTORED_HEADERS
 
-__all__ = ["IdempotentAPIClient", "IdempotentClient", "assert_replayed"]
+__all__ = ["IdempotencyAPITestClient", "IdempotencyTestClient", "assert_replayed"]
 
 if TYPE_CHECKING:
     _ClientBase = Client
@@ -36,7 +22,7 @@ else:
 #: The default of ``idempotency_key``: a fresh key, unless the call sends one.
 FRESH: Any = object()
 
-# What a replay differs in by design: its own request id and the replay marker,
+# What a replay differs in by design: its own request id, the replay marker,
 # and the headers that are never stored.
 _NOT_COMPARED = UNSTORED_HEADERS | {REQUEST_ID_HEADER.lower(), REPLAYED_HEADER.lower()}
 
@@ -54,25 +40,22 @@ class IdempotencyKeyMixin(_ClientBase):
     last_response: Any = None
     _last_post: tuple[str, tuple[Any, ...], dict[str, Any]] | None = None
 
-    # The arguments pass through untouched to Client.post or APIClient.post,
-    # whose signatures differ; hence the one signature that takes both.
+    # One signature for Client.post and APIClient.post, whose signatures differ.
     def post(  # type: ignore[override]
         self, path: str, *args: Any, idempotency_key: Any = FRESH, **kwargs: Any
     ) -> Any:
-        meta_name = header_meta_name(conf.IDEMPOTENCY_HEADER)
-        given = kwargs.get(meta_name) or _find_header(kwargs.get("headers"))
+        name, meta_name = conf.IDEMPOTENCY_HEADER.lower(), conf.header_meta_name
+        headers = kwargs.get("headers") or {}
+        given = kwargs.get(meta_name) or next(
+            (value for header, value in headers.items() if header.lower() == name), None
+        )
         if idempotency_key is FRESH:
             key = given if given is not None else str(uuid.uuid4())
         else:
-            key = idempotency_key
-            given = None
+            key, given = idempotency_key, None
             kwargs.pop(meta_name, None)
-            if kwargs.get("headers"):
-                kwargs["headers"] = {
-                    name: value
-                    for name, value in kwargs["headers"].items()
-                    if name.lower() != conf.IDEMPOTENCY_HEADER.lower()
-                }
+            if headers:
+                kwargs["headers"] = {h: v for h, v in headers.items() if h.lower() != name}
         if key is not None and given is None:
             kwargs[meta_name] = key
         response = super().post(path, *args, **kwargs)
@@ -91,11 +74,11 @@ class IdempotencyKeyMixin(_ClientBase):
         return response
 
 
-class IdempotentAPIClient(IdempotencyKeyMixin, APIClient):  # type: ignore[misc]
+class IdempotencyAPITestClient(IdempotencyKeyMixin, APIClient):  # type: ignore[misc]
     """DRF's ``APIClient`` that sends a fresh ``Idempotency-Key`` with every POST."""
 
 
-class IdempotentClient(IdempotencyKeyMixin, Client):
+class IdempotencyTestClient(IdempotencyKeyMixin, Client):
     """Django's test ``Client`` that sends a fresh ``Idempotency-Key`` with every POST."""
 
 
@@ -118,14 +101,5 @@ def assert_replayed(response: Any, original: Any = None) -> None:
     )
 
 
-def _find_header(headers: Mapping[str, str] | None) -> str | None:
-    for name, value in (headers or {}).items():
-        if name.lower() == conf.IDEMPOTENCY_HEADER.lower():
-            return value
-    return None
-
-
 def _compared_headers(response: Any) -> dict[str, str]:
-    return {
-        name.lower(): value for name, value in response.items() if name.lower() not in _NOT_COMPARED
-    }
+    return {k.lower(): v for k, v in response.items() if k.lower() not in _NOT_COMPARED}

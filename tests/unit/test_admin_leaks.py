@@ -1,5 +1,4 @@
-"""The admin hands out no masked secret: an oracle attack, played by a
-staff user who may only view records.
+"""The admin hands out no masked secret, to a staff user who may only view records.
 
 The detail page masks ``"secret": "..."`` in a stored body, but Django's
 changelist accepts a lookup on any field in its query string: with

@@ -57,7 +57,7 @@ def test_e001_store_cannot_be_imported(store: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "store", ["django_idempotency.conf.Settings", "django_idempotency.conf.DEFAULT_STORE"]
+    "store", ["django_idempotency.conf.Settings", "django_idempotency.conf.MAX_TTL"]
 )
 def test_e002_store_is_not_a_store_class(store: str) -> None:
     assert check_ids(IDEMPOTENCY_STORE=store) == ["django_idempotency.E002"]

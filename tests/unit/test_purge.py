@@ -139,8 +139,8 @@ def test_parse_duration(text: str, seconds: float) -> None:
     [
         (["--older-than", "2 days"], "--older-than: '2 days' is not a duration"),
         (["--older-than=-1h"], "--older-than: '-1h' is not a duration"),
-        (["--batch-size", "0"], "--batch-size must be a positive whole number, not '0'"),
-        (["--batch-size", "many"], "--batch-size must be a positive whole number"),
+        (["--batch-size", "0"], "--batch-size: must be a positive whole number, not '0'"),
+        (["--batch-size", "many"], "--batch-size: must be a positive whole number"),
     ],
 )
 def test_bad_options_are_clear_errors(args: list[str], message: str) -> None:

@@ -1,9 +1,9 @@
 """Every setting and @idempotent option is validated where it is given.
 
-Each bad value here would otherwise fail every request (a 500) or silently
-change a guarantee. It is a system check error, an ImproperlyConfigured when
-the decorator is applied, or, where the checks never run (gunicorn), an
-ImproperlyConfigured at start-up that names the problem.
+A bad value would fail every request (a 500) or silently change a guarantee, so
+it is a system check error, an ImproperlyConfigured when the decorator is
+applied, or, where the checks never run (gunicorn), an ImproperlyConfigured at
+start-up that names the problem.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ def test_long_but_sane_ttls_pass(ttl: object) -> None:
 
 
 @pytest.mark.django_db
-def test_a_ttl_that_overflowed_every_request_is_now_refused_with_its_reason(
+def test_a_ttl_that_would_overflow_every_request_is_refused_with_its_reason(
     client_alice: APIClient,
 ) -> None:
-    # IDEMPOTENCY_TTL = 10**12 overflows when added to now(): refused up front.
+    # 10**12 seconds would overflow datetime when added to now() in every request.
     refused = pytest.raises(ImproperlyConfigured, match=r"E004.*IDEMPOTENCY_TTL must be at most")
     with override_settings(IDEMPOTENCY_TTL=10**12), refused:
         post(client_alice, "/t/widgets", {"name": "w"}, key="k")
@@ -252,8 +252,8 @@ def test_silenced_errors_and_warnings_do_not_stop_requests(client_alice: APIClie
 
 @pytest.mark.slow
 def test_under_gunicorn_a_bad_setting_stops_the_server_at_start_up(tmp_path: Path) -> None:
-    """gunicorn runs no system checks: with a bad IDEMPOTENCY_SCOPE the app's
-    ready() refuses to start, rather than every POST being a 500."""
+    """gunicorn runs no system checks: the app's ready() refuses to start, rather
+    than answer every POST with a 500."""
     overrides = {"IDEMPOTENCY_SCOPE": "myapp.nowhere.scope", "IDEMPOTENCY_RETRY_AFTER": -1}
     environ = {
         **os.environ,

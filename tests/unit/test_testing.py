@@ -9,20 +9,24 @@ from django.contrib.auth.models import User
 from django.http import HttpResponse
 from django.test import override_settings
 
-from django_idempotency.testing import IdempotentAPIClient, IdempotentClient, assert_replayed
+from django_idempotency.testing import (
+    IdempotencyAPITestClient,
+    IdempotencyTestClient,
+    assert_replayed,
+)
 from tests.testapp.models import Widget
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def api(alice: User) -> IdempotentAPIClient:
-    client = IdempotentAPIClient()
+def api(alice: User) -> IdempotencyAPITestClient:
+    client = IdempotencyAPITestClient()
     client.force_authenticate(alice)
     return client
 
 
-def test_every_post_gets_a_fresh_key(api: IdempotentAPIClient) -> None:
+def test_every_post_gets_a_fresh_key(api: IdempotencyAPITestClient) -> None:
     first = api.post("/t/widgets", {"name": "a"}, format="json")
     first_key = api.last_key
     second = api.post("/t/widgets", {"name": "a"}, format="json")
@@ -35,7 +39,7 @@ def test_every_post_gets_a_fresh_key(api: IdempotentAPIClient) -> None:
 
 
 def test_retry_resends_the_last_post_and_asserts_an_identical_replay(
-    api: IdempotentAPIClient,
+    api: IdempotencyAPITestClient,
 ) -> None:
     first = api.post("/t/widgets", {"name": "a"}, format="json", HTTP_X_EXTRA="1")
     replay = api.retry()
@@ -47,7 +51,7 @@ def test_retry_resends_the_last_post_and_asserts_an_identical_replay(
 
 
 @pytest.mark.usefixtures("database_store")  # asserts the rollback of the view's writes
-def test_retry_fails_when_the_first_answer_was_not_stored(api: IdempotentAPIClient) -> None:
+def test_retry_fails_when_the_first_answer_was_not_stored(api: IdempotencyAPITestClient) -> None:
     response = api.post("/t/apiview", {"outcome": "422"}, format="json")
     assert response.status_code == 422
     with pytest.raises(AssertionError, match="expected a replayed response"):
@@ -56,7 +60,7 @@ def test_retry_fails_when_the_first_answer_was_not_stored(api: IdempotentAPIClie
     assert Widget.objects.count() == 0
 
 
-def test_retry_needs_a_post_first(api: IdempotentAPIClient) -> None:
+def test_retry_needs_a_post_first(api: IdempotencyAPITestClient) -> None:
     with pytest.raises(AssertionError, match="no"):
         api.retry()
 
@@ -70,7 +74,7 @@ def test_retry_needs_a_post_first(api: IdempotentAPIClient) -> None:
     ],
     ids=["argument", "meta", "headers"],
 )
-def test_a_given_key_is_used(api: IdempotentAPIClient, how: dict) -> None:
+def test_a_given_key_is_used(api: IdempotencyAPITestClient, how: dict) -> None:
     api.post("/t/widgets", {"name": "a"}, format="json", **how)
     assert api.last_key == "given"
     replay = api.post("/t/widgets", {"name": "a"}, format="json", idempotency_key="given")
@@ -78,7 +82,7 @@ def test_a_given_key_is_used(api: IdempotentAPIClient, how: dict) -> None:
     assert Widget.objects.count() == 1
 
 
-def test_the_key_argument_replaces_a_header(api: IdempotentAPIClient) -> None:
+def test_the_key_argument_replaces_a_header(api: IdempotencyAPITestClient) -> None:
     api.post("/t/widgets", {"name": "a"}, format="json", idempotency_key="first")
     replay = api.post(
         "/t/widgets",
@@ -90,26 +94,26 @@ def test_the_key_argument_replaces_a_header(api: IdempotentAPIClient) -> None:
     assert_replayed(replay)
 
 
-def test_no_key_when_asked(api: IdempotentAPIClient) -> None:
+def test_no_key_when_asked(api: IdempotencyAPITestClient) -> None:
     response = api.post("/t/widgets", {"name": "a"}, format="json", idempotency_key=None)
     assert response.status_code == 400
     assert api.last_key is None
 
 
-def test_other_methods_are_left_alone(api: IdempotentAPIClient) -> None:
+def test_other_methods_are_left_alone(api: IdempotencyAPITestClient) -> None:
     assert api.get("/t/function").status_code == 200
     assert api.last_key is None
 
 
 @override_settings(IDEMPOTENCY_HEADER="X-Request-Key")
-def test_follows_the_header_setting(api: IdempotentAPIClient) -> None:
+def test_follows_the_header_setting(api: IdempotencyAPITestClient) -> None:
     api.post("/t/widgets", {"name": "a"}, format="json")
     api.retry()
     assert Widget.objects.count() == 1
 
 
 def test_django_client_for_plain_views(alice: User) -> None:
-    client = IdempotentClient()
+    client = IdempotencyTestClient()
     client.force_login(alice)
     first = client.post("/t/plain", b"\x00\xff", content_type="application/octet-stream")
     assert first.status_code == 200
@@ -140,7 +144,7 @@ def test_assert_replayed_compares_status_body_and_headers() -> None:
         assert_replayed(replay, original)
 
 
-def test_other_headers_in_the_call_still_get_a_fresh_key(api: IdempotentAPIClient) -> None:
+def test_other_headers_in_the_call_still_get_a_fresh_key(api: IdempotencyAPITestClient) -> None:
     # The helper looks for the key among the call's headers; others are not it.
     api.post("/t/widgets", {"name": "a"}, format="json", headers={"X-Trace": "t1"})
     assert api.last_key is not None and uuid.UUID(api.last_key).version == 4

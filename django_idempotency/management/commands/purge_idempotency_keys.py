@@ -1,32 +1,18 @@
 """``manage.py purge_idempotency_keys``: delete expired idempotency records.
 
-What goes
----------
-A record goes once its own ``expires_at`` has passed: the store already
-ignores it from then on. ``expires_at`` is the authority, not ``created_at`` plus
-``IDEMPOTENCY_TTL``, because ``@idempotent(ttl=...)`` gives views their own TTL.
-``--older-than`` only *adds* a condition (created before now minus the
-duration), so it can keep expired records longer but never deletes a record that
-is still valid or in flight: a client may still retry with a valid key, and
-deleting its record would let the operation run twice. To keep records for a
-shorter time, lower ``IDEMPOTENCY_TTL``.
-
-How
----
-The store does the work (``Store.purge_expired``), as Django's
-``clearsessions`` leaves it to the session backend: the database store
-deletes in short batches that several hosts can run at once (see
-:mod:`django_idempotency.stores.database`); a store whose backend expires
-keys by itself has nothing to purge; a third-party store brings its own.
+The store does the work (``Store.purge_expired``), as ``clearsessions`` leaves it
+to the session backend. What goes, and why ``--older-than`` can only keep records
+longer, is in docs/operating.rst.
 """
 
 from __future__ import annotations
 
 import re
+from argparse import ArgumentTypeError
 from datetime import timedelta
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
 from ...conf import conf
@@ -38,9 +24,8 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
 
 def parse_duration(value: str) -> timedelta:
     """``"90"`` (seconds), ``"30m"``, ``"48h"``, ``"7d"`` or ``"2w"`` as a timedelta."""
-    match = _DURATION.match(value)
-    if not match:
-        raise ValueError(
+    if not (match := _DURATION.match(value)):
+        raise ArgumentTypeError(
             f"{value!r} is not a duration: use seconds or a number with s, m, h, d or w "
             "(e.g. 3600, 30m, 48h, 7d)"
         )
@@ -49,12 +34,9 @@ def parse_duration(value: str) -> timedelta:
 
 
 def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
+    number = int(value) if re.fullmatch(r"[0-9]+", value) else 0
     if number < 1:
-        raise CommandError(f"--batch-size must be a positive whole number, not {value!r}")
+        raise ArgumentTypeError(f"must be a positive whole number, not {value!r}")
     return number
 
 
@@ -66,12 +48,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--dry-run",
-            action="store_true",
-            help="Only say how many records would be deleted.",
+            "--dry-run", action="store_true", help="Only say how many records would be deleted."
         )
         parser.add_argument(
             "--older-than",
+            type=parse_duration,
             metavar="DURATION",
             help="Also require the record to be created more than DURATION ago "
             "(seconds, or 30m, 48h, 7d, 2w), to keep expired records longer. "
@@ -79,21 +60,15 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--batch-size",
-            default="5000",
+            type=_positive_int,
+            default=5000,
             metavar="N",
             help="Rows deleted per statement and transaction (default 5000).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
         verbosity: int = options["verbosity"]
-        batch_size = _positive_int(str(options["batch_size"]))
-        older_than: timedelta | None = None
-        if options["older_than"] is not None:
-            try:
-                older_than = parse_duration(options["older_than"])
-            except ValueError as exc:
-                raise CommandError(f"--older-than: {exc}") from exc
-
+        older_than: timedelta | None = options["older_than"]
         store = get_store()
         if not store.needs_purge:
             if verbosity >= 1:
@@ -102,25 +77,24 @@ class Command(BaseCommand):
                     "there is nothing to purge."
                 )
             return
-
         now = timezone.now()
-        created_before = now - older_than if older_than is not None else None
         if older_than is not None and older_than < conf.IDEMPOTENCY_TTL and verbosity >= 1:
             self.stderr.write(
                 self.style.WARNING(
-                    f"--older-than {options['older_than']} is shorter than IDEMPOTENCY_TTL; "
+                    f"--older-than {older_than} is shorter than IDEMPOTENCY_TTL; "
                     "records are still deleted only once they have expired."
                 )
             )
-
+        purge = {
+            "now": now,
+            "created_before": now - older_than if older_than is not None else None,
+            "batch_size": options["batch_size"],
+        }
         if options["dry_run"]:
-            count = store.purge_expired(
-                now=now, created_before=created_before, batch_size=batch_size, dry_run=True
-            )
+            count = store.purge_expired(**purge, dry_run=True)
             if verbosity >= 1:
                 self.stdout.write(f"Would delete {count} expired idempotency record(s).")
             return
-
         batches: list[int] = []
 
         def on_batch(deleted: int) -> None:
@@ -130,8 +104,6 @@ class Command(BaseCommand):
                     f"Batch {len(batches)}: deleted {deleted} ({sum(batches)} so far)."
                 )
 
-        total = store.purge_expired(
-            now=now, created_before=created_before, batch_size=batch_size, on_batch=on_batch
-        )
+        total = store.purge_expired(**purge, on_batch=on_batch)
         if verbosity >= 1:
             self.stdout.write(self.style.SUCCESS(f"Deleted {total} expired idempotency record(s)."))

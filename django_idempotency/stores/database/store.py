@@ -36,8 +36,8 @@ from ...keys import scoped_key
 from ...models import IdempotencyRecord
 from ..base import (
     Claim,
-    InUse,
     Decision,
+    InUse,
     RequestRecord,
     Store,
     StoredResponse,
