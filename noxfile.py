@@ -64,7 +64,7 @@ def requirement(name: str, version: str) -> str:
     return name if version == LATEST else f"{name}~={version}.0"
 
 
-# The version sessions run tests/test_asgi_server.py under uvicorn only: the
+# The version sessions run tests/integration/test_asgi_server.py under uvicorn only: the
 # five servers' matrix takes minutes per run, and scripts/test runs it whole.
 ONE_ASGI_SERVER = {"TEST_ASGI_SERVERS": "uvicorn"}
 

@@ -99,7 +99,7 @@ start_redis() {
     echo "redis://127.0.0.1:6379/0"
 }
 
-# ensure_pgbouncer: PgBouncer (Debian package) for tests/test_scale.py, which
+# ensure_pgbouncer: PgBouncer (Debian package) for tests/integration/test_scale.py, which
 # starts its own on a free port; the package's service is left stopped.
 ensure_pgbouncer() {
     command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] && return 0
@@ -108,7 +108,7 @@ ensure_pgbouncer() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >&2 || return 1
 }
 
-# ensure_curl: curl, a real HTTP client that the tests drive (tests/test_forms_http.py).
+# ensure_curl: curl, a real HTTP client that the tests drive (tests/integration/test_forms_http.py).
 ensure_curl() {
     command -v curl >/dev/null 2>&1 && return 0
     log "Installing curl (Debian package)"

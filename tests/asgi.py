@@ -1,4 +1,4 @@
-"""ASGI entry point for the tests under real ASGI servers (tests/test_asgi_server.py)."""
+"""ASGI entry point for the tests under real ASGI servers (tests/integration/test_asgi_server.py)."""
 
 import os
 

@@ -76,18 +76,21 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         # As docs/stores.rst recommends: requests queue for SQLite's one write lock
         # instead of failing when a read transaction tries to upgrade.
         DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
+        # The test database need not survive a power cut: no fsync per commit.
+        # Locking, which the concurrency tests are about, is the same.
+        DATABASES["default"]["OPTIONS"]["init_command"] = "PRAGMA synchronous=OFF"
 elif DATABASES["default"]["ENGINE"].endswith("mysql"):
     # MariaDB or MySQL (DATABASE_URL=mysql://...). Django's default isolation
     # there is READ COMMITTED; TEST_MYSQL_ISOLATION sets another for a server
-    # that a test starts (tests/test_mysql.py runs both).
+    # that a test starts (tests/integration/test_mysql.py runs both).
     DATABASES["default"]["OPTIONS"] = {"charset": "utf8mb4"}
     if os.environ.get("TEST_MYSQL_ISOLATION"):
         DATABASES["default"]["OPTIONS"]["isolation_level"] = os.environ["TEST_MYSQL_ISOLATION"]
 
-# tests/test_routing.py: "second", a database of its own, where a router may
+# tests/unit/stores/test_routing.py: "second", a database of its own, where a router may
 # send the records; "standby", a read-only copy of "default" (the test's own
 # replica; TEST_STANDBY_URL makes it a real streaming replica, as
-# tests/test_scale.py does). Django makes their test databases only for the
+# tests/integration/test_scale.py does). Django makes their test databases only for the
 # tests that ask for them (databases=[...]).
 DATABASES["second"] = copy.deepcopy(DATABASES["default"])
 if DATABASES["second"]["ENGINE"].endswith("sqlite3"):
@@ -105,7 +108,7 @@ else:
     DATABASES["standby"] = copy.deepcopy(DATABASES["default"])
     DATABASES["standby"]["TEST"] = {"MIRROR": "default"}
     DATABASE_ROUTERS = ["tests.routers.StandbyIsReadOnly"]
-# ATOMIC_REQUESTS for a server that a test starts (tests/test_mysql.py).
+# ATOMIC_REQUESTS for a server that a test starts (tests/integration/test_mysql.py).
 if os.environ.get("TEST_ATOMIC_REQUESTS") == "1":
     DATABASES["default"]["ATOMIC_REQUESTS"] = True
 

@@ -143,7 +143,7 @@ def _key_parameter(header: str, required: bool, ttl: timedelta | None) -> dict[s
 
 # What keys.parse_key accepts (a bare key without comma, or an RFC 8941 quoted
 # string), in a pattern ECMA-262 and Python read alike; stricter at the edges,
-# never looser (tests/test_openapi.py checks it against parse_key).
+# never looser (tests/unit/test_openapi.py checks it against parse_key).
 _BARE_KEY = r"[\x21\x23-\x2B\x2D-\x7E](?:[\x20-\x2B\x2D-\x7E]*[\x21-\x2B\x2D-\x7E])?"
 _QUOTED_KEY = r'"(?:[\x20\x21\x23-\x5B\x5D-\x7E]|\\[\x22\x5C])+"'
 KEY_PATTERN = f"^(?:{_BARE_KEY}|{_QUOTED_KEY})$"

@@ -1,5 +1,5 @@
 """A view that passes request.idempotency_key on, as to a payment provider
-(tests/test_record_key.py): it records every value it was given."""
+(tests/unit/test_record_key.py): it records every value it was given."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A URLconf of views that @idempotent cannot guard (system check W050), and of
-views that look alike but are fine. Used by tests/test_checks.py only."""
+views that look alike but are fine. Used by tests/unit/test_checks.py only."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Streaming responses under @idempotent (tests/test_streaming.py).
+"""Streaming responses under @idempotent (tests/unit/test_streaming.py).
 
 Each view records what a test must check after the response went out: the
 file it opened, whether its iterator was closed.

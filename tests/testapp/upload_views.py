@@ -1,4 +1,4 @@
-"""Upload endpoints for the real-client tests (tests/test_forms_http.py).
+"""Upload endpoints for the real-client tests (tests/integration/test_forms_http.py).
 
 Each answers with what its own parse of the request gave (every field with all
 its values, every file's name, type and SHA-256), so a test sees that the
