@@ -4,13 +4,11 @@ records table (raw SQL) nor the Redis value (GET and DUMP) may hold it."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import Any
 
 import pytest
-import requests
 from cryptography.fernet import Fernet
 from django.core import checks
 from django.db import connection
@@ -21,8 +19,7 @@ from django_idempotency import encryption
 from django_idempotency.models import IdempotencyRecord
 from django_idempotency.stores.base import StoredResponse
 from testproject.api.models import Account, ApiKey
-from tests.conftest import StoreUnderTest, redis_client, staff
-from tests.servers import gunicorn
+from tests.helpers import StoreUnderTest, redis_client, staff
 
 pytestmark = pytest.mark.django_db
 
@@ -234,30 +231,6 @@ def test_the_admin_shows_opened_responses_masked_and_never_fails_on_an_unreadabl
     assert page.status_code == 200
     assert "cannot be decrypted" in page.content.decode()
     assert admin.get("/admin/django_idempotency/idempotencyrecord/").status_code == 200
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_retry_over_http_replays_the_decrypted_response(store: StoreUnderTest) -> None:
-    client = demo_client("http")
-    bearer = client._credentials["HTTP_AUTHORIZATION"]  # type: ignore[attr-defined]
-    overrides = {"IDEMPOTENCY_ENCRYPTION_KEYS": [KEY_A]}
-    env = {"TEST_IDEMPOTENCY_STORE": store.path, "TEST_SETTINGS_OVERRIDES": json.dumps(overrides)}
-    with gunicorn(workers=2, env=env, settings="tests.settings_overrides") as server:
-        answers = [
-            requests.post(
-                server.base + "/v1/api_keys",
-                json={"name": "ci"},
-                headers={"Authorization": bearer, "Idempotency-Key": "over-http"},
-                timeout=30,
-            )
-            for _ in range(2)
-        ]
-    assert [a.status_code for a in answers] == [201, 201]
-    assert answers[1].headers["Idempotent-Replayed"] == "true"
-    assert answers[1].json() == answers[0].json()
-    assert issued(client) == 1
-    secret = answers[0].json()["secret"].encode()
-    assert all(secret not in value for value in raw_values(store))
 
 
 @pytest.mark.parametrize(
