@@ -11,32 +11,19 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 from django.core import checks
-from django.db import connection
 from django.test import override_settings
 from rest_framework.test import APIClient
 
 from django_idempotency import encryption
 from django_idempotency.models import IdempotencyRecord
 from django_idempotency.stores.base import StoredResponse
-from testproject.api.models import Account, ApiKey
-from tests.helpers import StoreUnderTest, redis_client, staff
+from testproject.api.models import ApiKey
+from tests.helpers import StoreUnderTest, demo_client, redis_client, staff
 
 pytestmark = pytest.mark.django_db
 
 KEY_A = Fernet.generate_key().decode()
 KEY_B = Fernet.generate_key().decode()
-
-
-def demo_client(name: str = "acme") -> APIClient:
-    """A client of the demo's API, holding a bearer key of a new account."""
-    from django.contrib.auth.models import User
-
-    account = Account.objects.create(user=User.objects.create_user(name), credits_cents=0)
-    _, secret = ApiKey.issue(account)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    client.account = account  # type: ignore[attr-defined]
-    return client
 
 
 def issue(client: APIClient, key: str = "issue-1", name: str = "ci") -> Any:
@@ -46,27 +33,6 @@ def issue(client: APIClient, key: str = "issue-1", name: str = "ci") -> Any:
 def issued(client: APIClient, name: str = "ci") -> int:
     """How many times the view really ran: the keys it issued."""
     return ApiKey.objects.filter(account=client.account, name=name).count()  # type: ignore[attr-defined]
-
-
-def raw_values(store: StoreUnderTest) -> list[bytes]:
-    """Everything the store holds, read as an operator with access would: every
-    column of every row by raw SQL, or every Redis value by GET and by DUMP."""
-    if store.name == "database":
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT * FROM {IdempotencyRecord._meta.db_table}")
-            rows = cursor.fetchall()
-        assert rows
-        return [
-            bytes(value) if isinstance(value, (bytes, memoryview)) else str(value).encode()
-            for row in rows
-            for value in row
-        ]
-    from django.conf import settings
-
-    client = redis_client()
-    names = list(client.scan_iter(match=settings.REDIS_TEST_PREFIX + ":*"))
-    assert names
-    return [value for name in names for value in (client.get(name), client.dump(name))]
 
 
 def assert_unreadable(response: Any) -> None:
@@ -107,7 +73,7 @@ def test_the_issued_secret_is_nowhere_in_the_store_and_replays(
     secret = first.json()["secret"]
     assert len(secret) > 20
 
-    for value in raw_values(store):
+    for value in store.raw_values():
         assert secret.encode() not in value
         assert b'"name"' not in value  # no part of the body or its headers either
         assert b"application/json" not in value
@@ -168,7 +134,7 @@ def test_records_kept_in_plaintext_still_replay_once_encryption_is_on(
     first = issue(client)
     assert first.status_code == 201
     # The probe sees a plaintext record: its silence under encryption means something.
-    assert any(first.json()["secret"].encode() in value for value in raw_values(store))
+    assert any(first.json()["secret"].encode() in value for value in store.raw_values())
     settings.IDEMPOTENCY_ENCRYPTION_KEYS = [KEY_A]
     retry = issue(client)
     assert retry.status_code == 201 and retry["Idempotent-Replayed"] == "true"
