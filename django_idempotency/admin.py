@@ -30,6 +30,7 @@ from django.utils.timesince import timesince, timeuntil
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from . import encryption
 from .conf import conf, store_database
 from .models import IdempotencyRecord
 from .stores import get_store
@@ -350,6 +351,7 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return _in_words(obj.expires_at, text)
 
     @admin.display(description=_("body"))
+    @encryption.shown_opened
     def body(self, obj: IdempotencyRecord) -> SafeString:
         """The stored body as safe HTML: pretty masked JSON, escaped text, or its size."""
         body = bytes(obj.response_body) if obj.response_body is not None else b""
@@ -380,6 +382,7 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return format_html("<pre>{}</pre>", text)
 
     @admin.display(description=_("headers"))
+    @encryption.shown_opened
     def headers(self, obj: IdempotencyRecord) -> SafeString:
         """The stored response headers as a table, sensitive values masked."""
         rows = [(name, MASK if is_masked(name) else value) for name, value in obj.headers]

@@ -19,6 +19,7 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
+from . import encryption
 from .conf import conf, ttl_problem
 
 Messages = list[checks.CheckMessage]
@@ -43,6 +44,7 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> M
         *_check_should_retry_headers(),
         *_check_retry_after(),
         *_check_admin_masked_fields(),
+        *encryption.check(),
     ]
 
 

@@ -52,6 +52,8 @@ DEFAULTS: dict[str, Any] = {
     "IDEMPOTENCY_REDIS_MIN_REPLICAS": 0,
     "IDEMPOTENCY_REDIS_WAIT_TIMEOUT": timedelta(seconds=1),
     "IDEMPOTENCY_REDIS_TIMEOUT_BUDGET": timedelta(seconds=3),
+    # Fernet keys that seal stored responses (encryption.py); None keeps them plain.
+    "IDEMPOTENCY_ENCRYPTION_KEYS": None,
 }
 
 

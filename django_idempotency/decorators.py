@@ -14,7 +14,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponseBase
 from django.utils import timezone
 
-from . import errors, signals
+from . import encryption, errors, signals
 from .checks import ensure_checked
 from .conf import conf, ttl_problem
 from .errors import IdempotencyError, is_drf_request
@@ -307,8 +307,11 @@ def _begin(
         notify(signals.store_unavailable, store, request, record, exception=exc)
         raise IdempotencyError(errors.store_failure(exc)) from None
     if isinstance(decision, Replay):
-        notify(signals.replayed, store, request, record, status=decision.response.status)
-        return replay(request, decision.response)
+        stored = encryption.replayable(decision.response, record)
+        if stored is None:
+            raise IdempotencyError(errors.RECORD_UNREADABLE)
+        notify(signals.replayed, store, request, record, status=stored.status)
+        return replay(request, stored)
     if isinstance(decision, Conflict):
         notify(signals.conflict, store, request, record)
         raise IdempotencyError(errors.CONFLICT)
@@ -363,7 +366,7 @@ def _finish(
         _release(store, claim, request, status=rendered.status_code)
     else:
         try:
-            store.finish(claim, stored)
+            store.finish(claim, encryption.seal(stored, claim.record.scope, claim.record.key))
         except StoreError as exc:
             # A store raises this only when the view's effects were undone with
             # the claim, so "not processed" is the truth.

@@ -104,6 +104,14 @@ MISCONFIGURED = ErrorType(
     "idempotency_misconfigured",
     "Idempotency-Key support is misconfigured on this server; the request was not processed",
 )
+# A stored response sealed with a key this server no longer has, or altered:
+# replaying it is impossible and running the view again would do it twice.
+RECORD_UNREADABLE = ErrorType(
+    500,
+    "idempotency_record_unreadable",
+    "The stored response for this idempotency key cannot be read on this server; "
+    "the request was not processed again",
+)
 
 #: The errors of ``@idempotent``'s API contract, as the OpenAPI schema lists
 #: them. Not MISCONFIGURED: a broken server is no part of an API, as a crash is not.

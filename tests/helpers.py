@@ -254,6 +254,24 @@ class StoreUnderTest:
             )
         return found
 
+    def raw_values(self) -> list[bytes]:
+        """Everything the store holds, read as an operator with access would: every
+        column of every row by raw SQL, or every Redis value by GET and by DUMP."""
+        if self.name == "database":
+            with connections["default"].cursor() as cursor:
+                cursor.execute(f"SELECT * FROM {IdempotencyRecord._meta.db_table}")
+                rows = cursor.fetchall()
+            assert rows
+            return [
+                bytes(value) if isinstance(value, (bytes, memoryview)) else str(value).encode()
+                for row in rows
+                for value in row
+            ]
+        client = redis_client()
+        names = list(client.scan_iter(match=django_settings.REDIS_TEST_PREFIX + ":*"))
+        assert names
+        return [value for name in names for value in (client.get(name), client.dump(name))]
+
     def expire_all(self) -> None:
         """Make every record past its TTL, as if a day had gone by."""
         if self.name == "database":
@@ -266,6 +284,18 @@ class StoreUnderTest:
                 client.pexpire(name, 1)
             while any(client.scan_iter(match=django_settings.REDIS_TEST_PREFIX + ":*", count=1000)):
                 time.sleep(0.005)
+
+
+def demo_client(name: str = "acme") -> APIClient:
+    """A client of the demo's API, holding a bearer key of a new account."""
+    from testproject.api.models import Account, ApiKey
+
+    account = Account.objects.create(user=User.objects.create_user(name), credits_cents=0)
+    _, secret = ApiKey.issue(account)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    client.account = account  # type: ignore[attr-defined]
+    return client
 
 
 def redis_client() -> Any:

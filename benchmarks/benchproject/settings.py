@@ -5,6 +5,7 @@
 * ``db`` (default): this project's ``@idempotent`` on the database store; also
   serves the undecorated baseline and drf-idempotencykey's mixin view;
 * ``redis``: ``@idempotent`` on the Redis store (``RedisStore``);
+* ``db-sealed`` / ``redis-sealed``: the same, with ``IDEMPOTENCY_ENCRYPTION_KEYS`` set;
 * ``drfi-db`` / ``drfi-redis``: drf-idempotency's middleware with its database or
   Redis backend, around the undecorated view.
 
@@ -91,8 +92,11 @@ REST_FRAMEWORK = {
 # This project: records kept 10 minutes, long enough for any run.
 IDEMPOTENCY_TTL = 600
 IDEMPOTENCY_CACHE = "idempotency"
-if SERVER == "redis":
+if SERVER in ("redis", "redis-sealed"):
     IDEMPOTENCY_STORE = "django_idempotency.stores.redis.RedisStore"
+# encryption.py: the same stores, with stored responses encrypted at rest.
+if SERVER.endswith("-sealed"):
+    IDEMPOTENCY_ENCRYPTION_KEYS = ["cW4Cl4AkcEDHdbTMJ8ZcJ6jU1d4jvb1X6QY0HmxU3Fo="]
 # The claim as it was before migration 0005, for comparison in the same run.
 if SERVER == "db-write-first":
     IDEMPOTENCY_STORE = "benchproject.stores.WriteFirstStore"
