@@ -27,6 +27,9 @@ class Demo:
             DATABASE_URL=self.database,
             PYTHONPATH=str(ROOT),
             DJANGO_SETTINGS_MODULE="testproject.settings",
+            # The demo's cache is Redis only when a test asks for it (server(env=...)):
+            # the suite's own REDIS_URL must not need django-redis where it is absent.
+            REDIS_URL="",
         )
         return run_checked(
             [sys.executable, str(ROOT / "testproject" / "manage.py"), *args], cwd=ROOT, env=environ
@@ -48,7 +51,7 @@ class Demo:
         """gunicorn serving the demo; ``env`` may pick the store (IDEMPOTENCY_STORE, REDIS_URL)."""
         return gunicorn(
             workers,
-            {"DEMO_ALLOW_DELAY": "1", **(env or {})},
+            {"DEMO_ALLOW_DELAY": "1", "REDIS_URL": "", **(env or {})},
             app="testproject.wsgi",
             settings="testproject.settings",
             database=self.database,
