@@ -14,13 +14,12 @@ from django.core.management import CommandError, call_command
 from django.db import connection, connections
 from django.test import override_settings
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from django_idempotency.keys import scoped_key
 from django_idempotency.management.commands.purge_idempotency_keys import parse_duration
 from django_idempotency.models import IdempotencyRecord
 from django_idempotency.stores.base import Store
-from tests.helpers import make_record, post
+from tests.helpers import make_record, post_as
 from tests.testapp import views
 
 EXPIRED = {"age": timedelta(hours=25), "expires_in": timedelta(hours=-1)}
@@ -207,20 +206,12 @@ def test_a_request_in_flight_survives_a_purge(alice: User) -> None:
     views.hold.clear()
     views.started.clear()
 
-    def request() -> int:
-        client = APIClient()
-        client.force_authenticate(alice)
-        try:
-            return post(client, "/t/widgets", {"name": "w"}, key="in-flight").status_code
-        finally:
-            connections.close_all()
-
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(request)
+        running = pool.submit(post_as, alice, "/t/widgets", {"name": "w"}, key="in-flight")
         assert views.started.wait(10)
         out = purge()
         views.hold.set()
-        assert running.result(timeout=10) == 201
+        assert running.result(timeout=10).status_code == 201
 
     expected = 20 if connection.vendor == "postgresql" else 0
     assert out == f"Deleted {expected} expired idempotency record(s).\n"

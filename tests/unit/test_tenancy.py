@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.db import connection, connections
+from django.db import connection
 from django.test import override_settings
 from rest_framework.test import APIClient
 
 from django_idempotency.keys import scoped_key
 from django_idempotency.stores.base import RequestRecord
 from django_idempotency.stores.database.locks import lock_id as _lock_id
-from tests.helpers import StoreUnderTest, poll, post
+from tests.helpers import StoreUnderTest, poll, post, post_as
 from tests.testapp import views
 from tests.testapp.models import Widget
 
@@ -103,18 +102,10 @@ def test_a_key_in_flight_for_one_user_does_not_block_another(
     views.hold.clear()
     views.started.clear()
 
-    def send(user: User, name: str) -> Any:
-        client = APIClient()
-        client.force_authenticate(user)
-        try:
-            return post(client, "/t/widgets", {"name": name}, key="shared")
-        finally:
-            connections.close_all()
-
     with ThreadPoolExecutor(2) as pool:
-        alices = pool.submit(send, alice, "a")
+        alices = pool.submit(post_as, alice, "/t/widgets", {"name": "a"}, key="shared")
         assert views.started.wait(10)
-        bobs = pool.submit(send, bob, "b")
+        bobs = pool.submit(post_as, bob, "/t/widgets", {"name": "b"}, key="shared")
         if store.name == "redis" or connection.vendor == "postgresql":
             # Bob's claim goes through while Alice's is held: two claims at once.
             # (SQLite serialises writers, so there Bob waits for Alice's commit,

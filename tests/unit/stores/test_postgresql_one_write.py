@@ -31,7 +31,7 @@ from django_idempotency.keys import scoped_key
 from django_idempotency.models import IdempotencyRecord
 from django_idempotency.stores.base import RequestRecord
 from django_idempotency.stores.database import locks, sql
-from tests.helpers import poll, post
+from tests.helpers import poll, post, post_as
 from tests.testapp import views
 from tests.testapp.models import Widget
 
@@ -211,12 +211,7 @@ def test_while_the_view_runs_there_is_no_row_and_a_duplicate_is_in_use_at_once(
     views.started.clear()
 
     def send(name: str) -> Any:
-        client = APIClient()
-        client.force_authenticate(alice)
-        try:
-            return post(client, "/t/widgets", {"name": name}, key="busy")
-        finally:
-            connections.close_all()
+        return post_as(alice, "/t/widgets", {"name": name}, key="busy")
 
     try:
         with ThreadPoolExecutor(1) as pool:
@@ -293,17 +288,9 @@ def test_a_live_record_written_without_the_lock_rolls_the_request_back(alice: Us
     views.hold.clear()
     views.started.clear()
 
-    def send() -> Any:
-        client = APIClient()
-        client.force_authenticate(alice)
-        try:
-            return post(client, "/t/widgets", {"name": "mine"}, key="stolen")
-        finally:
-            connections.close_all()
-
     try:
         with ThreadPoolExecutor(1) as pool:
-            mine = pool.submit(send)
+            mine = pool.submit(post_as, alice, "/t/widgets", {"name": "mine"}, key="stolen")
             assert views.started.wait(10)
             # Someone who does not take the claim's lock writes a live record.
             intruder = record("stolen", scope=f"user:{alice.pk}")
@@ -335,17 +322,9 @@ def test_the_admin_shows_the_requests_running_right_now(alice: User) -> None:
     views.hold.clear()
     views.started.clear()
 
-    def send() -> Any:
-        client = APIClient()
-        client.force_authenticate(alice)
-        try:
-            return post(client, "/t/widgets", {"name": "slow"}, key="slow")
-        finally:
-            connections.close_all()
-
     try:
         with ThreadPoolExecutor(1) as pool:
-            running = pool.submit(send)
+            running = pool.submit(post_as, alice, "/t/widgets", {"name": "slow"}, key="slow")
             assert views.started.wait(10)
             shown = notice()
             assert shown.startswith("1 request is running right now"), shown
@@ -387,13 +366,8 @@ def test_at_repeatable_read_concurrent_requests_with_one_key_run_the_view_once(
     barrier = threading.Barrier(20)
 
     def send(n: int) -> Any:
-        client = APIClient()
-        client.force_authenticate(alice)
-        try:
-            barrier.wait(timeout=30)
-            return post(client, "/t/widgets", {"name": "rr"}, key="rr")
-        finally:
-            connections.close_all()
+        barrier.wait(timeout=30)
+        return post_as(alice, "/t/widgets", {"name": "rr"}, key="rr")
 
     try:
         with ThreadPoolExecutor(20) as pool:
