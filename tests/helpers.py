@@ -29,6 +29,15 @@ from django_idempotency.checks import check_settings
 from django_idempotency.models import IdempotencyRecord
 from tests.testapp.models import Widget
 
+# The spec's example request to the demo's POST /v1/jobs, exactly.
+SPEC_JOB = {
+    "type": "data_collection",
+    "description": "Photo of product packaging",
+    "files_needed": 10,
+    "accepted_formats": ["image/jpeg"],
+    "price_per_file_cents": 50,
+}
+
 ROOT = Path(__file__).resolve().parent.parent
 REQUEST_ID = re.compile(r"^req_[0-9A-HJKMNP-TV-Z]{26}$")
 T = TypeVar("T")

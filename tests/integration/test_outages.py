@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from tests.helpers import CACHE_STORE, poll
+from tests.helpers import CACHE_STORE, SPEC_JOB, poll
 from tests.servers import run_checked
 from tests.servers.demo import demo_on
 from tests.servers.http import Reply, Server, gunicorn
@@ -32,17 +32,27 @@ from tests.servers.redis import redis_server
 # Real servers started, killed and stopped: minutes, not the inner loop.
 pytestmark = pytest.mark.slow
 
-JOB = {
-    "type": "data_collection",
-    "files_needed": 10,
-    "accepted_formats": ["image/jpeg"],
-    "price_per_file_cents": 50,
-}
 COST = 10 * 50
 CREDITS = 10_000_000
 # What a client may see while the database is down or starting: the middleware's
 # answer (the caller's API key could not be looked up) or the decorator's own.
 OUTAGE_TYPES = {"service_unavailable", "idempotency_store_unavailable"}
+
+
+def _job_poster(server: Server, secret: str) -> Callable[[str], Reply]:
+    """POST /v1/jobs to the demo as the API key ``secret``, with the key as its
+    description too, so that each key is a request of its own."""
+
+    def send(key: str) -> Reply:
+        body = json.dumps({**SPEC_JOB, "description": key}).encode()
+        return server.request(
+            "/v1/jobs",
+            body,
+            headers={"Authorization": f"Bearer {secret}", "Idempotency-Key": key},
+            timeout=30,
+        )
+
+    return send
 
 
 def is_outage_reply(reply: Reply) -> bool:
@@ -167,16 +177,7 @@ def test_demo_fails_closed_and_resumes_when_postgresql_restarts(
     demo = demo_on(cluster.create_database(f"demo_{mode}"))
     secret = demo.api_key("outage", CREDITS)
     with demo.server(workers=2) as server:
-
-        def send(key: str) -> Reply:
-            body = json.dumps({**JOB, "description": key}).encode()
-            return server.request(
-                "/v1/jobs",
-                body,
-                headers={"Authorization": f"Bearer {secret}", "Idempotency-Key": key},
-                timeout=30,
-            )
-
+        send = _job_poster(server, secret)
         clients = run_outage(server, Outage(lambda: cluster.stop(mode), cluster.start), send)
     keys = [key for key, _ in clients.done]
     jobs = dict(demo.sql("SELECT description, count(*) FROM api_job GROUP BY description"))
@@ -235,16 +236,7 @@ def test_demo_on_redis_fails_closed_and_resumes_when_redis_restarts(cluster: Clu
             workers=2, env={"REDIS_URL": redis.url, "IDEMPOTENCY_STORE": CACHE_STORE}
         ) as server,
     ):
-
-        def send(key: str) -> Reply:
-            body = json.dumps({**JOB, "description": key}).encode()
-            return server.request(
-                "/v1/jobs",
-                body,
-                headers={"Authorization": f"Bearer {secret}", "Idempotency-Key": key},
-                timeout=30,
-            )
-
+        send = _job_poster(server, secret)
         clients = run_outage(server, Outage(redis.kill, redis.start), send)
     assert any(
         r.status == 503 and json.loads(r.body)["error"]["type"] == "idempotency_store_unavailable"

@@ -14,18 +14,10 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from testproject.api.models import Account, ApiKey, Job, hash_secret
-from tests.helpers import envelope
+from tests.helpers import SPEC_JOB, envelope
 
 pytestmark = pytest.mark.django_db
 
-# The spec's example request, exactly.
-SPEC_BODY = {
-    "type": "data_collection",
-    "description": "Photo of product packaging",
-    "files_needed": 10,
-    "accepted_formats": ["image/jpeg"],
-    "price_per_file_cents": 50,
-}
 SPEC_COST = 10 * 50
 CREDITS = 100_000
 
@@ -64,7 +56,7 @@ def balance(client: APIClient) -> int:
 
 
 def create_job(client: APIClient, key: str = "job-create-order-1234", **changes: Any) -> Any:
-    response = post(client, "/v1/jobs", {**SPEC_BODY, **changes}, key=key)
+    response = post(client, "/v1/jobs", {**SPEC_JOB, **changes}, key=key)
     assert response.status_code == 201, response.content
     return response.json()
 
@@ -73,14 +65,14 @@ def create_job(client: APIClient, key: str = "job-create-order-1234", **changes:
 
 
 def test_create_job_reserves_credits(client: APIClient) -> None:
-    response = post(client, "/v1/jobs", SPEC_BODY, key="job-create-order-1234")
+    response = post(client, "/v1/jobs", SPEC_JOB, key="job-create-order-1234")
 
     assert response.status_code == 201
     job = response.json()
     assert job == {
         "id": job["id"],
         "object": "job",
-        **SPEC_BODY,
+        **SPEC_JOB,
         "reserved_cents": SPEC_COST,
         "status": "open",
         "created_at": job["created_at"],
@@ -90,8 +82,8 @@ def test_create_job_reserves_credits(client: APIClient) -> None:
 
 
 def test_replay_returns_the_same_bytes_and_charges_once(client: APIClient) -> None:
-    first = post(client, "/v1/jobs", SPEC_BODY, key="job-create-order-1234")
-    second = post(client, "/v1/jobs", SPEC_BODY, key="job-create-order-1234")
+    first = post(client, "/v1/jobs", SPEC_JOB, key="job-create-order-1234")
+    second = post(client, "/v1/jobs", SPEC_JOB, key="job-create-order-1234")
 
     assert first.status_code == second.status_code == 201
     assert second.content == first.content
@@ -106,7 +98,7 @@ def test_changed_body_with_the_same_key_is_a_conflict(client: APIClient) -> None
     create_job(client)
 
     response = post(
-        client, "/v1/jobs", {**SPEC_BODY, "files_needed": 20}, key="job-create-order-1234"
+        client, "/v1/jobs", {**SPEC_JOB, "files_needed": 20}, key="job-create-order-1234"
     )
 
     error = envelope(response, 409, "idempotency_conflict")
@@ -127,20 +119,20 @@ def test_two_accounts_with_one_key_get_their_own_jobs(make_client: MakeClient) -
 
 
 def test_post_without_a_key_is_refused(client: APIClient) -> None:
-    envelope(post(client, "/v1/jobs", SPEC_BODY, key=None), 400, "idempotency_key_missing")
+    envelope(post(client, "/v1/jobs", SPEC_JOB, key=None), 400, "idempotency_key_missing")
     assert not Job.objects.exists()
 
 
 def test_insufficient_credits_is_402_and_not_kept(make_client: MakeClient) -> None:
     client = make_client(credits=SPEC_COST - 1)
 
-    response = post(client, "/v1/jobs", SPEC_BODY, key="order-1")
+    response = post(client, "/v1/jobs", SPEC_JOB, key="order-1")
     envelope(response, 402, "insufficient_credits")
     assert balance(client) == SPEC_COST - 1
 
     # Raised, so not stored: after topping up, a retry with the same key runs.
     post(client, "/v1/billing/purchase", {"amount_cents": 1}, key="topup")
-    assert post(client, "/v1/jobs", SPEC_BODY, key="order-1").status_code == 201
+    assert post(client, "/v1/jobs", SPEC_JOB, key="order-1").status_code == 201
     assert balance(client) == 0
 
 
@@ -299,13 +291,13 @@ def test_purchase_credits(client: APIClient) -> None:
 
 
 def test_validation_errors_use_the_envelope(client: APIClient) -> None:
-    response = post(client, "/v1/jobs", {**SPEC_BODY, "files_needed": 0, "accepted_formats": []})
+    response = post(client, "/v1/jobs", {**SPEC_JOB, "files_needed": 0, "accepted_formats": []})
 
     error = envelope(response, 400, "invalid_request")
     assert set(error["fields"]) == {"files_needed", "accepted_formats"}
     assert not Job.objects.exists()
     # 400 is not kept: the corrected request may reuse the key.
-    assert post(client, "/v1/jobs", SPEC_BODY).status_code == 201
+    assert post(client, "/v1/jobs", SPEC_JOB).status_code == 201
 
 
 def test_invalid_json_is_a_400(client: APIClient) -> None:
@@ -322,7 +314,7 @@ def test_requests_without_a_valid_key_are_401(authorization: str | None) -> None
         client.credentials(HTTP_AUTHORIZATION=authorization)
 
     envelope(client.get("/v1/jobs"), 401, "authentication_required")
-    response = post(client, "/v1/jobs", SPEC_BODY)
+    response = post(client, "/v1/jobs", SPEC_JOB)
     envelope(response, 401, "authentication_required")
     assert response["WWW-Authenticate"].startswith("Bearer")
 
@@ -331,13 +323,13 @@ def test_requests_without_a_valid_key_are_401(authorization: str | None) -> None
 
 
 def test_demo_delay_is_off_by_default(client: APIClient) -> None:
-    assert post(client, "/v1/jobs", SPEC_BODY, HTTP_X_DEMO_DELAY="nonsense").status_code == 201
+    assert post(client, "/v1/jobs", SPEC_JOB, HTTP_X_DEMO_DELAY="nonsense").status_code == 201
 
 
 @override_settings(DEMO_ALLOW_DELAY=True)
 def test_demo_delay_when_allowed(client: APIClient) -> None:
-    assert post(client, "/v1/jobs", SPEC_BODY, HTTP_X_DEMO_DELAY="0.01").status_code == 201
-    bad = post(client, "/v1/jobs", SPEC_BODY, key="k-2", HTTP_X_DEMO_DELAY="-1")
+    assert post(client, "/v1/jobs", SPEC_JOB, HTTP_X_DEMO_DELAY="0.01").status_code == 201
+    bad = post(client, "/v1/jobs", SPEC_JOB, key="k-2", HTTP_X_DEMO_DELAY="-1")
     envelope(bad, 400, "invalid_request")
 
 

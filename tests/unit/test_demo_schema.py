@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,18 +19,11 @@ from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from testproject.api.models import Account, ApiKey
+from tests.helpers import ROOT, SPEC_JOB
 
 pytest.importorskip("drf_spectacular")
 
-ROOT = Path(__file__).resolve().parents[2]
 ENVELOPE = {"$ref": "#/components/schemas/IdempotencyError"}
-JOB = {
-    "type": "data_collection",
-    "description": "Photo of product packaging",
-    "files_needed": 10,
-    "accepted_formats": ["image/jpeg"],
-    "price_per_file_cents": 50,
-}
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +154,7 @@ def post(client: APIClient, path: str, data: Any, key: str = "k") -> Any:
     ],
 )
 def test_schema_invalid_job_bodies_are_refused(client: APIClient, change: dict[str, Any]) -> None:
-    response = post(client, "/v1/jobs", {**JOB, **change})
+    response = post(client, "/v1/jobs", {**SPEC_JOB, **change})
     assert response.status_code == 400, response.content
     assert response.json()["error"]["type"] == "invalid_request"
 

@@ -19,17 +19,9 @@ from rest_framework.test import APIClient
 
 from django_idempotency.models import IdempotencyRecord
 from testproject.api.models import Account, ApiKey
-from tests.helpers import envelope
+from tests.helpers import SPEC_JOB, envelope
 
 pytestmark = pytest.mark.django_db
-
-SPEC_BODY = {
-    "type": "data_collection",
-    "description": "Photo of product packaging",
-    "files_needed": 10,
-    "accepted_formats": ["image/jpeg"],
-    "price_per_file_cents": 50,
-}
 
 
 @pytest.fixture
@@ -58,12 +50,12 @@ def test_a_nul_byte_in_a_guarded_path_is_a_400_not_a_503(
     assert "Retry-After" not in response
     assert not IdempotencyRecord.objects.exists()
     # Decided before the claim: the store still works, for the next request too.
-    job = post(client, "/v1/jobs", key="after", data=SPEC_BODY)
+    job = post(client, "/v1/jobs", key="after", data=SPEC_JOB)
     assert job.status_code == 201, job.content
 
 
 def test_a_nul_byte_in_the_key_is_the_key_error(client: APIClient) -> None:
-    envelope(post(client, "/v1/jobs", key="a\x00b", data=SPEC_BODY), 400, "idempotency_key_invalid")
+    envelope(post(client, "/v1/jobs", key="a\x00b", data=SPEC_JOB), 400, "idempotency_key_invalid")
 
 
 def _scope_with_nul(request: Any) -> str:
@@ -72,11 +64,11 @@ def _scope_with_nul(request: Any) -> str:
 
 @override_settings(IDEMPOTENCY_SCOPE="tests.unit.test_unstorable._scope_with_nul")
 def test_a_scope_with_a_nul_byte_is_stored_hashed(client: APIClient) -> None:
-    first = post(client, "/v1/jobs", key="nul-scope", data=SPEC_BODY)
+    first = post(client, "/v1/jobs", key="nul-scope", data=SPEC_JOB)
     assert first.status_code == 201, first.content
     (record,) = IdempotencyRecord.objects.all()
     assert record.scope.startswith("sha256:")
-    replay = post(client, "/v1/jobs", key="nul-scope", data=SPEC_BODY)
+    replay = post(client, "/v1/jobs", key="nul-scope", data=SPEC_JOB)
     assert replay["Idempotent-Replayed"] == "true"
     assert replay.content == first.content
 
@@ -95,7 +87,7 @@ def test_a_missing_table_is_a_configuration_error_and_its_cause_is_logged(
         cursor.execute(f"ALTER TABLE {quote(table)} RENAME TO {quote(table + '_gone')}")
     try:
         with caplog.at_level(logging.ERROR, logger="django_idempotency"):
-            response = post(client, "/v1/jobs", key="outage", data=SPEC_BODY)
+            response = post(client, "/v1/jobs", key="outage", data=SPEC_JOB)
     finally:
         with connection.cursor() as cursor:
             cursor.execute(f"ALTER TABLE {quote(table + '_gone')} RENAME TO {quote(table)}")
