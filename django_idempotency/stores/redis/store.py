@@ -10,11 +10,11 @@ from datetime import datetime
 from datetime import timezone as dt_timezone
 from typing import Any
 
-from django.conf import settings
 from django.core.cache import caches
 from django.core.checks import CheckMessage
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.utils import timezone
-from django_redis import get_redis_connection
 from redis.cluster import RedisCluster
 from redis.exceptions import AskError, RedisError, ResponseError
 
@@ -31,9 +31,28 @@ logger = logging.getLogger("django_idempotency.stores.redis")
 #: Prepended to the hash of (scope, key) before the cache's ``make_key``.
 KEY_NAMESPACE = "idempotency:"
 
-# Caches (alias and configuration) whose server is known not to be a cluster
-# node behind a plain client: asked once per process.
-_not_a_stray_cluster: set[tuple[str, str]] = set()
+# Per process, forgotten when a setting changes. The cache object of each
+# alias: ``caches[alias]`` is a lookup in an asgiref Local, dearer than all else
+# that names a key or picks a client, and the object and its connection pools
+# are thread-safe. And the aliases whose server is known not to be a cluster
+# node behind a plain client, so that a request need not ask again.
+_caches: dict[str, Any] = {}
+_not_a_stray_cluster: set[str] = set()
+
+
+def _cache(alias: str) -> Any:
+    try:
+        return _caches[alias]
+    except KeyError:
+        cache = _caches[alias] = caches[alias]
+        return cache
+
+
+@receiver(setting_changed)
+def _forget_caches(*, setting: str, **kwargs: Any) -> None:
+    if setting == "CACHES" or setting.startswith("IDEMPOTENCY_"):
+        _caches.clear()
+        _not_a_stray_cluster.clear()
 
 
 class RedisStore(base.Store):
@@ -47,12 +66,16 @@ class RedisStore(base.Store):
 
     def redis_key(self, scope: str, key: str) -> str:
         """The Redis key of (scope, key), with the cache's prefix and version."""
-        return str(caches[self.alias].make_key(KEY_NAMESPACE + scoped_key(scope, key)))
+        return str(_cache(self.alias).make_key(KEY_NAMESPACE + scoped_key(scope, key)))
 
     def client(self) -> Any:
         """The cache's raw redis-py client, the primary's; ``NotImplementedError``
-        for a cache that is not django-redis's."""
-        return get_redis_connection(self.alias, write=True)
+        for a cache that is not django-redis's (as ``get_redis_connection`` does)."""
+        try:
+            get_client = _cache(self.alias).client.get_client
+        except AttributeError:
+            raise NotImplementedError("This backend does not support this feature") from None
+        return get_client(write=True)
 
     def lookup(self, scope: str, key: str) -> RedisRecord | None:
         """The record of (scope, key), for inspection; ``None`` if there is none."""
@@ -174,8 +197,7 @@ class RedisStore(base.Store):
     def check_cluster(self, client: Any) -> None:
         """A cluster node answers MOVED for most keys to a client that does not
         follow the cluster: say so once, plainly, instead of 503s for most keys."""
-        identity = (self.alias, repr(getattr(settings, "CACHES", {}).get(self.alias)))
-        if identity in _not_a_stray_cluster:
+        if self.alias in _not_a_stray_cluster:
             return
         if not isinstance(client, RedisCluster):
             try:
@@ -193,7 +215,7 @@ class RedisStore(base.Store):
                     f"cache {self.alias!r} points at a Redis Cluster without a "
                     f"cluster client ({CLUSTER_CLIENT})"
                 )
-        _not_a_stray_cluster.add(identity)
+        _not_a_stray_cluster.add(self.alias)
 
     def _client(self) -> Any:
         # A cache without a raw client is a configuration error (E012), not an outage.
