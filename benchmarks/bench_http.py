@@ -174,6 +174,28 @@ def backend_pids() -> list[int]:
         return [row[0] for row in cursor.fetchall()]
 
 
+_redis_client = None
+
+
+def redis_cpu_ms() -> float:
+    """CPU time (user + system) that the Redis server has used, in milliseconds; 0 without Redis.
+
+    Redis's own work is part of what a Redis store costs: a Lua script that runs
+    in the server is cheap for the application and not for Redis. Every row's CPU
+    counts it, so a store that moves work into the server gains nothing by it.
+    """
+    global _redis_client
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        return 0.0
+    if _redis_client is None:
+        import redis
+
+        _redis_client = redis.Redis.from_url(url)
+    info = _redis_client.info("cpu")
+    return (float(info["used_cpu_user"]) + float(info["used_cpu_sys"])) * 1000
+
+
 def post(port: int, path: str, key: str, auth: str) -> tuple[int, dict[str, str]]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}",
@@ -240,7 +262,7 @@ def wrk_run(
     before = order_count()
     # Persistent connections: the workers' backends are there after priming.
     pids = worker_pids(server), backend_pids()
-    cpu_before = _cpu_ms(pids[0]), _cpu_ms(pids[1])
+    cpu_before = _cpu_ms(pids[0]), _cpu_ms(pids[1]), redis_cpu_ms()
     scheme, values = credentials(config)
     command = [
         "wrk",
@@ -264,7 +286,7 @@ def wrk_run(
         ",".join(values),
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
-    cpu_after = _cpu_ms(pids[0]), _cpu_ms(pids[1])
+    cpu_after = _cpu_ms(pids[0]), _cpu_ms(pids[1]), redis_cpu_ms()
     rows = order_count() - before
     if connections and connections > threads:
         settle(server)
@@ -273,11 +295,13 @@ def wrk_run(
     requests = int(result["requests"])  # type: ignore[arg-type]
     result["rps"] = requests / (int(result["duration_us"]) / 1e6)  # type: ignore[arg-type]
     result["rows_inserted"] = rows
-    # CPU per request, of gunicorn and of PostgreSQL: unlike a rate, it hardly
-    # moves when other work shares the machine.
+    # CPU per request, of gunicorn, of PostgreSQL and of Redis: unlike a rate, it
+    # hardly moves when other work shares the machine. Every row counts all three
+    # (Redis idles at a few microseconds per request where no store uses it).
     result["app_cpu_ms"] = (cpu_after[0] - cpu_before[0]) / max(1, requests)
     result["db_cpu_ms"] = (cpu_after[1] - cpu_before[1]) / max(1, requests)
-    result["cpu_ms"] = result["app_cpu_ms"] + result["db_cpu_ms"]
+    result["redis_cpu_ms"] = (cpu_after[2] - cpu_before[2]) / max(1, requests)
+    result["cpu_ms"] = result["app_cpu_ms"] + result["db_cpu_ms"] + result["redis_cpu_ms"]
     problems = []
     if result["status"] or result["timeout"] or result["connect"]:
         problems.append(
@@ -327,6 +351,7 @@ def run_group(
         "p99_us": statistics.median(int(r["p99_us"]) for r in runs),  # type: ignore[arg-type]
         "app_cpu_ms": statistics.median(float(r["app_cpu_ms"]) for r in runs),  # type: ignore[arg-type]
         "db_cpu_ms": statistics.median(float(r["db_cpu_ms"]) for r in runs),  # type: ignore[arg-type]
+        "redis_cpu_ms": statistics.median(float(r["redis_cpu_ms"]) for r in runs),  # type: ignore[arg-type]
         "cpu_ms": statistics.median(float(r["cpu_ms"]) for r in runs),  # type: ignore[arg-type]
         "problems": [p for r in runs for p in r["problems"]],  # type: ignore[attr-defined]
         "runs": runs,
@@ -427,6 +452,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "p99_ms": statistics.median(int(r["p99_us"]) for r in per_round) / 1000,  # type: ignore[arg-type]
             "app_cpu_ms": statistics.median(float(r["app_cpu_ms"]) for r in per_round),  # type: ignore[arg-type]
             "db_cpu_ms": statistics.median(float(r["db_cpu_ms"]) for r in per_round),  # type: ignore[arg-type]
+            "redis_cpu_ms": statistics.median(float(r["redis_cpu_ms"]) for r in per_round),  # type: ignore[arg-type]
             "cpu_ms": statistics.median(float(r["cpu_ms"]) for r in per_round),  # type: ignore[arg-type]
             "problems": [p for r in per_round for p in r["problems"]],  # type: ignore[attr-defined]
         }

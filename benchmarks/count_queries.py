@@ -9,9 +9,11 @@ against the benchmark database, under two independent counters:
   (the view's INSERT, authentication), and transaction control (SAVEPOINT,
   RELEASE, ROLLBACK TO);
 * redis-py's sends of command batches, one round trip each;
-* libpq's own protocol trace of the connection, outside Django: every Query
-  message sent to the server, which also shows the BEGIN and COMMIT that
-  psycopg sends for Django's transactions.
+* libpq's own protocol trace of the connection, outside Django: every
+  statement sent to the server (Query and Parse messages), which also shows
+  the BEGIN and COMMIT that psycopg sends for Django's transactions, and the
+  round trips (a simple Query, or a Sync that ends a batch of extended-protocol
+  messages, one per statement outside pipeline mode).
 
     python count_queries.py            # all configurations, JSON on stdout
     python count_queries.py --out results/tmp/queries.json
@@ -48,19 +50,25 @@ def classify(sql: str) -> str:
     return "other"
 
 
-def _trace_queries(path: str) -> list[str]:
-    """The statements that the client sent, read from a libpq trace file."""
+def _trace_queries(path: str) -> tuple[list[str], int]:
+    """The statements that the client sent, read from a libpq trace file, and
+    the round trips they took: one per simple Query message and one per Sync
+    (extended protocol; in pipeline mode several statements share one Sync)."""
     text = Path(path).read_text(encoding="utf-8", errors="replace")
     # One message per record; a record starts with a timestamp and goes on
     # over the newlines inside its statement.
     records = re.split(r"^(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+\t)", text, flags=re.M)
-    queries = []
+    queries, round_trips = [], 0
     for record in records:
-        match = re.match(r"[^\t]*\tF\t\d+\t(?:Query|Parse)\t(.*)", record, flags=re.S)
-        if match:
-            body = match.group(1).strip()
+        match = re.match(r"[^\t]*\tF\t\d+\t(Query|Parse|Sync)\b\t?(.*)", record, flags=re.S)
+        if not match:
+            continue
+        kind, body = match.group(1), match.group(2).strip()
+        if kind != "Parse":
+            round_trips += 1
+        if kind != "Sync":
             queries.append(body[body.find('"') + 1 : body.rfind('"')].strip())
-    return queries
+    return queries, round_trips
 
 
 def _count_redis() -> list[int]:
@@ -114,7 +122,7 @@ def measure(server: str) -> dict[str, object]:
             finally:
                 pgconn.untrace()
             trace_file.flush()
-            wire = _trace_queries(trace_file.name)
+            wire, round_trips = _trace_queries(trace_file.name)
         statements = [q["sql"] for q in captured.captured_queries]
         kinds = [classify(sql) for sql in statements]
         wire_kinds = [classify(sql) for sql in wire]
@@ -127,6 +135,7 @@ def measure(server: str) -> dict[str, object]:
             "other": kinds.count("other"),
             "transaction": kinds.count("transaction"),
             "wire_queries": len(wire),
+            "wire_round_trips": round_trips,
             "wire_transaction": wire_kinds.count("transaction"),
             "redis_round_trips": redis_calls[0] - redis_before,
             "sql": statements,

@@ -139,6 +139,7 @@ def summarize(
             "p99_ms": statistics.median(int(r["p99_us"]) for r in per_round) / 1000,
             "app_cpu_ms": statistics.median(float(r["app_cpu_ms"]) for r in per_round),
             "db_cpu_ms": statistics.median(float(r["db_cpu_ms"]) for r in per_round),
+            "redis_cpu_ms": statistics.median(float(r["redis_cpu_ms"]) for r in per_round),
             "cpu_ms": statistics.median(float(r["cpu_ms"]) for r in per_round),
             "problems": [p for r in per_round for p in r["problems"]],
         }

@@ -31,7 +31,7 @@ def _results_table(first_column: str, points: list[tuple[str, dict[str, Any]]]) 
     """One row per configuration per point; ratios and CPU ratios to that point's baseline."""
     lines = [
         f"| {first_column} | configuration | req/s | ratio | ratios per round | p99 ms "
-        "| CPU ms/req (app + db) | CPU ratio |",
+        "| CPU ms/req (app + db + Redis) | CPU ratio |",
         "|---|---|---:|---:|---|---:|---:|---:|",
     ]
     for point, results in points:
@@ -41,7 +41,7 @@ def _results_table(first_column: str, points: list[tuple[str, dict[str, Any]]]) 
             lines.append(
                 f"| {point} | {r['label']} | {r['rps']:.0f} | {r['ratio']:.2f} "
                 f"| {' '.join(f'{x:.2f}' for x in r['ratios'])} | {r['p99_ms']:.1f} "
-                f"| {r['app_cpu_ms']:.2f} + {r['db_cpu_ms']:.2f} | {cpu_ratio} |"
+                f"| {r['app_cpu_ms']:.2f} + {r['db_cpu_ms']:.2f} + {r.get('redis_cpu_ms', 0):.2f} | {cpu_ratio} |"
             )
     return lines
 

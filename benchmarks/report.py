@@ -225,7 +225,7 @@ def _table(http: dict[str, Any], queries: dict[str, Any], baseline: str) -> list
     results = http.get("results", {})
     lines = [
         f"| configuration | req/s | ratio to {baseline} | ratios per round | p99 ms "
-        "| CPU ms/req (app + db) | CPU ratio "
+        "| CPU ms/req (app + db + Redis) | CPU ratio "
         "| SQL to store | other SQL | transaction control | SQL round trips | Redis round trips |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -245,10 +245,10 @@ def _table(http: dict[str, Any], queries: dict[str, Any], baseline: str) -> list
             perf = (
                 f"{r['rps']:.0f} | {r['ratio']:.2f} "
                 f"| {' '.join(f'{x:.2f}' for x in r['ratios'])} | {r['p99_ms']:.1f} "
-                f"| {r['app_cpu_ms']:.2f} + {r['db_cpu_ms']:.2f} | {cpu_ratio}"
+                f"| {r['app_cpu_ms']:.2f} + {r['db_cpu_ms']:.2f} + {r.get('redis_cpu_ms', 0):.2f} | {cpu_ratio}"
             )
         sql = (
-            f"{q['store']} | {q['other']} | {q['transaction']} | {q['wire_queries']} "
+            f"{q['store']} | {q['other']} | {q['transaction']} | {q.get('wire_round_trips', q['wire_queries'])} "
             f"| {q.get('redis_round_trips', '-')}"
             if "store" in q
             else "- | - | - | - | -"
@@ -271,7 +271,7 @@ def _floor_note(
 ) -> dict[str, Any]:
     """One missed target against one floor, in numbers from the same run."""
     redis = "redis" in floor
-    field = "redis_round_trips" if redis else "wire_queries"
+    field = "redis_round_trips" if redis else "wire_round_trips"
     trips = queries.get(floor, {}).get(field)
     if trips is not None:
         unit = "Redis" if redis else "SQL"
@@ -365,8 +365,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         "trivial statements; transaction control apart) and by "
         "libpq's protocol trace (round trips, BEGIN/COMMIT included); Redis round trips counted "
         "in redis-py. CPU ms/req: CPU time "
-        "of the gunicorn processes and of their PostgreSQL backends over a run, per request "
-        "(medians; Redis's own CPU not counted); CPU ratio = the baseline's CPU per request "
+        "of the gunicorn processes, of their PostgreSQL backends and of the Redis server "
+        "(`INFO cpu`) over a run, per request (medians; every row counts all three); CPU ratio = the baseline's CPU per request "
         "over this one's, an estimate of "
         "the throughput ratio that other load on the machine hardly moves.",
         "",

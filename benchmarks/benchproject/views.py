@@ -7,6 +7,7 @@ one row, answer 201 with the row. Only the idempotency mechanism differs.
 from __future__ import annotations
 
 import json
+import hashlib
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -101,12 +102,13 @@ class FloorDatabaseWritesOrderView(APIView):
         now = timezone.now()
         with connection.cursor() as cursor:
             cursor.execute(
-                f"INSERT INTO {_RECORDS} (scope, key, fingerprint, method, path, state, "
+                f"INSERT INTO {_RECORDS} (scope, key, digest, fingerprint, method, path, state, "
                 "response_headers, created_at, expires_at) "
-                "VALUES (%s, %s, %s, 'POST', %s, 'in_flight', '[]', %s, %s) RETURNING id",
+                "VALUES (%s, %s, %s, %s, 'POST', %s, 'in_flight', '[]', %s, %s) RETURNING id",
                 [
                     f"floor:{request.user.pk}",
-                    uuid.uuid4().hex,  # a new record every time, whatever the client sends
+                    key := uuid.uuid4().hex,  # a new record every time, whatever the client sends
+                    hashlib.sha256(key.encode()).hexdigest(),
                     "f" * 64,
                     request.path,
                     now,
@@ -144,12 +146,13 @@ class FloorDatabaseInsertOrderView(APIView):
         now = timezone.now()
         with connection.cursor() as cursor:
             cursor.execute(
-                f"INSERT INTO {_RECORDS} (scope, key, fingerprint, method, path, state, "
-                "response_status, response_headers, response_body, created_at, expires_at) "
-                "VALUES (%s, %s, %s, 'POST', %s, 'completed', %s, %s, %s, %s, %s)",
+                f"INSERT INTO {_RECORDS} (scope, key, digest, fingerprint, method, path, "
+                "state, response_status, response_headers, response_body, created_at, "
+                "expires_at) VALUES (%s, %s, %s, %s, 'POST', %s, 'completed', %s, %s, %s, %s, %s)",
                 [
                     f"floor:{request.user.pk}",
-                    uuid.uuid4().hex,  # a new record every time, whatever the client sends
+                    key := uuid.uuid4().hex,  # a new record every time, whatever the client sends
+                    hashlib.sha256(key.encode()).hexdigest(),
                     "f" * 64,
                     request.path,
                     201,

@@ -316,9 +316,13 @@ def test_a_worker_killed_in_the_view_leaves_nothing_and_the_retry_runs_once(
     books.assert_paid_once(n)
 
 
+# Idle (out of any transaction) after the commit: Django's own COMMIT, or the
+# store's record write that carries it (psycopg 3, the claim's block being the
+# transaction; pg_stat_activity may cut the long text before its COMMIT).
 AFTER_COMMIT = """
 SELECT pid, client_port FROM pg_stat_activity
-WHERE datname = current_database() AND state = 'idle' AND query = 'COMMIT'
+WHERE datname = current_database() AND state = 'idle'
+  AND (query = 'COMMIT' OR query LIKE 'INSERT INTO "django_idempotency_idempotencyrecord"%%')
 """
 
 

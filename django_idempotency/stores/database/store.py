@@ -168,6 +168,35 @@ def _store_error(connection: BaseDatabaseWrapper, exc: DatabaseError) -> StoreEr
     return StoreError(str(exc))
 
 
+try:
+    from psycopg import ClientCursor as _ClientCursor
+except ImportError:  # psycopg2, or no PostgreSQL at all
+    _ClientCursor = None  # type: ignore[assignment,misc]
+
+
+def _commit_with(connection: BaseDatabaseWrapper, cursor: Any, held: _Held) -> str:
+    """``"; COMMIT"`` if the claim's last write may carry the COMMIT of its
+    block, so that both take one round trip; else ``""``.
+
+    Only when the block is the transaction itself (not a savepoint), nothing
+    asked for its rollback, and the driver sends statements as text (psycopg
+    3 binding parameters client-side, Django's default: one query may then
+    hold two statements). The block's exit then finds the transaction ended,
+    and runs the on_commit callbacks as after its own COMMIT. If the write
+    fails, the COMMIT is not run and the block rolls back as before.
+    """
+    if (
+        _ClientCursor is not None
+        and isinstance(cursor.cursor, _ClientCursor)
+        and connection.atomic_blocks == [held.atomic]
+        and connection.commit_on_exit
+        and not connection.needs_rollback
+        and not connection.closed_in_transaction
+    ):
+        return "; COMMIT"
+    return ""
+
+
 class DatabaseStore(Store):
     """Stores records with the Django ORM, in the view's own transaction."""
 
@@ -252,13 +281,15 @@ class DatabaseStore(Store):
         # Plain statements: the ORM would build and compile a query on every call.
         try:
             with connection.cursor() as cursor:
+                # Not when taking over: its RETURNING decides whether to commit.
+                commit = "" if held.take_over else _commit_with(connection, cursor, held)
                 if held.pk is None:
                     # The claim wrote no row (PostgreSQL, READ COMMITTED). A
                     # live record met here was written by someone not taking
                     # the advisory lock: the request rolls back, unavailable.
                     tail = sql.take_over(connection) if held.take_over else ""
                     row = _row(connection, claim.record, _COMPLETED, response)
-                    cursor.execute(sql.insert(connection, tail=tail), row)
+                    cursor.execute(sql.insert(connection, tail=tail) + commit, row)
                     if held.take_over and cursor.fetchone() is None:
                         raise StoreError(
                             f"A live record of key {claim.record.key!r} was written by a "
@@ -269,7 +300,7 @@ class DatabaseStore(Store):
                     body = _BODY_FIELD.get_db_prep_value(response.body, connection)
                     headers = json.dumps(response.headers)
                     cursor.execute(
-                        sql.FINISH.format(table=table),
+                        sql.FINISH.format(table=table) + commit,
                         [_COMPLETED, response.status, headers, body, held.pk],
                     )
         except BaseException as exc:

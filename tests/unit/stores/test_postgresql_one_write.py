@@ -24,9 +24,11 @@ import psycopg
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from django_idempotency import signals
 from django_idempotency.keys import scoped_key
 from django_idempotency.models import IdempotencyRecord
 from django_idempotency.stores.base import RequestRecord
@@ -381,3 +383,63 @@ def test_at_repeatable_read_concurrent_requests_with_one_key_run_the_view_once(
     assert {r.status_code for r in replies} <= {201, 409, 503}
     assert Widget.objects.count() == 1
     assert IdempotencyRecord.objects.get().state == "completed"
+
+
+def test_the_record_carries_the_commit_and_on_commit_callbacks_still_run(
+    client_alice: APIClient,
+) -> None:
+    # With psycopg 3 binding client-side, the record's INSERT and the COMMIT
+    # go in one query: Django's block then finds the transaction ended, and
+    # must still run what the view queued for after the commit.
+    ran: list[bool] = []
+
+    def on_claim(**kwargs: Any) -> None:
+        transaction.on_commit(lambda: ran.append(True))
+
+    signals.claimed.connect(on_claim)
+    try:
+        with CaptureQueriesContext(connection) as captured:
+            created = post(client_alice, "/t/widgets", {"name": "a"}, key="one-trip")
+    finally:
+        signals.claimed.disconnect(on_claim)
+    assert created.status_code == 201
+    written = [q["sql"] for q in captured.captured_queries if TABLE in q["sql"]]
+    assert written[-1].startswith("INSERT") and written[-1].endswith("; COMMIT")
+    assert ran == [True]
+    assert connection.get_autocommit() and not connection.in_atomic_block
+    with raw() as other:  # committed: another session sees both writes
+        found = other.execute(f"SELECT state FROM {TABLE} WHERE key = 'one-trip'").fetchall()
+        assert found == [("completed",)]
+        assert other.execute("SELECT count(*) FROM testapp_widget").fetchone() == (1,)
+    replay = post(client_alice, "/t/widgets", {"name": "a"}, key="one-trip")
+    assert replay["Idempotent-Replayed"] == "true"
+
+
+def test_a_view_that_leaves_its_transaction_to_roll_back_commits_nothing(
+    client_alice: APIClient,
+) -> None:
+    # The COMMIT rides on the record's write only when nothing asked for a
+    # rollback: here the block rolls back, the record and the widget with it,
+    # and the answer says that nothing was done.
+    with CaptureQueriesContext(connection) as captured:
+        first = post(client_alice, "/t/apiview", {"outcome": "rollback"}, key="rb")
+    assert first.status_code == 503
+    assert first.json()["error"]["type"] == "idempotency_store_unavailable"
+    assert not any("COMMIT" in (q["sql"] or "") for q in captured.captured_queries)
+    assert rows() == 0
+    assert Widget.objects.count() == 0
+    again = post(client_alice, "/t/apiview", {"outcome": "ok"}, key="rb")
+    assert again.status_code == 201, "the key was left free"
+
+
+def test_inside_an_outer_transaction_the_commit_is_left_to_it(client_alice: APIClient) -> None:
+    # The claim's block is a savepoint there: committing would end the
+    # caller's transaction under it.
+    with transaction.atomic():
+        with CaptureQueriesContext(connection) as captured:
+            assert post(client_alice, "/t/widgets", {"name": "a"}).status_code == 201
+        assert not any("COMMIT" in (q["sql"] or "") for q in captured.captured_queries)
+        assert connection.in_atomic_block
+        transaction.set_rollback(True)
+    assert rows() == 0
+    assert Widget.objects.count() == 0
