@@ -42,6 +42,18 @@ STORE_TABLES = re.compile(
 TRANSACTION = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|START TRANSACTION)\b", re.I)
 
 
+def split_statements(sql: str) -> list[str]:
+    """One query's statements: the database store's claim may carry the BEGIN
+    before it and its record write the COMMIT after it (psycopg 3)."""
+    parts = []
+    begin = re.match(r"\s*(BEGIN\b[^;]*);\s*(.*)", sql, re.S)
+    if begin:
+        parts.append(begin.group(1))
+        sql = begin.group(2)
+    commit = re.match(r"(.*?);\s*(COMMIT)\s*$", sql, re.S)
+    return parts + ([commit.group(1), "COMMIT"] if commit else [sql])
+
+
 def classify(sql: str) -> str:
     if TRANSACTION.match(sql):
         return "transaction"
@@ -123,7 +135,14 @@ def measure(server: str) -> dict[str, object]:
                 pgconn.untrace()
             trace_file.flush()
             wire, round_trips = _trace_queries(trace_file.name)
-        statements = [q["sql"] for q in captured.captured_queries]
+        # Django logs its own BEGIN and COMMIT, also when a statement carried them.
+        statements = [
+            part
+            for q in captured.captured_queries
+            for part in split_statements(q["sql"])
+            if part == q["sql"] or not TRANSACTION.match(part)
+        ]
+        wire = [part for query in wire for part in split_statements(query)]
         kinds = [classify(sql) for sql in statements]
         wire_kinds = [classify(sql) for sql in wire]
         return response.status_code, {

@@ -41,7 +41,8 @@ def _results_table(first_column: str, points: list[tuple[str, dict[str, Any]]]) 
             lines.append(
                 f"| {point} | {r['label']} | {r['rps']:.0f} | {r['ratio']:.2f} "
                 f"| {' '.join(f'{x:.2f}' for x in r['ratios'])} | {r['p99_ms']:.1f} "
-                f"| {r['app_cpu_ms']:.2f} + {r['db_cpu_ms']:.2f} + {r.get('redis_cpu_ms', 0):.2f} | {cpu_ratio} |"
+                f"| {r['app_cpu_ms']:.2f} + {r['db_cpu_ms']:.2f} "
+                f"+ {r.get('redis_cpu_ms', 0):.2f} | {cpu_ratio} |"
             )
     return lines
 
@@ -172,6 +173,12 @@ def render_growth(growth: dict[str, Any] | None) -> list[str]:
         f"all of it {growth.get('seconds', '?')} s.",
         "",
     ]
+    if growth.get("carried_over"):
+        lines[2:2] = [
+            f"Measured on {growth.get('measured_at', 'an earlier day')} by an earlier full "
+            "run: this run skipped it (`benchmarks/run --growth-only` measures it anew).",
+            "",
+        ]
     rows = growth.get("rows", [])
     if rows:
         lines += [

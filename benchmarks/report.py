@@ -245,10 +245,12 @@ def _table(http: dict[str, Any], queries: dict[str, Any], baseline: str) -> list
             perf = (
                 f"{r['rps']:.0f} | {r['ratio']:.2f} "
                 f"| {' '.join(f'{x:.2f}' for x in r['ratios'])} | {r['p99_ms']:.1f} "
-                f"| {r['app_cpu_ms']:.2f} + {r['db_cpu_ms']:.2f} + {r.get('redis_cpu_ms', 0):.2f} | {cpu_ratio}"
+                f"| {r['app_cpu_ms']:.2f} + {r['db_cpu_ms']:.2f} "
+                f"+ {r.get('redis_cpu_ms', 0):.2f} | {cpu_ratio}"
             )
         sql = (
-            f"{q['store']} | {q['other']} | {q['transaction']} | {q.get('wire_round_trips', q['wire_queries'])} "
+            f"{q['store']} | {q['other']} | {q['transaction']} "
+            f"| {q.get('wire_round_trips', q['wire_queries'])} "
             f"| {q.get('redis_round_trips', '-')}"
             if "store" in q
             else "- | - | - | - | -"
@@ -366,7 +368,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         "libpq's protocol trace (round trips, BEGIN/COMMIT included); Redis round trips counted "
         "in redis-py. CPU ms/req: CPU time "
         "of the gunicorn processes, of their PostgreSQL backends and of the Redis server "
-        "(`INFO cpu`) over a run, per request (medians; every row counts all three); CPU ratio = the baseline's CPU per request "
+        "(`INFO cpu`) over a run, per request (medians; every row counts all three); "
+        "CPU ratio = the baseline's CPU per request "
         "over this one's, an estimate of "
         "the throughput ratio that other load on the machine hardly moves.",
         "",
@@ -478,6 +481,16 @@ def main() -> None:
         "purge": _read(RESULTS / "purge.json"),
         "growth": _read(RESULTS / "tmp" / "growth.json"),
     }
+    if data["growth"]:
+        data["growth"]["measured_at"] = data["machine"]["date"]
+    else:
+        # A run without the growth part (--skip-growth) keeps the last one
+        # measured, with its date, rather than dropping the section.
+        previous = _read(RESULTS / "latest.json") or {}
+        data["growth"] = previous.get("growth")
+        if data["growth"]:
+            data["growth"]["carried_over"] = True
+            data["growth"].setdefault("measured_at", previous.get("machine", {}).get("date"))
     data["targets"] = check_targets(data["http"], data["queries"], data["purge"])
     data["floors"] = compare_floors(data["http"], data["queries"])
     RESULTS.mkdir(exist_ok=True)

@@ -6,8 +6,8 @@ one row, answer 201 with the row. Only the idempotency mechanism differs.
 
 from __future__ import annotations
 
-import json
 import hashlib
+import json
 import uuid
 from datetime import timedelta
 from typing import Any

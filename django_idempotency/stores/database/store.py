@@ -10,9 +10,10 @@ vendor claims, and why, is in docs/databases.rst.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -170,8 +171,54 @@ def _store_error(connection: BaseDatabaseWrapper, exc: DatabaseError) -> StoreEr
 
 try:
     from psycopg import ClientCursor as _ClientCursor
+    from psycopg import IsolationLevel as _IsolationLevel
+    from psycopg.pq import TransactionStatus as _TransactionStatus
 except ImportError:  # psycopg2, or no PostgreSQL at all
     _ClientCursor = None  # type: ignore[assignment,misc]
+
+
+@contextlib.contextmanager
+def _begun_by_the_claim(cursor: Any) -> Iterator[str]:
+    """The ``BEGIN`` that psycopg 3 is about to send before the claim, for the
+    claim's own query to carry instead (``"BEGIN ...; "``), so that both take
+    one round trip; ``""`` where that cannot be done.
+
+    psycopg sends ``BEGIN`` as a query of its own before the first statement
+    of a transaction, and has no public switch for "the next query begins it":
+    for the claim's one statement its connection is told that it is in
+    autocommit mode (the private flag that its public setter would refuse to
+    turn back once a transaction is open), then put back. Should a psycopg
+    release stop reading the flag, the server gets two BEGINs and warns, and
+    nothing else changes. Only where psycopg would begin the transaction
+    itself with the claim (the claim's block is the transaction; not a
+    savepoint, not READ ONLY or DEFERRABLE transactions).
+    """
+    raw = cursor.cursor.connection if _client_side(cursor) else None
+    if (
+        raw is None
+        or getattr(raw, "_autocommit", None) is not False
+        or raw.pgconn.transaction_status != _TransactionStatus.IDLE
+        or getattr(raw, "_pipeline", None) is not None
+        or raw.read_only is not None
+        or raw.deferrable is not None
+    ):
+        yield ""
+        return
+    begin = "BEGIN"
+    if raw.isolation_level is not None:
+        level = _IsolationLevel(raw.isolation_level).name.replace("_", " ")
+        begin += f" ISOLATION LEVEL {level}"
+    raw._autocommit = True
+    try:
+        yield begin + "; "
+    finally:
+        raw._autocommit = False
+
+
+def _client_side(cursor: Any) -> bool:
+    """Whether the cursor is psycopg 3's binding parameters client-side
+    (Django's default), which sends one query that may hold two statements."""
+    return _ClientCursor is not None and isinstance(cursor.cursor, _ClientCursor)
 
 
 def _commit_with(connection: BaseDatabaseWrapper, cursor: Any, held: _Held) -> str:
@@ -186,8 +233,7 @@ def _commit_with(connection: BaseDatabaseWrapper, cursor: Any, held: _Held) -> s
     fails, the COMMIT is not run and the block rolls back as before.
     """
     if (
-        _ClientCursor is not None
-        and isinstance(cursor.cursor, _ClientCursor)
+        _client_side(cursor)
         and connection.atomic_blocks == [held.atomic]
         and connection.commit_on_exit
         and not connection.needs_rollback
@@ -414,7 +460,10 @@ class DatabaseStore(Store):
             "lock": locks.lock_id(record),
         }
         with connection.cursor() as cursor:
-            cursor.execute(sql.CLAIM_CALL, params)
+            with _begun_by_the_claim(cursor) as begin:
+                cursor.execute(begin + sql.CLAIM_CALL, params)
+            if begin:
+                cursor.nextset()  # past BEGIN's result
             row = cursor.fetchone()
         if row is None:
             # REPEATABLE READ: the insert met a record committed after the

@@ -388,9 +388,9 @@ def test_at_repeatable_read_concurrent_requests_with_one_key_run_the_view_once(
 def test_the_record_carries_the_commit_and_on_commit_callbacks_still_run(
     client_alice: APIClient,
 ) -> None:
-    # With psycopg 3 binding client-side, the record's INSERT and the COMMIT
-    # go in one query: Django's block then finds the transaction ended, and
-    # must still run what the view queued for after the commit.
+    # With psycopg 3 binding client-side, the claim carries the BEGIN and the
+    # record's INSERT the COMMIT: Django's block then finds the transaction
+    # ended, and must still run what the view queued for after the commit.
     ran: list[bool] = []
 
     def on_claim(**kwargs: Any) -> None:
@@ -404,6 +404,10 @@ def test_the_record_carries_the_commit_and_on_commit_callbacks_still_run(
         signals.claimed.disconnect(on_claim)
     assert created.status_code == 201
     written = [q["sql"] for q in captured.captured_queries if TABLE in q["sql"]]
+    # BEGIN rides on the claim: three round trips with the view's INSERT.
+    sent = [q["sql"] for q in captured.captured_queries]
+    (claim,) = [q for q in sent if sql.CLAIM_FUNCTION in q]
+    assert claim.startswith(f"BEGIN; SELECT * FROM {sql.CLAIM_FUNCTION}(")
     assert written[-1].startswith("INSERT") and written[-1].endswith("; COMMIT")
     assert ran == [True]
     assert connection.get_autocommit() and not connection.in_atomic_block
