@@ -18,21 +18,30 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-# One realistic record: several users' scopes, a UUID key, a SHA-256 fingerprint,
+# One realistic record: several users' scopes, a UUID key, its digest, a SHA-256 fingerprint,
 # the headers and the small JSON body of a 201. %(...)s are the caller's
 # parameters; ``g`` is the series number.
 RECORD_SELECT = """
-    SELECT 'user:' || (g %% %(users)s), {key}, encode(sha256(int8send(g)), 'hex'),
-           'POST', '/v1/orders/', 'completed', 201,
-           '[["Content-Type", "application/json"], ["Location", "/v1/orders/' || g || '"]]',
-           convert_to('{{"id": ' || g || ', "sku": "abc-123", "quantity": 2, '
-                      || '"note": "benchmark order"}}', 'UTF8'),
-           now() + %(created)s::interval - (g %% 3600) * interval '1 second',
-           now() + %(expires)s::interval - (g %% 3600) * interval '1 second'
-    FROM generate_series(%(start)s, %(stop)s) AS g
+    SELECT r.scope, r.key,
+           encode(sha256(convert_to(r.scope, 'UTF8') || decode('00', 'hex')
+                         || convert_to(r.key, 'UTF8')), 'hex'),
+           r.fingerprint, 'POST', '/v1/orders/', 'completed', 201, r.headers, r.body,
+           r.created_at, r.expires_at
+    FROM (
+        SELECT 'user:' || (g %% %(users)s) AS scope, {key} AS key,
+               encode(sha256(int8send(g)), 'hex') AS fingerprint,
+               '[["Content-Type", "application/json"], ["Location", "/v1/orders/'
+                   || g || '"]]' AS headers,
+               convert_to('{{"id": ' || g || ', "sku": "abc-123", "quantity": 2, '
+                          || '"note": "benchmark order"}}', 'UTF8') AS body,
+               now() + %(created)s::interval - (g %% 3600) * interval '1 second' AS created_at,
+               now() + %(expires)s::interval - (g %% 3600) * interval '1 second' AS expires_at
+        FROM generate_series(%(start)s, %(stop)s) AS g
+    ) AS r
 """
+# The digest is keys.scoped_key() in SQL: SHA-256 of scope, NUL, key.
 COLUMNS = (
-    "scope, key, fingerprint, method, path, state, response_status, "
+    "scope, key, digest, fingerprint, method, path, state, response_status, "
     "response_headers, response_body, created_at, expires_at"
 )
 
@@ -64,11 +73,13 @@ class Batch:
 
 def bulk_insert(*batches: Batch) -> float:
     """Insert the batches with the indexes rebuilt once; returns the seconds it took."""
-    from django.db import connection
+    from django.db import connection, transaction
 
     table = record_table()
     started = time.perf_counter()
-    with connection.cursor() as cursor:
+    # One transaction: a failed fill leaves the table with its indexes and
+    # constraints, not without them for every later run.
+    with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
             "WHERE conrelid = %s::regclass AND contype = 'u'",
@@ -83,8 +94,8 @@ def bulk_insert(*batches: Batch) -> float:
             [table],
         )
         indexes: list[tuple[str, str]] = cursor.fetchall()
-        # A session setting: the index builds sort in memory, not on disk.
-        cursor.execute("SET maintenance_work_mem = '256MB'")
+        # The index builds sort in memory, not on disk.
+        cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")
         for name, _ in constraints:
             cursor.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
         for name, _ in indexes:
@@ -104,7 +115,7 @@ def bulk_insert(*batches: Batch) -> float:
             cursor.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
         for _, definition in indexes:
             cursor.execute(definition)
-        cursor.execute("RESET maintenance_work_mem")
+    with connection.cursor() as cursor:  # VACUUM cannot run in a transaction
         cursor.execute(f"VACUUM ANALYZE {table}")
     return time.perf_counter() - started
 
