@@ -59,6 +59,11 @@ MATRIX = [
 ]
 
 
+# The lowest versions of the ``redis`` extra (pyproject.toml), which the
+# session of the oldest Django and DRF installs, so that the floors are tested.
+REDIS_FLOOR = ["redis~=6.0.0", "django-redis~=5.4.0"]
+
+
 def requirement(name: str, version: str) -> str:
     # "4.2" means the newest 4.2.x; "latest" the newest release this Python allows.
     return name if version == LATEST else f"{name}~={version}.0"
@@ -72,18 +77,22 @@ ONE_ASGI_SERVER = {"TEST_ASGI_SERVERS": "uvicorn"}
 def show_versions(session: nox.Session) -> None:
     session.run(
         "python", "-c",
-        "import sys, django, rest_framework; print('Python', sys.version.split()[0],"
-        " '| Django', django.__version__, '| DRF', rest_framework.__version__)",
+        "import sys, django, rest_framework, importlib.metadata as m; print('Python',"
+        " sys.version.split()[0], '| Django', django.__version__, '| DRF',"
+        " rest_framework.__version__, *[f'| {d} {m.version(d)}' for d in ('redis',"
+        " 'django-redis') if __import__('importlib.util').util.find_spec(d.replace('-', '_'))])",
     )  # fmt: skip
 
 
 @nox.session
 @nox.parametrize(("python", "django", "drf"), MATRIX)
 def tests(session: nox.Session, django: str, drf: str) -> None:
-    """The suite with every integration installed, on one version combination."""
+    """The suite with every integration installed, on one version combination
+    (with the oldest DRF, the oldest redis-py and django-redis too)."""
+    floor = REDIS_FLOOR if drf != LATEST else []
     session.install(
         "-e", ".[redis,openapi]", *groups("test", "demo"),
-        requirement("django", django), requirement("djangorestframework", drf),
+        requirement("django", django), requirement("djangorestframework", drf), *floor,
     )  # fmt: skip
     show_versions(session)
     session.run("python", "-m", "pytest", *session.posargs, env=ONE_ASGI_SERVER)
