@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from django.conf import settings as django_settings
 from django.core.signals import setting_changed
+from django.db import router
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
@@ -181,10 +182,9 @@ def store_database() -> str:
     alias = conf.raw("IDEMPOTENCY_DATABASE")
     if alias is not None:
         return str(alias)
-    from django.db import router
+    from .models import IdempotencyRecord  # not at import: it needs the app registry
 
-    from .models import IdempotencyRecord
-
+    # Asked on every request: a router may answer by tenant or by thread.
     return router.db_for_write(IdempotencyRecord)
 
 

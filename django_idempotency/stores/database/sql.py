@@ -14,10 +14,8 @@ CLAIM_SIGNATURE = (
     f"{CLAIM_FUNCTION}(varchar, varchar, varchar, varchar, text, varchar, "
     "timestamptz, timestamptz, bigint)"
 )
-CLAIM_CALL = (
-    f"SELECT * FROM {CLAIM_FUNCTION}(%(scope)s, %(key)s, %(fingerprint)s, %(method)s, "
-    "%(path)s, %(state)s, %(now)s, %(expires)s, %(lock)s)"
-)
+# Parameters: scope, key, fingerprint, method, path, state, now, expires, lock.
+CLAIM_CALL = f"SELECT * FROM {CLAIM_FUNCTION}(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 
 # The columns of a record, in the order that insert() and store._row() give them.
 COLUMNS = (
@@ -35,12 +33,20 @@ TAKE_OVER = """ON CONFLICT (digest) DO UPDATE SET
 WHERE {table}.expires_at <= EXCLUDED.created_at"""
 
 
+# insert()'s texts by vendor, head and tail: built once, sent on every request.
+_INSERTS: dict[tuple[str, str, str], str] = {}
+
+
 def insert(connection: BaseDatabaseWrapper, head: str = "INSERT", tail: str = "") -> str:
     """INSERT of one record (parameters: store._row()), with ``tail`` after VALUES."""
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(column) for column in COLUMNS)
-    places = ", ".join(["%s"] * len(COLUMNS))
-    return f"{head} INTO {quote(TABLE)} ({columns}) VALUES ({places}) {tail}"
+    text = _INSERTS.get((connection.vendor, head, tail))
+    if text is None:
+        quote = connection.ops.quote_name
+        columns = ", ".join(quote(column) for column in COLUMNS)
+        places = ", ".join(["%s"] * len(COLUMNS))
+        text = f"{head} INTO {quote(TABLE)} ({columns}) VALUES ({places}) {tail}"
+        _INSERTS[connection.vendor, head, tail] = text
+    return text
 
 
 def take_over(connection: BaseDatabaseWrapper) -> str:

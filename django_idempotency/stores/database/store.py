@@ -10,10 +10,9 @@ vendor claims, and why, is in docs/databases.rst.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -177,21 +176,21 @@ except ImportError:  # psycopg2, or no PostgreSQL at all
     _ClientCursor = None  # type: ignore[assignment,misc]
 
 
-@contextlib.contextmanager
-def _begun_by_the_claim(cursor: Any) -> Iterator[str]:
-    """The ``BEGIN`` that psycopg 3 is about to send before the claim, for the
-    claim's own query to carry instead (``"BEGIN ...; "``), so that both take
-    one round trip; ``""`` where that cannot be done.
+def _begun_by_the_claim(cursor: Any) -> Any:
+    """psycopg 3's connection, set to let the claim's own query carry the
+    ``BEGIN`` that psycopg is about to send before it (see ``_begin_text()``),
+    so that both take one round trip; ``None`` where that cannot be done.
+    The caller puts ``_autocommit`` back to False once the query is sent.
 
     psycopg sends ``BEGIN`` as a query of its own before the first statement
     of a transaction, and has no public switch for "the next query begins it":
     for the claim's one statement its connection is told that it is in
     autocommit mode (the private flag that its public setter would refuse to
-    turn back once a transaction is open), then put back. Should a psycopg
-    release stop reading the flag, the server gets two BEGINs and warns, and
-    nothing else changes. Only where psycopg would begin the transaction
-    itself with the claim (the claim's block is the transaction; not a
-    savepoint, not READ ONLY or DEFERRABLE transactions).
+    turn back once a transaction is open). Should a psycopg release stop
+    reading the flag, the server gets two BEGINs and warns, and nothing else
+    changes. Only where psycopg would begin the transaction itself with the
+    claim (the claim's block is the transaction; not a savepoint, not READ
+    ONLY or DEFERRABLE transactions).
     """
     raw = cursor.cursor.connection if _client_side(cursor) else None
     if (
@@ -202,17 +201,17 @@ def _begun_by_the_claim(cursor: Any) -> Iterator[str]:
         or raw.read_only is not None
         or raw.deferrable is not None
     ):
-        yield ""
-        return
-    begin = "BEGIN"
-    if raw.isolation_level is not None:
-        level = _IsolationLevel(raw.isolation_level).name.replace("_", " ")
-        begin += f" ISOLATION LEVEL {level}"
+        return None
     raw._autocommit = True
-    try:
-        yield begin + "; "
-    finally:
-        raw._autocommit = False
+    return raw
+
+
+def _begin_text(raw: Any) -> str:
+    """The ``BEGIN`` that psycopg would send on ``raw``, isolation level included."""
+    if raw.isolation_level is None:
+        return "BEGIN; "
+    level = _IsolationLevel(raw.isolation_level).name.replace("_", " ")
+    return f"BEGIN ISOLATION LEVEL {level}; "
 
 
 def _client_side(cursor: Any) -> bool:
@@ -448,21 +447,26 @@ class DatabaseStore(Store):
     def _begin_postgresql(
         self, connection: BaseDatabaseWrapper, record: RequestRecord
     ) -> Decision | int | _Released | _Unwritten:
-        params = {
-            "scope": record.scope,
-            "key": record.key,
-            "fingerprint": record.fingerprint,
-            "method": record.method,
-            "path": record.path,
-            "state": _IN_FLIGHT,
-            "now": record.created_at,
-            "expires": record.expires_at,
-            "lock": locks.lock_id(record),
-        }
+        params = [
+            record.scope,
+            record.key,
+            record.fingerprint,
+            record.method,
+            record.path,
+            _IN_FLIGHT,
+            record.created_at,
+            record.expires_at,
+            locks.lock_id(record),
+        ]
         with connection.cursor() as cursor:
-            with _begun_by_the_claim(cursor) as begin:
-                cursor.execute(begin + sql.CLAIM_CALL, params)
-            if begin:
+            raw = _begun_by_the_claim(cursor)
+            if raw is None:
+                cursor.execute(sql.CLAIM_CALL, params)
+            else:
+                try:
+                    cursor.execute(_begin_text(raw) + sql.CLAIM_CALL, params)
+                finally:
+                    raw._autocommit = False
                 cursor.nextset()  # past BEGIN's result
             row = cursor.fetchone()
         if row is None:
