@@ -238,8 +238,10 @@ def _check_admin_masked_fields() -> Found:
 
 
 @checks.register(checks.Tags.caches, deploy=True)
-def check_redis_server(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> Messages:
-    """``check --deploy``: the Redis store's checks that ask the server."""
+def check_store_deployment(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> Messages:
+    """``check --deploy``: the configured store's checks that ask its server
+    (``Store.check_deployment()``; the Redis store's asks whether it is a
+    cluster node behind a plain client)."""
     from .stores.base import Store
 
     store_class, _ = _import_store()

@@ -36,7 +36,7 @@ from django.db import connections
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from django_idempotency.checks import check_redis_server
+from django_idempotency.checks import check_store_deployment
 from django_idempotency.keys import scoped_key
 from tests.helpers import CACHE_STORE, envelope, poll
 from tests.servers.http import Server, gunicorn
@@ -249,11 +249,11 @@ def test_a_cluster_behind_a_plain_client_is_refused_and_logged_plainly(
         assert "is a Redis Cluster node" in caplog.text
         assert CLUSTER_CLIENT in caplog.text
         with override_settings(CACHES=settings.CACHES):
-            deploy = check_redis_server()
+            deploy = check_store_deployment()
         assert [m.id for m in deploy] == ["django_idempotency.E043"]
 
         use_redis(settings, cluster.location, CLIENT_CLASS=CLUSTER_CLIENT)
-        assert check_redis_server() == []
+        assert check_store_deployment() == []
 
 
 def test_the_cluster_client_runs_each_view_once_under_concurrent_duplicates(

@@ -349,5 +349,5 @@ def test_what_each_permission_opens(stored: dict[str, tuple[str, str]], perms, s
     assert record.key == "create-ci-key"
 
 
-# From outside: gunicorn, a browser-like session of the view-only staff user,
-# and the guessing script of the report.
+# From outside, as the report's guessing script over HTTP under gunicorn:
+# tests/integration/test_admin_oracle.py.

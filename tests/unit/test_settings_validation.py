@@ -8,12 +8,7 @@ start-up that names the problem.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +20,7 @@ from rest_framework.test import APIClient
 from django_idempotency import idempotent
 from django_idempotency.checks import check_settings
 from django_idempotency.stores.base import Store
-from tests.helpers import ROOT, check_ids, post
-from tests.servers import free_port
+from tests.helpers import check_ids, post
 
 # IDEMPOTENCY_TTL: positive, and not so long that an expiry overflows.
 
@@ -248,27 +242,3 @@ def test_silenced_errors_and_warnings_do_not_stop_requests(client_alice: APIClie
         IDEMPOTENCY_RELEASED_STATUSES={201},  # W001
     ):
         assert post(client_alice, "/t/widgets", {"name": "w"}, key="k").status_code == 201
-
-
-@pytest.mark.slow
-def test_under_gunicorn_a_bad_setting_stops_the_server_at_start_up(tmp_path: Path) -> None:
-    """gunicorn runs no system checks: the app's ready() refuses to start, rather
-    than answer every POST with a 500."""
-    overrides = {"IDEMPOTENCY_SCOPE": "myapp.nowhere.scope", "IDEMPOTENCY_RETRY_AFTER": -1}
-    environ = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings_overrides",
-        "TEST_SETTINGS_OVERRIDES": json.dumps(overrides),
-        "PYTHONPATH": str(ROOT),
-    }
-    command = [sys.executable, "-m", "gunicorn", "tests.wsgi", "--workers", "1"]
-    command += ["--bind", f"127.0.0.1:{free_port()}"]
-    done = subprocess.run(
-        command, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode != 0
-    text = done.stdout + done.stderr
-    assert "Worker failed to boot" in text, text
-    assert "django-idempotency's settings are invalid" in text, text
-    assert "(django_idempotency.E005) IDEMPOTENCY_SCOPE 'myapp.nowhere.scope'" in text, text
-    assert "(django_idempotency.E009) IDEMPOTENCY_RETRY_AFTER" in text, text

@@ -6,8 +6,8 @@ transaction holds the write lock, so every other guarded request waits for it,
 for at most the busy timeout (the ``timeout`` database option). Within it, a
 new key runs and a duplicate replays; past it, both get a retryable 503, never
 "in use" about a key that nobody used. Real threads on the suite's database (a
-file on SQLite), each with its own connection, and gunicorn over HTTP; the
-view's runs are counted.
+file on SQLite), each with its own connection; the view's runs are counted.
+The same over HTTP, under gunicorn: tests/integration/test_busy_database_http.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +24,7 @@ from django.contrib.auth.models import User
 from django.db import connection, connections
 from django.db.backends.signals import connection_created
 
-from tests.helpers import poll, post_as
-from tests.servers.http import Reply, gunicorn
+from tests.helpers import post_as
 from tests.testapp import views
 from tests.testapp.models import Widget
 
@@ -160,45 +158,3 @@ def test_a_duplicate_waits_within_the_busy_timeout_then_replays(
         assert answer["Idempotent-Replayed"] == "true"
         assert answer.content == stored.content
     assert Widget.objects.count() == 1
-
-
-def assert_busy_reply(reply: Reply) -> None:
-    assert reply.status == 503, reply.body[:500]
-    assert json.loads(reply.body)["error"]["type"] == "idempotency_store_unavailable"
-    assert reply.headers["Retry-After"] == "1"
-    assert reply.headers["X-Should-Retry"] == "true"
-
-
-@pytest.mark.slow
-def test_over_http_a_slow_view_with_a_new_key_and_a_duplicate(tmp_path: Path) -> None:
-    """gunicorn (2 workers), SQLite's busy timeout 1 s, a view that takes 4 s."""
-    mark = tmp_path / "running"
-    User.objects.create_user("alice", password="alice-pw")
-    slow = json.dumps({"name": "slow"}).encode()
-    other = json.dumps({"name": "other"}).encode()
-    with gunicorn(workers=2, env={"TEST_SQLITE_TIMEOUT": "1"}) as server:
-
-        def send(body: bytes, key: str, **headers: str) -> Reply:
-            return server.request("/t/widgets", body, headers={"Idempotency-Key": key, **headers})
-
-        with ThreadPoolExecutor(3) as pool:
-            first = pool.submit(
-                send, slow, "slow", **{"X-Test-Delay": "4", "X-Test-Mark": str(mark)}
-            )
-            assert poll(mark.exists, 10), "the slow view never started"
-            new_key = pool.submit(send, other, "never-used")
-            duplicate = send(slow, "slow")
-            if SQLITE:
-                assert_busy_reply(new_key.result(timeout=30))
-                assert_busy_reply(duplicate)
-            else:
-                assert new_key.result(timeout=30).status == 201
-                assert duplicate.status == 409
-                assert json.loads(duplicate.body)["error"]["type"] == "idempotency_key_in_use"
-            stored = first.result(timeout=30)
-        assert stored.status == 201
-        assert send(other, "never-used").status == 201
-        replay = send(slow, "slow")
-        assert replay.headers.get("Idempotent-Replayed") == "true"
-        assert replay.body == stored.body
-    assert sorted(Widget.objects.values_list("name", flat=True)) == ["other", "slow"]
