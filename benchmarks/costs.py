@@ -58,7 +58,12 @@ def steps() -> list[tuple[str, Callable[[], Any]]]:
     from django_idempotency.responses import stored_response
     from django_idempotency.stores.base import RequestRecord
     from django_idempotency.stores.database import locks, sql
-    from django_idempotency.stores.database.store import DatabaseStore, _row
+    from django_idempotency.stores.database.store import (
+        _COMPLETED,
+        DatabaseStore,
+        _claim_params,
+        _row,
+    )
     from django_idempotency.stores.redis.records import COMPLETED, encode
 
     factory = RequestFactory()
@@ -87,8 +92,8 @@ def steps() -> list[tuple[str, Callable[[], Any]]]:
     connection.ensure_connection()
     cursor = connection.connection.cursor()  # psycopg's, client-side binding as Django's
     insert, claim_sql = sql.insert(connection), sql.CLAIM_CALL
-    claim = [record.scope, key, record.fingerprint, "POST", "/ours/", "in_flight", now, now, 1]
-    row = _row(connection, record, "completed", stored)
+    claim = _claim_params(record)
+    row = _row(connection, record, _COMPLETED, stored)
     # The body is read once and kept by the request, as in a real request.
     request = factory.post("/ours/", BODY, content_type="application/json")
 
@@ -117,7 +122,7 @@ def steps() -> list[tuple[str, Callable[[], Any]]]:
         ("a signal with no receivers", signal),
         (
             "database: the record's 12 parameters",
-            lambda: _row(connection, record, COMPLETED, stored),
+            lambda: _row(connection, record, _COMPLETED, stored),
         ),
         (
             "database: binding the claim's 9 parameters (psycopg)",

@@ -176,21 +176,35 @@ except ImportError:  # psycopg2, or no PostgreSQL at all
     _ClientCursor = None  # type: ignore[assignment,misc]
 
 
-def _begun_by_the_claim(cursor: Any) -> Any:
-    """psycopg 3's connection, set to let the claim's own query carry the
-    ``BEGIN`` that psycopg is about to send before it (see ``_begin_text()``),
-    so that both take one round trip; ``None`` where that cannot be done.
-    The caller puts ``_autocommit`` back to False once the query is sent.
+def _claim_params(record: RequestRecord) -> list[Any]:
+    """The parameters of ``sql.CLAIM_CALL``, in its order."""
+    return [
+        record.scope,
+        record.key,
+        record.fingerprint,
+        record.method,
+        record.path,
+        _IN_FLIGHT,
+        record.created_at,
+        record.expires_at,
+        locks.lock_id(record),
+    ]
+
+
+def _execute_claim(cursor: Any, params: list[Any]) -> None:
+    """Send the claim; where psycopg 3 is about to send ``BEGIN`` before it,
+    the claim's own query carries that ``BEGIN`` instead, so that both take
+    one round trip.
 
     psycopg sends ``BEGIN`` as a query of its own before the first statement
     of a transaction, and has no public switch for "the next query begins it":
     for the claim's one statement its connection is told that it is in
     autocommit mode (the private flag that its public setter would refuse to
-    turn back once a transaction is open). Should a psycopg release stop
-    reading the flag, the server gets two BEGINs and warns, and nothing else
-    changes. Only where psycopg would begin the transaction itself with the
-    claim (the claim's block is the transaction; not a savepoint, not READ
-    ONLY or DEFERRABLE transactions).
+    turn back once a transaction is open), then put back. Should a psycopg
+    release stop reading the flag, the server gets two BEGINs and warns, and
+    nothing else changes. Only where psycopg would begin the transaction
+    itself with the claim (the claim's block is the transaction; not a
+    savepoint, not READ ONLY or DEFERRABLE transactions).
     """
     raw = cursor.cursor.connection if _client_side(cursor) else None
     if (
@@ -201,17 +215,18 @@ def _begun_by_the_claim(cursor: Any) -> Any:
         or raw.read_only is not None
         or raw.deferrable is not None
     ):
-        return None
+        cursor.execute(sql.CLAIM_CALL, params)
+        return
+    begin = "BEGIN"
+    if raw.isolation_level is not None:
+        level = _IsolationLevel(raw.isolation_level).name.replace("_", " ")
+        begin += f" ISOLATION LEVEL {level}"
     raw._autocommit = True
-    return raw
-
-
-def _begin_text(raw: Any) -> str:
-    """The ``BEGIN`` that psycopg would send on ``raw``, isolation level included."""
-    if raw.isolation_level is None:
-        return "BEGIN; "
-    level = _IsolationLevel(raw.isolation_level).name.replace("_", " ")
-    return f"BEGIN ISOLATION LEVEL {level}; "
+    try:
+        cursor.execute(f"{begin}; {sql.CLAIM_CALL}", params)
+    finally:
+        raw._autocommit = False
+    cursor.nextset()  # past BEGIN's result
 
 
 def _client_side(cursor: Any) -> bool:
@@ -447,27 +462,8 @@ class DatabaseStore(Store):
     def _begin_postgresql(
         self, connection: BaseDatabaseWrapper, record: RequestRecord
     ) -> Decision | int | _Released | _Unwritten:
-        params = [
-            record.scope,
-            record.key,
-            record.fingerprint,
-            record.method,
-            record.path,
-            _IN_FLIGHT,
-            record.created_at,
-            record.expires_at,
-            locks.lock_id(record),
-        ]
         with connection.cursor() as cursor:
-            raw = _begun_by_the_claim(cursor)
-            if raw is None:
-                cursor.execute(sql.CLAIM_CALL, params)
-            else:
-                try:
-                    cursor.execute(_begin_text(raw) + sql.CLAIM_CALL, params)
-                finally:
-                    raw._autocommit = False
-                cursor.nextset()  # past BEGIN's result
+            _execute_claim(cursor, _claim_params(record))
             row = cursor.fetchone()
         if row is None:
             # REPEATABLE READ: the insert met a record committed after the
