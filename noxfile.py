@@ -59,9 +59,12 @@ MATRIX = [
 ]
 
 
-# The lowest versions of the ``redis`` extra (pyproject.toml), which the
-# session of the oldest Django and DRF installs, so that the floors are tested.
-REDIS_FLOOR = ["redis~=6.0.0", "django-redis~=5.4.0"]
+# The lowest versions that the ``redis`` extra allows (its ">=X.Y" pins read as
+# "~=X.Y.0"), which the sessions of the oldest DRF install, so that the floors
+# are tested.
+REDIS_FLOOR = [
+    req.replace(">=", "~=") + ".0" for req in PYPROJECT["project"]["optional-dependencies"]["redis"]
+]
 
 
 def requirement(name: str, version: str) -> str:
